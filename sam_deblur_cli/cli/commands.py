@@ -1,0 +1,3 @@
+"""Import every command module so that each registers its commands on ``app``."""
+
+from sam_deblur_cli.cli import deblur, evaluate, masks, weights  # noqa: F401

@@ -1,0 +1,5 @@
+"""`sam-deblur` sub-commands: deblur (being built; see docs/DESIGN.md)."""
+
+from __future__ import annotations
+
+from sam_deblur_cli.cli.app import app  # noqa: F401

@@ -1,0 +1,76 @@
+"""One exception family for the whole library.
+
+Library code raises these with a plain sentence that says what to do next; only
+``sam_deblur_cli.cli`` turns them into one red line on stderr and an exit code.
+
+Exit codes (documented in the README):
+    0  everything worked
+    1  at least one input failed (bad image, bad mask file, ...); the others were done
+    2  usage or set-up error (bad option, missing weights, no GPU with --require-gpu, ...)
+    130 interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INPUT = 1
+EXIT_SETUP = 2
+EXIT_INTERRUPTED = 130
+
+
+class SamDeblurError(Exception):
+    """Base class: every error the library raises on purpose."""
+
+    exit_code: int = EXIT_INPUT
+
+
+class InputError(SamDeblurError):
+    """One input is unusable (unreadable image, mask of the wrong size...). A batch goes on."""
+
+    exit_code = EXIT_INPUT
+
+
+class ImageReadError(InputError):
+    """An image file could not be decoded (missing, empty, truncated, not an image...)."""
+
+
+class ImageWriteError(InputError):
+    """An output file could not be written."""
+
+
+class MaskError(InputError):
+    """A mask file is unusable or does not fit the image or the model."""
+
+
+class SetupError(SamDeblurError):
+    """The run cannot start: fix the command line or the installation first."""
+
+    exit_code = EXIT_SETUP
+
+
+class UsageError(SetupError):
+    """Options that are invalid or do not go together."""
+
+
+class WeightsError(SetupError):
+    """A weights file is missing, unverifiable or unreadable."""
+
+
+class WeightsNotFoundError(WeightsError):
+    """Weights are not in the cache and cannot be downloaded (offline, drive-hosted...)."""
+
+
+class DownloadError(WeightsError):
+    """The Hub (or a mirror) refused or broke off a download."""
+
+
+class ChecksumError(WeightsError):
+    """A file's sha256 differs from the one the manifest pins."""
+
+
+class CheckpointError(WeightsError):
+    """A checkpoint is unsafe (pickled code) or does not fit the architecture."""
+
+
+class DeviceError(SetupError):
+    """The requested device or precision is not available."""
