@@ -1,0 +1,449 @@
+"""Paired-dataset evaluation: several models over one set of blurred/sharp pairs.
+
+A dataset is either a root in the upstream layout (``input/`` blurred, ``target/`` sharp,
+optional ``input_mask/`` segmask PNGs and ``grouped_masks/`` npz groups, all paired by file
+stem) or two folders of blurred and sharp images. Every pair is read once and every
+model runs on it in the same pass; models whose ``recipe_key`` is equal share one SAM
+mask set per image, and dataset mask files, when used, are read once per image for all.
+
+Metrics follow upstream.md 7 (see ``metrics``). Problems with single inputs (a missing
+counterpart, a size mismatch, an unreadable image or mask file) become ``Issue`` records
+and the run goes on; only set-up problems raise.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from sam_deblur_cli.errors import InputError, MaskError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sam_deblur_cli.imageio import Picture
+    from sam_deblur_cli.masks import MaskResult
+    from sam_deblur_cli.metrics import SsimVariant
+    from sam_deblur_cli.pipeline import Deblurrer
+    from sam_deblur_cli.weights import Manifest
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+
+MasksFrom = Literal["auto", "dataset", "sam"]
+
+# progress(done, total, name): called after each pair, ``name`` being the pair just done.
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Where the pairs live. Mask folders are None when the dataset has none."""
+
+    blurred: Path
+    sharp: Path
+    segmasks: Path | None = None  # upstream input_mask/: uint8 segmask PNGs
+    groups: Path | None = None  # upstream grouped_masks/: npz boolean stacks
+
+    @property
+    def has_masks(self) -> bool:
+        return self.segmasks is not None or self.groups is not None
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One file stem. ``blurred`` or ``sharp`` is None when that side is missing."""
+
+    name: str
+    blurred: Path | None
+    sharp: Path | None
+    mask: Path | None = None
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A pair (``model`` None) or one model's result on it that could not be evaluated."""
+
+    name: str
+    model: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """Metrics of one model on one pair; PSNR in dB (``inf`` when identical to sharp)."""
+
+    name: str
+    model: str
+    psnr: float
+    ssim: float
+    psnr_input: float  # blurred input against sharp
+    collapsed: bool  # lost more than 3 dB against the input
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """Means over the pairs a model was evaluated on (the paper's table row).
+
+    ``psnr`` leaves identical outputs out (``identical`` counts them); ``mcr`` is a
+    share in [0, 1]; means are NaN when ``count`` is 0.
+    """
+
+    model: str
+    psnr: float
+    ssim: float
+    mcr: float
+    count: int
+    skipped: int
+    identical: int
+    tlc: bool | None  # None: not known (result built by hand)
+
+
+@dataclass
+class EvalResult:
+    """Per-image rows, per-model summaries and every problem met, in dataset order."""
+
+    models: list[str]
+    pairs: int  # pairs considered (after --limit), complete or not
+    rows: list[ImageRow] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    tlc: dict[str, bool] = field(default_factory=dict)  # whether each model ran with TLC
+
+    @property
+    def complete(self) -> bool:
+        """True when every pair was evaluated by every model and every output saved."""
+        return not self.issues
+
+    def summaries(self) -> list[ModelSummary]:
+        return [self._summary(model) for model in self.models]
+
+    def _summary(self, model: str) -> ModelSummary:
+        from sam_deblur_cli import metrics
+
+        rows = [row for row in self.rows if row.model == model]
+        ssims = [row.ssim for row in rows]
+        return ModelSummary(
+            model=model,
+            psnr=metrics.mean_psnr(row.psnr for row in rows),
+            ssim=math.fsum(ssims) / len(ssims) if ssims else math.nan,
+            mcr=metrics.mode_collapse_rate((row.psnr_input, row.psnr) for row in rows),
+            count=len(rows),
+            skipped=self.pairs - len(rows),
+            identical=sum(math.isinf(row.psnr) for row in rows),
+            tlc=self.tlc.get(model),
+        )
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What to run. ``tlc`` None keeps each model's manifest default; ``tile`` as in pipeline."""
+
+    models: tuple[str, ...] = ("segnafnet-gopro",)
+    masks_from: MasksFrom = "auto"
+    tlc: bool | None = None
+    limit: int | None = None
+    save_dir: Path | None = None
+    ssim: SsimVariant = "3d"
+    device: str = "auto"
+    precision: str = "auto"
+    tile: int | str | None = "auto"
+    fast_masks: bool = True
+    offline: bool = False
+
+
+def open_dataset(source: Path, sharp: Path | None = None) -> Dataset:
+    """Resolve ``BLUR_DIR SHARP_DIR`` or a dataset root (``input/``, ``target/``, or ``test/``
+    holding them); raise UsageError when the folders are not there."""
+    if sharp is not None:
+        for folder in (source, sharp):
+            if not folder.is_dir():
+                raise UsageError(f"{folder} is not a folder; pass a folder of images.")
+        return Dataset(blurred=source, sharp=sharp)
+    root = source / "test" if not (source / "input").is_dir() else source
+    if not ((root / "input").is_dir() and (root / "target").is_dir()):
+        raise UsageError(
+            f"{source} has no input/ and target/ folders; pass a dataset root in the upstream "
+            "layout or two folders, BLUR_DIR SHARP_DIR."
+        )
+    return Dataset(
+        blurred=root / "input",
+        sharp=root / "target",
+        segmasks=_dir_or_none(root / "input_mask"),
+        groups=_dir_or_none(root / "grouped_masks"),
+    )
+
+
+def list_pairs(dataset: Dataset) -> tuple[list[Pair], list[Issue]]:
+    """Pair image files by stem, sorted by name; incomplete pairs are kept, ambiguous stems
+    (``a.png`` beside ``a.jpg``) are returned as issues."""
+    blurred, issues = _images_by_stem(dataset.blurred, IMAGE_SUFFIXES)
+    sharp, sharp_issues = _images_by_stem(dataset.sharp, IMAGE_SUFFIXES)
+    segmasks, _ = _images_by_stem(dataset.segmasks, frozenset({".png"}))
+    groups, _ = _images_by_stem(dataset.groups, frozenset({".npz"}))
+    issues += sharp_issues
+    ambiguous = {issue.name for issue in issues}
+    names = sorted((blurred.keys() | sharp.keys()) - ambiguous)
+    pairs = [
+        Pair(name, blurred.get(name), sharp.get(name), segmasks.get(name) or groups.get(name))
+        for name in names
+    ]
+    return pairs, issues
+
+
+def evaluate(
+    dataset: Dataset,
+    settings: EvalSettings,
+    *,
+    manifest: Manifest | None = None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Run every model of ``settings`` on every pair of ``dataset`` and measure it.
+
+    Raises UsageError for bad settings and lets set-up errors of the models (missing
+    weights, unavailable device) through; per-input problems end up in ``issues``.
+    """
+    masks_from = _resolve_masks_from(settings, dataset)
+    pairs, issues = list_pairs(dataset)
+    if settings.limit is not None:
+        pairs = pairs[: settings.limit]
+    models = _load_models(settings, manifest)
+    tlc = {name: bool(model.tlc) for name, model in models.items()}
+    result = EvalResult(models=list(models), pairs=len(pairs), issues=issues, tlc=tlc)
+    runner = _PairRunner(models, settings, use_dataset_masks=masks_from == "dataset")
+    for done, pair in enumerate(pairs, start=1):
+        rows, pair_issues = runner.run(pair)
+        result.rows += rows
+        result.issues += pair_issues
+        for issue in pair_issues:
+            logger.info("%s (%s): %s", issue.name, issue.model or "all models", issue.reason)
+        if progress is not None:
+            progress(done, len(pairs), pair.name)
+    return result
+
+
+class _PairRunner:
+    """Evaluates one pair with every model, sharing masks and the decoded images."""
+
+    def __init__(
+        self, models: dict[str, Deblurrer], settings: EvalSettings, *, use_dataset_masks: bool
+    ) -> None:
+        self.models = models
+        self.settings = settings
+        self.use_dataset_masks = use_dataset_masks
+
+    def run(self, pair: Pair) -> tuple[list[ImageRow], list[Issue]]:
+        from sam_deblur_cli import metrics
+
+        try:
+            blurred, sharp = self._read(pair)
+        except InputError as exc:
+            return [], [Issue(pair.name, None, str(exc))]
+        blurred_u8 = metrics.to_uint8(blurred.rgb)
+        sharp_u8 = metrics.to_uint8(sharp.rgb)
+        psnr_input = metrics.psnr(blurred_u8, sharp_u8)
+        masks: dict[str, MaskResult | InputError] = {}
+        rows: list[ImageRow] = []
+        issues: list[Issue] = []
+        for name, model in self.models.items():
+            try:
+                guide = self._masks(model, pair, blurred_u8, masks) if model.needs_masks else None
+                restored = metrics.to_uint8(model.deblur(blurred.rgb, guide))
+            except InputError as exc:
+                issues.append(Issue(pair.name, name, str(exc)))
+                continue
+            psnr = metrics.psnr(restored, sharp_u8)
+            ssim = metrics.ssim(restored, sharp_u8, self.settings.ssim)
+            collapsed = metrics.is_collapsed(psnr_input, psnr)
+            rows.append(ImageRow(pair.name, name, psnr, ssim, psnr_input, collapsed))
+            if self.settings.save_dir is not None:
+                issues += self._save(pair.name, name, blurred, restored)
+        return rows, issues
+
+    def _read(self, pair: Pair) -> tuple[Picture, Picture]:
+        from sam_deblur_cli.imageio import read_image
+
+        if pair.blurred is None or pair.sharp is None:
+            side = "sharp" if pair.sharp is None else "blurred"
+            raise InputError(f"No {side} image named {pair.name}.*; add it or remove its partner.")
+        blurred, sharp = read_image(pair.blurred), read_image(pair.sharp)
+        if blurred.rgb.shape != sharp.rgb.shape:
+            size_b, size_s = _size(blurred.rgb), _size(sharp.rgb)
+            raise InputError(
+                f"Blurred image is {size_b} but sharp image is {size_s}; pairs must match in size."
+            )
+        return blurred, sharp
+
+    def _masks(
+        self,
+        model: Deblurrer,
+        pair: Pair,
+        rgb_u8: np.ndarray,
+        cache: dict[str, MaskResult | InputError],
+    ) -> MaskResult:
+        """Masks for ``model`` on this pair, made or read once per recipe (or guide kind).
+
+        A failure is cached too, so models sharing the masks report it without retrying.
+        """
+        # A CAT model refuses a groups .npz that a MAP model accepts, so file masks are
+        # shared per guide kind; generated masks are shared by recipe.
+        key = f"file:{model.guide_kind}" if self.use_dataset_masks else model.recipe_key
+        if key not in cache:
+            try:
+                cache[key] = self._make_masks(model, pair, rgb_u8)
+            except InputError as exc:
+                cache[key] = exc
+        found = cache[key]
+        if isinstance(found, InputError):
+            raise found
+        return found
+
+    def _make_masks(self, model: Deblurrer, pair: Pair, rgb_u8: np.ndarray) -> MaskResult:
+        if not self.use_dataset_masks:
+            return model.compute_masks(rgb_u8)
+        if pair.mask is None:
+            raise MaskError(
+                f"No mask file for {pair.name} in the dataset; add one or use --masks-from sam."
+            )
+        height, width = rgb_u8.shape[:2]
+        return model.load_masks(pair.mask, (height, width))
+
+    def _save(self, name: str, model: str, source: Picture, restored: np.ndarray) -> list[Issue]:
+        from sam_deblur_cli.imageio import write_image
+
+        assert self.settings.save_dir is not None
+        target = self.settings.save_dir / model / f"{name}.png"
+        rgb = restored.astype("float32") / 255.0  # the very pixels that were measured
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_image(target, replace(source, rgb=rgb), format="png")
+        except OSError as exc:
+            return [Issue(name, model, f"Could not save {target} ({exc.strerror}).")]
+        except InputError as exc:
+            return [Issue(name, model, str(exc))]
+        return []
+
+
+def write_csv(result: EvalResult, path: Path) -> None:
+    """Per-image rows as CSV (name, model, psnr, ssim, psnr_input, collapsed); ``inf`` kept."""
+    fields = ["name", "model", "psnr", "ssim", "psnr_input", "collapsed"]
+
+    def write(handle: Any) -> None:
+        writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(asdict(row) for row in result.rows)
+
+    _write_text(path, write)
+
+
+def write_json(result: EvalResult, path: Path) -> None:
+    """Summaries, per-image rows and issues as JSON; non-finite numbers become null."""
+    record = {
+        "models": [_finite(asdict(s)) for s in result.summaries()],
+        "images": [_finite(asdict(row)) for row in result.rows],
+        "issues": [asdict(issue) for issue in result.issues],
+    }
+
+    def write(handle: Any) -> None:
+        json.dump(record, handle, indent=2, allow_nan=False)
+        handle.write("\n")
+
+    _write_text(path, write)
+
+
+def _resolve_masks_from(settings: EvalSettings, dataset: Dataset) -> MasksFrom:
+    """Check the settings; "auto" means the dataset's mask files when it has a mask folder."""
+    if not settings.models:
+        raise UsageError("No model to evaluate; pass at least one --model NAME.")
+    twice = sorted({m for m in settings.models if settings.models.count(m) > 1})
+    if twice:
+        raise UsageError(f"Model {', '.join(twice)} is given more than once; pass each once.")
+    if settings.limit is not None and settings.limit < 1:
+        raise UsageError("--limit must be at least 1.")
+    if settings.masks_from == "dataset" and not dataset.has_masks:
+        raise UsageError(
+            "The dataset has no input_mask/ or grouped_masks/ folder; use --masks-from sam."
+        )
+    if settings.masks_from == "auto":
+        return "dataset" if dataset.has_masks else "sam"
+    return settings.masks_from
+
+
+def _load_models(settings: EvalSettings, manifest: Manifest | None) -> dict[str, Deblurrer]:
+    """One Deblurrer per model. SAM is built lazily, on the first image that needs it,
+    and only by the first model of each recipe (the one whose masks the others reuse)."""
+    from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
+
+    models: dict[str, Deblurrer] = {}
+    for name in settings.models:
+        deblur_settings = DeblurSettings(
+            model=name,
+            fast_masks=settings.fast_masks,
+            device=settings.device,
+            precision=settings.precision,
+            tile=settings.tile,
+            tlc=settings.tlc,
+            offline=settings.offline,
+        )
+        models[name] = Deblurrer(deblur_settings, manifest=manifest, load_sam=False)
+    return models
+
+
+def _images_by_stem(
+    folder: Path | None, suffixes: frozenset[str]
+) -> tuple[dict[str, Path], list[Issue]]:
+    """Files of ``folder`` with one of ``suffixes`` (any case) by stem; hidden files ignored."""
+    found: dict[str, Path] = {}
+    issues: list[Issue] = []
+    for path in _files(folder):
+        if path.suffix.lower() not in suffixes or path.name.startswith("."):
+            continue
+        if path.stem in found:
+            reason = f"{found[path.stem].name} and {path.name} share a name; keep one of them."
+            issues.append(Issue(path.stem, None, reason))
+        found[path.stem] = path
+    return found, issues
+
+
+def _files(folder: Path | None) -> Iterator[Path]:
+    if folder is None:
+        return iter(())
+    return (path for path in sorted(folder.iterdir()) if path.is_file())
+
+
+def _dir_or_none(path: Path) -> Path | None:
+    return path if path.is_dir() else None
+
+
+def _size(rgb: np.ndarray) -> str:
+    return f"{rgb.shape[1]} x {rgb.shape[0]}"
+
+
+def _finite(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+    }
+
+
+def _write_text(path: Path, write: Callable[[Any], None]) -> None:
+    """Write a text file atomically (temporary file beside it, then rename)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                write(handle)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise UsageError(f"Could not write {path} ({exc.strerror}); choose another path.") from exc
