@@ -1,3 +1,110 @@
-"""SAM-Deblur: Segment Anything masks guiding a NAFNet deblurring network."""
+"""SAM-Deblur: Segment Anything masks guiding a NAFNet deblurring network.
+
+The public API is re-exported here lazily (module ``__getattr__``), so
+``import sam_deblur_cli`` stays instant and never imports torch::
+
+    from sam_deblur_cli import Deblurrer, DeblurSettings, deblur_file, deblur_array
+
+    deblurrer = Deblurrer(DeblurSettings(model="segnafnet-gopro"))
+    sharp = deblurrer.deblur(rgb)  # H x W x 3 RGB, uint8 or float32 [0, 1] -> float32 [0, 1]
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from sam_deblur_cli.devices import Placement, resolve
+    from sam_deblur_cli.errors import (
+        DeviceError,
+        ImageReadError,
+        ImageWriteError,
+        InputError,
+        MaskError,
+        SamDeblurError,
+        SetupError,
+        UsageError,
+        WeightsError,
+        WeightsNotFoundError,
+    )
+    from sam_deblur_cli.masks import MaskResult, load_mask_file
+    from sam_deblur_cli.pipeline import (
+        Deblurrer,
+        DeblurSettings,
+        FileOptions,
+        deblur_array,
+        deblur_file,
+        plan_batch,
+        run_batch,
+    )
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "DeblurSettings": "sam_deblur_cli.pipeline",
+    "Deblurrer": "sam_deblur_cli.pipeline",
+    "FileOptions": "sam_deblur_cli.pipeline",
+    "deblur_array": "sam_deblur_cli.pipeline",
+    "deblur_file": "sam_deblur_cli.pipeline",
+    "plan_batch": "sam_deblur_cli.pipeline",
+    "run_batch": "sam_deblur_cli.pipeline",
+    "MaskResult": "sam_deblur_cli.masks",
+    "load_mask_file": "sam_deblur_cli.masks",
+    "Placement": "sam_deblur_cli.devices",
+    "resolve": "sam_deblur_cli.devices",
+    **{
+        name: "sam_deblur_cli.errors"
+        for name in (
+            "DeviceError",
+            "ImageReadError",
+            "ImageWriteError",
+            "InputError",
+            "MaskError",
+            "SamDeblurError",
+            "SetupError",
+            "UsageError",
+            "WeightsError",
+            "WeightsNotFoundError",
+        )
+    },
+}
+
+__all__ = [
+    "DeblurSettings",
+    "Deblurrer",
+    "DeviceError",
+    "FileOptions",
+    "ImageReadError",
+    "ImageWriteError",
+    "InputError",
+    "MaskError",
+    "MaskResult",
+    "Placement",
+    "SamDeblurError",
+    "SetupError",
+    "UsageError",
+    "WeightsError",
+    "WeightsNotFoundError",
+    "__version__",
+    "deblur_array",
+    "deblur_file",
+    "load_mask_file",
+    "plan_batch",
+    "resolve",
+    "run_batch",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sam_deblur_cli' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

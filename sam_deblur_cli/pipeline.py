@@ -1,0 +1,641 @@
+"""Image -> masks -> network -> output, for one array, one file and a folder.
+
+Data contracts:
+- arrays are H x W x 3 RGB, either uint8 [0, 255] or float32 [0, 1]; results are float32
+  [0, 1] (``Deblurrer.deblur``);
+- SAM always sees uint8 RGB; the recipe of the model entry decides the channel order it
+  is fed (masks/sam.py applies it);
+- a *record* is a JSON-able dict describing what happened to one input (``--json``).
+
+Only what a run needs is loaded: a model without a mask guide never builds SAM, and a
+run whose masks come from files builds it only if an image without a mask file shows up.
+Heavy modules (torch, the networks, SAM) are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sam_deblur_cli.errors import InputError, MaskError, SetupError, UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sam_deblur_cli.imageio import Picture
+    from sam_deblur_cli.masks import MaskGenerator, MaskResult
+    from sam_deblur_cli.weights import Entry, Manifest
+
+logger = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+STAGES = ("read", "masks", "deblur", "write")
+# Extensions a folder scan treats as images; anything else in the folder is left alone.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".heic", ".heif"}
+)
+FORMAT_EXTENSIONS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png", "tiff": ".tif", "tif": ".tif"}
+FORMAT_EXTENSIONS |= {"webp": ".webp", "bmp": ".bmp"}
+
+
+@dataclass
+class DeblurSettings:
+    """Everything that decides how a run deblurs; the defaults reproduce the published model."""
+
+    model: str = "segnafnet-gopro"
+    sam: str | None = None  # override the recipe's SAM entry (a departure from the recipe)
+    amg: dict[str, float | int] = field(default_factory=dict)  # generator parameter overrides
+    channel_order: str | None = None  # override the recipe's "bgr" / "rgb"
+    fast_masks: bool = True  # False: segment-anything's stock generator
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    require_gpu: bool = False
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (fp32 on the CPU)
+    tile: int | str | None = "auto"  # "auto", a tile size in pixels, or None / 0 for never
+    tlc: bool | None = None  # None: the model entry's default
+    offline: bool = False
+
+
+@dataclass(frozen=True)
+class FileOptions:
+    """How files are read and written (the same for every file of a run)."""
+
+    format: str | None = None  # output format; None: the output path's extension decides
+    quality: int = 95
+    max_pixels: int | None = None  # None: imageio's default guard
+    overwrite: bool = False
+    overlay: bool = False  # also write the mask overlay next to each output
+
+
+def normalize_tile(tile: int | str | None) -> int | str | None:
+    """``"auto"`` stays, ``None`` / ``0`` / ``"0"`` mean never, a positive number is a size."""
+    if tile is None or tile == "auto":
+        return tile
+    try:
+        size = int(tile)
+    except ValueError:
+        raise UsageError(
+            f"Unknown tile size {tile!r}; use auto, 0 (never tile) or a size."
+        ) from None
+    if size < 0:
+        raise UsageError(f"Tile size {size} is negative; use auto, 0 (never tile) or a size.")
+    return size or None
+
+
+class Deblurrer:
+    """One loaded model (and SAM, when it needs masks) that deblurs many images.
+
+    ``load_sam=False`` defers building SAM until an image needs generated masks (runs whose
+    masks come from files). Weights are checked here, before any image is touched, so a
+    missing file is a set-up error (exit 2) and not one failure per image.
+    """
+
+    def __init__(
+        self,
+        settings: DeblurSettings | None = None,
+        *,
+        manifest: Manifest | None = None,
+        progress: Any = None,
+        load_sam: bool = True,
+    ) -> None:
+        from sam_deblur_cli import weights
+        from sam_deblur_cli.devices import resolve
+
+        self.settings = settings = settings or DeblurSettings()
+        self.tile = normalize_tile(settings.tile)
+        self.manifest = manifest if manifest is not None else weights.load_manifest()
+        self.entry: Entry = self.manifest.get(settings.model)
+        self.placement = resolve(
+            settings.device, settings.precision, require_gpu=settings.require_gpu
+        )
+        self._progress = progress
+        self.recipe = self._effective_recipe()
+        self._generator: MaskGenerator | None = None
+        checkpoint = weights.ensure_weights(self.entry, offline=settings.offline, progress=progress)
+        self.net = self._load_network(checkpoint)
+        self.needs_masks = self.guide_kind != "none"
+        if self.needs_masks and load_sam:
+            self._mask_generator()
+
+    @property
+    def guide_kind(self) -> str:
+        """``"none"`` (plain), ``"segmask"`` (CAT) or ``"labels"`` (MAP)."""
+        return str(self.net.guide_kind)
+
+    @property
+    def recipe_key(self) -> str:
+        """Models with equal keys can share one MaskResult per image."""
+        recipe = self.recipe
+        if dataclasses.is_dataclass(recipe) and not isinstance(recipe, type):
+            recipe = dataclasses.asdict(recipe)
+        return json.dumps({"recipe": recipe, "fast": self.settings.fast_masks}, sort_keys=True)
+
+    def _effective_recipe(self) -> Any:
+        """The model entry's mask recipe with the settings' overrides applied (None: no masks)."""
+        base, s = self.entry.recipe, self.settings
+        if base is None:
+            return None
+        changes: dict[str, Any] = {}
+        if s.sam is not None:
+            changes["sam"] = s.sam
+        if s.channel_order is not None:
+            order = s.channel_order.lower()
+            if order not in ("rgb", "bgr"):
+                raise UsageError(f"Unknown channel order {s.channel_order!r}; use rgb or bgr.")
+            changes["channel_order"] = order
+        if s.amg:
+            changes["amg"] = {**base.amg, **s.amg}
+        return dataclasses.replace(base, **changes) if changes else base
+
+    def departures(self) -> list[str]:
+        """Plain phrases naming how this run's masks differ from the model's recipe."""
+        base, used = self.entry.recipe, self.recipe
+        if base is None or used is None:
+            return []
+        notes = []
+        if used.sam != base.sam:
+            notes.append(f"SAM {used.sam} instead of {base.sam}")
+        if used.channel_order != base.channel_order:
+            notes.append(
+                f"{used.channel_order.upper()} instead of {base.channel_order.upper()} for SAM"
+            )
+        for key in sorted(used.amg):
+            if used.amg[key] != base.amg.get(key):
+                notes.append(f"{key} {used.amg[key]} instead of {base.amg.get(key)}")
+        return notes
+
+    def _load_network(self, checkpoint: Path) -> Any:
+        from sam_deblur_cli.checkpoints import load_strict, read_state_dict
+        from sam_deblur_cli.nets import build_network
+        from sam_deblur_cli.nets.tlc import set_tlc
+
+        net = build_network(self.entry.net_config())
+        load_strict(net, read_state_dict(checkpoint))
+        tlc = self.entry.tlc if self.settings.tlc is None else self.settings.tlc
+        set_tlc(net, bool(tlc))
+        self.tlc = bool(tlc)
+        logger.info(
+            "loaded %s (tlc %s) from %s", self.entry.name, "on" if tlc else "off", checkpoint
+        )
+        return net.to(self.placement.device)
+
+    def _mask_generator(self) -> MaskGenerator:
+        if self._generator is None:
+            from sam_deblur_cli.masks import MaskGenerator
+
+            self._generator = MaskGenerator(
+                self.recipe.sam,
+                self.recipe,
+                manifest=self.manifest,
+                device=self.placement.device,
+                fast=self.settings.fast_masks,
+                offline=self.settings.offline,
+            )
+        return self._generator
+
+    def compute_masks(self, rgb_uint8: np.ndarray) -> MaskResult:
+        """SAM masks of an H x W x 3 uint8 RGB image, grouped as the model expects."""
+        return self._mask_generator()(rgb_uint8)
+
+    def deblur(self, rgb: np.ndarray, masks: MaskResult | None = None) -> np.ndarray:
+        """Deblur H x W x 3 RGB (uint8 or float32 [0, 1]); returns float32 [0, 1].
+
+        ``masks`` (ignored by plain models) defaults to SAM masks of ``rgb``.
+        """
+        from sam_deblur_cli.restore import restore
+
+        image = as_float_rgb(rgb)
+        guide = None
+        if self.needs_masks:
+            if masks is None:
+                masks = self.compute_masks(as_uint8_rgb(rgb))
+            guide = self._guide(masks, image.shape[:2])
+        p = self.placement
+        return restore(
+            self.net, image, guide, device=p.device, precision=p.precision, tile=self.tile
+        )
+
+    def _guide(self, masks: MaskResult, shape: tuple[int, ...]) -> np.ndarray:
+        if masks.labels.shape != tuple(shape):
+            raise MaskError(
+                f"The masks are {masks.labels.shape[1]}x{masks.labels.shape[0]} but the image is "
+                f"{shape[1]}x{shape[0]}; use masks made from this image."
+            )
+        guide = masks.guide(self.guide_kind)  # type: ignore[arg-type]
+        assert guide is not None  # only plain networks take no guide
+        return guide
+
+    def load_masks(self, masks_file: Path, shape: tuple[int, int]) -> MaskResult:
+        """Masks from a segmask PNG or a groups .npz (MaskError if unusable for this image)."""
+        from sam_deblur_cli.masks import load_mask_file
+
+        result = load_mask_file(Path(masks_file), shape)
+        self._guide(result, shape)  # a CAT model cannot use groups: fail before deblurring
+        return result
+
+    def deblur_file(
+        self,
+        src: Path | str,
+        dst: Path | str,
+        *,
+        masks_file: Path | str | None = None,
+        options: FileOptions | None = None,
+        picture: Picture | None = None,
+    ) -> Record:
+        """Deblur one file into ``dst`` (written atomically); returns its record.
+
+        An existing ``dst`` is skipped unless ``options.overwrite``; ``dst`` is never ``src``.
+        ``picture``: the already decoded ``src`` (batch prefetch). Raises InputError
+        subclasses for this input's problems and SetupError for the run's.
+        """
+        from sam_deblur_cli.imageio import read_image, write_image
+
+        src, dst, options = Path(src), Path(dst), options or FileOptions()
+        record = self.new_record(src, dst)
+        _refuse_overwriting_input(src, dst)
+        if dst.exists() and not options.overwrite:
+            record["status"] = "skipped"
+            return record
+        seconds = record["seconds"]
+        if picture is None:
+            with _timer(seconds, "read"):
+                picture = read_image(src, **_read_kwargs(options))
+        masks = self._masks_for(picture, masks_file, seconds)
+        with _timer(seconds, "deblur"):
+            restored = self.deblur(picture.rgb, masks)
+        with _timer(seconds, "write"):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            write_image(
+                dst,
+                dataclasses.replace(picture, rgb=restored),
+                format=options.format,
+                quality=options.quality,
+            )
+            if options.overlay and masks is not None:
+                record["overlay"] = str(self._write_overlay(picture, masks, dst))
+        height, width = picture.rgb.shape[:2]
+        record.update(status="ok", width=width, height=height)
+        if masks is not None:
+            record.update(masks=masks.count, groups=masks.groups)
+        return record
+
+    def _masks_for(
+        self, picture: Picture, masks_file: Path | str | None, seconds: dict[str, float]
+    ) -> MaskResult | None:
+        if not self.needs_masks:
+            if masks_file is not None:
+                raise UsageError(
+                    f"{self.entry.name} takes no masks; drop --masks or pick a model that does."
+                )
+            return None
+        with _timer(seconds, "masks"):
+            if masks_file is not None:
+                return self.load_masks(Path(masks_file), picture.rgb.shape[:2])
+            return self.compute_masks(as_uint8_rgb(picture.rgb))
+
+    def _write_overlay(self, picture: Picture, masks: MaskResult, dst: Path) -> Path:
+        from sam_deblur_cli.masks.formats import write_overlay_png
+
+        path = overlay_path(dst)
+        write_overlay_png(path, as_uint8_rgb(picture.rgb), masks)
+        return path
+
+    def new_record(self, src: Path, dst: Path | None) -> Record:
+        """A record for ``src`` with this run's model, device and tile filled in."""
+        return {
+            "input": str(src),
+            "output": None if dst is None else str(dst),
+            "status": "pending",
+            "error": None,
+            "seconds": {},
+            "masks": None,
+            "groups": None,
+            "model": self.entry.name,
+            "device": self.placement.device,
+            "precision": self.placement.precision,
+            "tile": self.tile,
+            "tlc": self.tlc,
+        }
+
+
+def overlay_path(dst: Path) -> Path:
+    """Where ``--overlay`` puts the mask overlay of output ``dst`` (always a PNG)."""
+    return dst.with_name(f"{dst.stem}_overlay.png")
+
+
+def as_float_rgb(rgb: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 or float RGB -> float32 [0, 1] (floats are clipped)."""
+    import numpy as np
+
+    _check_rgb(rgb)
+    if rgb.dtype == np.uint8:
+        return rgb.astype(np.float32) / np.float32(255.0)
+    if not np.issubdtype(rgb.dtype, np.floating):
+        raise InputError(f"Expected uint8 or float RGB, got {rgb.dtype}; convert the array first.")
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def as_uint8_rgb(rgb: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 or float [0, 1] RGB -> uint8 (rounded), what SAM is fed."""
+    import numpy as np
+
+    _check_rgb(rgb)
+    if rgb.dtype == np.uint8:
+        return rgb
+    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if getattr(rgb, "ndim", 0) != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
+        shape = getattr(rgb, "shape", None)
+        raise InputError(f"Expected an H x W x 3 RGB array, got shape {shape}; convert it first.")
+
+
+def _read_kwargs(options: FileOptions) -> dict[str, Any]:
+    return {} if options.max_pixels is None else {"max_pixels": options.max_pixels}
+
+
+def _refuse_overwriting_input(src: Path, dst: Path) -> None:
+    if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and dst.samefile(src)):
+        raise UsageError(f"The output {dst} is the input itself; choose another output path.")
+
+
+class _timer:
+    """Context manager adding the elapsed seconds of its block to ``seconds[stage]``."""
+
+    def __init__(self, seconds: dict[str, float], stage: str) -> None:
+        self.seconds, self.stage = seconds, stage
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.seconds[self.stage] = round(self.seconds.get(self.stage, 0.0) + elapsed, 4)
+
+
+# --------------------------------------------------------------------------- folders
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input and the output it goes to."""
+
+    src: Path
+    dst: Path
+    masks_file: Path | None = None
+
+
+def output_suffix(src: Path, format: str | None) -> str:
+    """The output extension: ``format``'s, else the input's own (same format)."""
+    if format is None:
+        return src.suffix
+    key = format.lower().lstrip(".")
+    if key not in FORMAT_EXTENSIONS:
+        raise UsageError(
+            f"Unknown output format {format!r}; use one of {', '.join(sorted(FORMAT_EXTENSIONS))}."
+        )
+    return FORMAT_EXTENSIONS[key]
+
+
+def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -> list[Path]:
+    """Image files of ``in_dir`` (by extension, hidden files skipped), sorted, as given paths.
+
+    ``exclude``: a folder left out of the scan (the output folder, when it lies inside).
+    """
+    if not in_dir.is_dir():
+        raise UsageError(f"{in_dir} is not a folder; pass the folder that holds the images.")
+    pattern = "**/*" if recursive else "*"
+    excluded = exclude.resolve() if exclude is not None and exclude.exists() else None
+    found = []
+    for path in in_dir.glob(pattern):
+        rel = path.relative_to(in_dir)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if excluded is not None and excluded in path.resolve().parents:
+            continue
+        found.append(path)
+    return sorted(found)
+
+
+def plan_batch(
+    in_dir: Path, out_dir: Path, *, recursive: bool = False, format: str | None = None
+) -> list[Job]:
+    """Jobs for every image of ``in_dir``, mirroring its tree under ``out_dir``.
+
+    Outputs keep the input's name (and format unless ``format``). When two inputs would
+    share an output (``a.png`` and ``a.jpg`` with ``--format png``, or names that differ
+    only by case), each of them gets its input extension added to the stem:
+    ``a_png.png`` and ``a_jpg.png``. The rule is deterministic, so resuming finds them again.
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if out_dir.resolve() == in_dir.resolve():
+        raise UsageError(f"The output folder {out_dir} is the input folder; choose another one.")
+    sources = scan_folder(in_dir, recursive=recursive, exclude=out_dir)
+    wanted = {
+        src: out_dir / src.relative_to(in_dir).with_suffix(output_suffix(src, format))
+        for src in sources
+    }
+    by_key: dict[str, list[Path]] = {}
+    for src, dst in wanted.items():
+        by_key.setdefault(str(dst).casefold(), []).append(src)
+    for clashing in by_key.values():
+        if len(clashing) > 1:
+            for src in clashing:
+                dst = wanted[src]
+                wanted[src] = dst.with_name(f"{dst.stem}_{src.suffix.lstrip('.')}{dst.suffix}")
+    jobs = [Job(src, dst) for src, dst in wanted.items()]
+    check_jobs(jobs)
+    return jobs
+
+
+def check_jobs(jobs: Sequence[Job]) -> None:
+    """Refuse plans where two inputs share an output or an output is an input (UsageError)."""
+    seen: dict[str, Path] = {}
+    inputs = {job.src.resolve() for job in jobs}
+    for job in jobs:
+        key = str(job.dst.resolve()).casefold()
+        if key in seen:
+            raise UsageError(
+                f"{seen[key]} and {job.src} would both be written to {job.dst}; "
+                "rename one of them or write them to different folders."
+            )
+        seen[key] = job.src
+        if job.dst.resolve() in inputs:
+            raise UsageError(
+                f"The output {job.dst} would replace an input; choose another output folder."
+            )
+
+
+@dataclass
+class BatchCallbacks:
+    """Progress hooks of :func:`run_batch`; each receives the job or its finished record."""
+
+    on_start: Callable[[Job], None] | None = None
+    on_done: Callable[[Job, Record], None] | None = None
+
+
+def run_batch(
+    deblurrer: Deblurrer,
+    jobs: Iterable[Job],
+    *,
+    options: FileOptions | None = None,
+    callbacks: BatchCallbacks | None = None,
+) -> list[Record]:
+    """Deblur every job; returns one record per job, in job order.
+
+    Existing outputs are skipped (resume) unless ``options.overwrite``. The next image is
+    decoded in a background thread while the current one runs (prefetch of one). A failing
+    input is recorded (status "failed", error message) and the batch goes on; a SetupError
+    or KeyboardInterrupt stops it (outputs are written atomically, so none is left half done).
+    """
+    options = options or FileOptions()
+    callbacks = callbacks or BatchCallbacks()
+    jobs = list(jobs)
+    records: dict[int, Record] = {}
+    todo = []
+    for index, job in enumerate(jobs):
+        if job.dst.exists() and not options.overwrite:
+            records[index] = {**deblurrer.new_record(job.src, job.dst), "status": "skipped"}
+            _notify(callbacks.on_done, job, records[index])
+        else:
+            todo.append(index)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        try:
+            _run_prefetched(deblurrer, jobs, todo, options, callbacks, pool, records)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return [records[i] for i in range(len(jobs))]
+
+
+def _run_prefetched(
+    deblurrer: Deblurrer,
+    jobs: list[Job],
+    todo: list[int],
+    options: FileOptions,
+    callbacks: BatchCallbacks,
+    pool: ThreadPoolExecutor,
+    records: dict[int, Record],
+) -> None:
+    def submit(position: int) -> Future[tuple[Picture, float]] | None:
+        if position >= len(todo):
+            return None
+        return pool.submit(_timed_read, jobs[todo[position]].src, options)
+
+    upcoming = submit(0)
+    for position, index in enumerate(todo):
+        job, current = jobs[index], upcoming
+        upcoming = submit(position + 1)
+        _notify(callbacks.on_start, job)
+        assert current is not None
+        records[index] = _one_job(deblurrer, job, current, options)
+        _notify(callbacks.on_done, job, records[index])
+
+
+def _one_job(
+    deblurrer: Deblurrer, job: Job, decoded: Future[tuple[Picture, float]], options: FileOptions
+) -> Record:
+    record = deblurrer.new_record(job.src, job.dst)
+    try:
+        picture, read_seconds = decoded.result()
+        record = deblurrer.deblur_file(
+            job.src, job.dst, masks_file=job.masks_file, options=options, picture=picture
+        )
+        record["seconds"] = {"read": read_seconds, **record["seconds"]}
+    except SetupError:
+        raise
+    except InputError as exc:
+        record.update(status="failed", error=str(exc))
+    except Exception as exc:  # one input's unforeseen failure must not end the batch
+        logger.debug("unexpected failure on %s", job.src, exc_info=True)
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    return record
+
+
+def _timed_read(src: Path, options: FileOptions) -> tuple[Picture, float]:
+    from sam_deblur_cli.imageio import read_image
+
+    start = time.perf_counter()
+    picture = read_image(src, **_read_kwargs(options))
+    return picture, round(time.perf_counter() - start, 4)
+
+
+def _notify(hook: Callable[..., None] | None, *args: Any) -> None:
+    if hook is not None:
+        hook(*args)
+
+
+# --------------------------------------------------------------------------- one-call API
+
+
+def deblur_array(
+    rgb: np.ndarray, settings: DeblurSettings | None = None, *, masks: MaskResult | None = None
+) -> np.ndarray:
+    """Deblur one H x W x 3 RGB array (uint8, or float in [0, 1]); same dtype comes back.
+
+    Loads the model for this one call; use :class:`Deblurrer` for many images.
+    """
+    import numpy as np
+
+    result = Deblurrer(settings, load_sam=masks is None).deblur(rgb, masks)
+    return as_uint8_rgb(result) if rgb.dtype == np.uint8 else result
+
+
+def deblur_file(
+    src: Path | str,
+    dst: Path | str | None = None,
+    settings: DeblurSettings | None = None,
+    *,
+    masks_file: Path | str | None = None,
+    options: FileOptions | None = None,
+) -> Record:
+    """Deblur one image file; ``dst`` defaults to ``<stem>_deblurred<ext>`` beside ``src``."""
+    src = Path(src)
+    dst = default_output(src) if dst is None else Path(dst)
+    deblurrer = Deblurrer(settings, load_sam=masks_file is None)
+    return deblurrer.deblur_file(src, dst, masks_file=masks_file, options=options)
+
+
+def plan_files(
+    inputs: Sequence[Path | str],
+    output: str | None = None,
+    *,
+    format: str | None = None,
+    masks_file: Path | str | None = None,
+) -> list[Job]:
+    """Jobs for the default command: inputs and where ``-o`` sends them.
+
+    No ``output``: ``<stem>_deblurred<ext>`` beside each input. ``output`` is a folder when
+    there are several inputs, when it ends with a slash or when it is an existing folder;
+    outputs in a folder keep the input's name. Otherwise it is the output file of the one input.
+    """
+    sources = list(dict.fromkeys(Path(p) for p in inputs))
+    if masks_file is not None and len(sources) > 1:
+        raise UsageError("--masks belongs to one image; pass one input, or run them one by one.")
+    masks = None if masks_file is None else Path(masks_file)
+    if output is None:
+        jobs = [Job(src, default_output(src, format), masks) for src in sources]
+    elif len(sources) > 1 or output.endswith(("/", os.sep)) or Path(output).is_dir():
+        folder = Path(output)
+        jobs = [
+            Job(src, folder / (src.stem + output_suffix(src, format)), masks) for src in sources
+        ]
+    else:
+        jobs = [Job(sources[0], Path(output), masks)]
+    check_jobs(jobs)
+    return jobs
+
+
+def default_output(src: Path, format: str | None = None) -> Path:
+    """``photo.jpg`` -> ``photo_deblurred.jpg`` beside it (``format`` may change the extension)."""
+    return src.with_name(f"{src.stem}_deblurred{output_suffix(src, format)}")
