@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import typer
 
 from sam_deblur_cli.cli.app import app, console, err_console
-from sam_deblur_cli.errors import EXIT_INPUT, UsageError
+from sam_deblur_cli.errors import EXIT_INPUT
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -77,6 +77,7 @@ def eval_command(
 ) -> None:
     """Measure models on blurred/sharp pairs: PSNR, SSIM and mode-collapse rate."""
     from sam_deblur_cli.evaluate import EvalSettings, open_dataset, write_csv, write_json
+    from sam_deblur_cli.pipeline import normalize_tile
 
     dataset = open_dataset(source, sharp)
     settings = EvalSettings(
@@ -88,7 +89,7 @@ def eval_command(
         ssim=ssim,
         device=device,
         precision=precision,
-        tile=_parse_tile(tile),
+        tile=normalize_tile(tile),
         fast_masks=fast_masks,
         offline=offline,
     )
@@ -167,11 +168,3 @@ def _number(value: float, fmt: str) -> str:
     if math.isnan(value):
         return "-"
     return "inf" if math.isinf(value) else fmt.format(value)
-
-
-def _parse_tile(text: str) -> int | str | None:
-    if text == "auto":
-        return "auto"
-    if text.isdigit():
-        return int(text) or None
-    raise UsageError(f"--tile {text!r} is not a size; use a number of pixels, auto or 0.")
