@@ -46,7 +46,7 @@ METADATA_HEADER = (
 # --- atomic writes -------------------------------------------------------------------
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Write ``path`` through ``write(file)`` into a temp file beside it, then os.replace."""
     path = Path(path)
     try:
@@ -266,11 +266,7 @@ def write_mask_folder(folder: str | Path, maskset: MaskSet) -> Path:
             atomic_write(staging / f"{i}.png", png)
             rows.append(_metadata_row(i, rec))
         text = "\n".join(rows).encode()  # amg.py: no newline after the last row
-
-        def write_csv(handle: IO[bytes]) -> None:
-            handle.write(text)
-
-        atomic_write(staging / "metadata.csv", write_csv)
+        atomic_write(staging / "metadata.csv", lambda handle: handle.write(text))
         _swap_in(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
