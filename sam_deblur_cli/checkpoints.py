@@ -1,0 +1,136 @@
+"""Read checkpoint files safely into a state dict and load them strictly.
+
+``.pth`` files go through ``torch.load(weights_only=True, map_location="cpu")``, so a
+pickle that carries code is refused before anything in it runs; ``.safetensors`` files
+hold tensors only. torch is imported inside the functions: the CLI imports this module
+at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sam_deblur_cli.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+# BasicSR wraps the state dict; "params" is what its test-time loader reads by default.
+_WRAPPER_KEYS = ("params", "params_ema", "state_dict")
+_STRIPPED_PREFIXES = ("module.",)  # left by DataParallel / DistributedDataParallel
+_LISTED = 8  # keys named per kind in a mismatch report
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read ``path`` (``.pth``/``.pt``/``.ckpt`` or ``.safetensors``) into a flat state dict.
+
+    Accepts a BasicSR file (``{"params": sd}`` or ``{"params_ema": sd}``) or a bare state
+    dict. Tensors land on the CPU with their stored dtype; keys pass through
+    ``filter_keys``. Raises ``CheckpointError`` for unreadable, unsafe or odd files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist; check the path or download it.")
+    raw = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path)
+    return filter_keys(_unwrap(raw, path))
+
+
+def _read_safetensors(path: Path) -> object:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"Checkpoint {path} is not a readable safetensors file ({exc}); download it again."
+        ) from exc
+
+
+def _read_pickle(path: Path) -> object:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"Checkpoint {path} contains pickled code, which is never run for safety; "
+            "use a weights-only checkpoint (a state dict of tensors) or a .safetensors file."
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(
+            f"Checkpoint {path} could not be read ({exc}); it may be truncated, download it again."
+        ) from exc
+
+
+def _unwrap(raw: object, path: Path) -> dict[str, Tensor]:
+    import torch
+
+    if isinstance(raw, Mapping):
+        for key in _WRAPPER_KEYS:
+            if isinstance(raw.get(key), Mapping):
+                logger.debug("Using the %r entry of %s", key, path)
+                raw = raw[key]
+                break
+    if not isinstance(raw, Mapping) or not raw:
+        raise CheckpointError(f"Checkpoint {path} holds no state dict; use a model checkpoint.")
+    odd = [str(k) for k, v in raw.items() if not (isinstance(k, str) and torch.is_tensor(v))]
+    if odd:
+        raise CheckpointError(
+            f"Checkpoint {path} has entries that are not named tensors ({_listing(odd)}); "
+            "use a plain state-dict checkpoint."
+        )
+    return dict(raw)
+
+
+def filter_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The one place where checkpoint keys are renamed: strip wrapper prefixes like ``module.``."""
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        for prefix in _STRIPPED_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def load_strict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Load ``state_dict`` into ``module`` with every key and shape matching, in place.
+
+    Raises ``CheckpointError`` naming the missing, unexpected and mis-shaped keys (with
+    both shapes) instead of torch's long traceback.
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k} (checkpoint {tuple(v.shape)}, network {tuple(expected[k].shape)})"
+        for k, v in state_dict.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    problems = [
+        f"{label}: {_listing(keys)}"
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("mis-shaped keys", misshaped),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"The checkpoint does not fit this network ({'; '.join(problems)}); "
+            "pick the model entry that matches the file."
+        )
+    module.load_state_dict(state_dict, strict=True)
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LISTED])
+    return f"{shown} and {len(keys) - _LISTED} more" if len(keys) > _LISTED else shown
