@@ -93,6 +93,10 @@ _ORIENTATION = 0x0112
 _TIFF_TAGS_TO_EXIF = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
 _SUB_IFDS = (0x8769, 0x8825)
 
+_HEIF_ADVICE = (
+    "which needs the optional pillow-heif package; "
+    "run `pip install pillow-heif` (or `pip install 'sam-deblur-cli[heif]'`)."
+)
 _PILLOW_LIMIT_LOCK = threading.Lock()
 _heif_registered = False
 
@@ -146,8 +150,12 @@ class Picture:
 
 
 def is_image_path(path: str | os.PathLike[str]) -> bool:
-    """True if the file name has a suffix we read (by name only; the file is not opened)."""
-    return Path(path).suffix.lower() in SUPPORTED_SUFFIXES
+    """True if the file name has a suffix we read (by name only; the file is not opened).
+
+    macOS resource-fork companions (``._IMG_1234.JPG`` on shared drives) are not images.
+    """
+    name = Path(path).name
+    return Path(name).suffix.lower() in SUPPORTED_SUFFIXES and not name.startswith("._")
 
 
 def output_format_for(path: str | os.PathLike[str], format: str | None = None) -> str:
@@ -191,7 +199,8 @@ def _quantize(values: NDArray[Any], depth: int) -> NDArray[Any]:
     import numpy as np
 
     top = 255.0 if depth == 8 else 65535.0
-    scaled = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0) * np.float32(top)
+    scaled = np.multiply(values, np.float32(top), dtype=np.float32)  # the one float copy
+    np.nan_to_num(scaled, copy=False, nan=0.0)
     np.clip(scaled, 0.0, top, out=scaled)
     return np.rint(scaled, out=scaled).astype(np.uint8 if depth == 8 else np.uint16)
 
@@ -224,8 +233,8 @@ def read_image(
     """
     src = Path(path)
     data = _read_bytes(src)
-    if _looks_like_heif(data):
-        _register_heif(f"{src} is a HEIF/HEIC image")
+    if _looks_like_heif(data) and not _register_heif():
+        raise ImageReadError(f"{src}: is a HEIF/HEIC image, {_HEIF_ADVICE}")
     im = _open_header(src, data)
     _check_header(src, im, max_pixels)
     big = im.width * im.height > _pillow_limit()
@@ -237,7 +246,7 @@ def read_image(
         else:
             planes, gray, icc = _decode_eight_bit(src, im)
             depth = 8
-        orientation, exif = _orientation_and_exif(im, data)
+        orientation, exif = _orientation_and_exif(src, im, data)
     planes = _orient(planes, orientation)
     return _picture_from_planes(
         planes, gray, depth,
@@ -269,21 +278,17 @@ def _looks_like_heif(data: bytes) -> bool:
     return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
 
 
-def _register_heif(what: str) -> None:
-    """Register pillow-heif's opener once, on first need (it is an optional dependency)."""
+def _register_heif() -> bool:
+    """Register pillow-heif's opener on first need; False if that optional package is missing."""
     global _heif_registered
-    if _heif_registered:
-        return
-    try:
-        import pillow_heif
-    except ImportError:
-        message = (
-            f"{what}, which needs the optional pillow-heif package; "
-            "run `pip install pillow-heif` (or `pip install 'sam-deblur-cli[heif]'`)."
-        )
-        raise (ImageWriteError if what.startswith("cannot") else ImageReadError)(message) from None
-    pillow_heif.register_heif_opener()
-    _heif_registered = True
+    if not _heif_registered:
+        try:
+            import pillow_heif
+        except ImportError:
+            return False
+        pillow_heif.register_heif_opener()
+        _heif_registered = True
+    return True
 
 
 def _pillow_limit() -> float:
@@ -401,7 +406,7 @@ def _check_header(src: Path, im: Image.Image, max_pixels: int | None) -> None:
             f"with --max-pixels {width * height} (max_pixels= in Python)."
         )
     frames = getattr(im, "n_frames", 1)
-    if frames > 1:
+    if frames > 1 and im.format != "MPO":  # MPO: a camera JPEG with preview/depth frames
         logger.warning("%s has %d frames; only the first is used.", src, frames)
 
 
@@ -514,7 +519,7 @@ def _cmyk_to_rgb(src: Path, im: Image.Image) -> tuple[Image.Image, bytes | None]
     return im.convert("RGB"), None
 
 
-def _orientation_and_exif(im: Image.Image, data: bytes) -> tuple[int, bytes | None]:
+def _orientation_and_exif(src: Path, im: Image.Image, data: bytes) -> tuple[int, bytes | None]:
     """(EXIF orientation 1..8 of the stored pixels, EXIF block to carry with orientation 1)."""
     from PIL import Image
 
@@ -538,7 +543,7 @@ def _orientation_and_exif(im: Image.Image, data: bytes) -> tuple[int, bytes | No
         return orientation, None
     exif = _exif_orientation_reset(raw if raw.startswith(_EXIF_PREFIX) else _EXIF_PREFIX + raw)
     if exif is None:
-        logger.warning("EXIF of this %s is malformed; it is not carried to the output.", im.format)
+        logger.warning("%s: its EXIF block is malformed; it is not carried to the output.", src)
     return orientation, exif
 
 
@@ -546,7 +551,8 @@ def _exif_orientation_reset(exif: bytes) -> bytes | None:
     """Patch the EXIF block in place: orientation 1, no IFD1 (its thumbnail is the old image).
 
     Byte-level so that every other tag, maker notes included, survives exactly.
-    Returns None when the block is too malformed to patch safely.
+    Returns None when the block is too malformed to patch safely (viewers would turn the
+    already turned pixels a second time).
     """
     body = bytearray(exif[len(_EXIF_PREFIX) :])
     order = {b"II": "<", b"MM": ">"}.get(bytes(body[:2]))
@@ -557,8 +563,10 @@ def _exif_orientation_reset(exif: bytes) -> bytes | None:
         (count,) = struct.unpack_from(order + "H", body, ifd0)
         for entry in range(ifd0 + 2, ifd0 + 2 + 12 * count, 12):
             tag, kind, n = struct.unpack_from(order + "HHI", body, entry)
-            if tag == _ORIENTATION and kind == 3 and n == 1:
-                struct.pack_into(order + "H", body, entry + 8, 1)
+            if tag == _ORIENTATION:
+                if n != 1 or kind not in (3, 4):  # SHORT as the standard says; LONG seen too
+                    return None
+                struct.pack_into(order + ("H" if kind == 3 else "I"), body, entry + 8, 1)
         struct.pack_into(order + "I", body, ifd0 + 2 + 12 * count, 0)
     except struct.error:
         return None
@@ -567,15 +575,13 @@ def _exif_orientation_reset(exif: bytes) -> bytes | None:
 
 def _orient(planes: NDArray[Any], orientation: int) -> NDArray[Any]:
     """Apply EXIF orientation to H x W x C planes (the transforms of Pillow's exif_transpose)."""
-    import numpy as np
-
     if orientation in (5, 6, 7, 8):
         planes = planes.swapaxes(0, 1)  # 5: transpose; the others add a flip to it
     if orientation in (2, 3, 6, 7):
         planes = planes[:, ::-1]
     if orientation in (3, 4, 7, 8):
         planes = planes[::-1]
-    return np.ascontiguousarray(planes)
+    return planes  # a view: the float conversion that follows makes the one copy
 
 
 def _dpi(im: Image.Image, orientation: int) -> tuple[float, float] | None:
@@ -629,8 +635,8 @@ def write_image(
     if not 1 <= quality <= 100 or not 0 <= png_compression <= 9:
         raise UsageError(f"Quality must be 1..100 (got {quality}), PNG compression 0..9.")
     _refuse_inputs(dst, [p for p in (picture.source_path, *protect) if p is not None])
-    if fmt == "HEIF":
-        _register_heif(f"cannot write {dst}: HEIF output")
+    if fmt == "HEIF" and not _register_heif():
+        raise ImageWriteError(f"{dst}: HEIF output {_HEIF_ADVICE}")
     mode, depth = _output_layout(dst, picture, fmt)
     planes = _output_planes(picture, mode, depth)
     icc = _fitting_icc(dst, picture.icc, mode)

@@ -7,6 +7,7 @@ import hashlib
 import io
 import logging
 import os
+import struct
 import subprocess
 import sys
 from dataclasses import replace
@@ -352,6 +353,41 @@ def test_exif_patch_touches_only_orientation_and_the_thumbnail_link(tmp_path: Pa
     assert 1 <= len(changed) <= 5  # orientation short (+ the IFD1 offset when present)
 
 
+@pytest.mark.parametrize("order", [b"MM", b"II"])
+def test_orientation_stored_as_long_is_applied_and_reset(tmp_path: Path, order: bytes) -> None:
+    fmt = ">" if order == b"MM" else "<"
+    # One IFD0 entry, Orientation = 6 typed LONG (4) where the standard says SHORT.
+    tiff = order + struct.pack(fmt + "HIH", 42, 8, 1) + struct.pack(fmt + "HHII", 0x0112, 4, 1, 6)
+    source = _save(tmp_path / "in.jpg", CAT, exif=b"Exif\x00\x00" + tiff + b"\x00" * 4)
+    picture = read_image(source)
+    assert picture.rgb.shape[:2] == (56, 40)
+    out = write_image(tmp_path / "out.jpg", picture)
+    assert Image.open(out).getexif()[ORIENTATION] == 1
+
+
+@pytest.mark.filterwarnings("ignore:Metadata Warning:UserWarning")  # Pillow's own complaint
+def test_unpatchable_exif_is_dropped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Orientation with a count of 2: cannot be reset safely, so the block must not travel.
+    tiff = b"II" + struct.pack("<HIH", 42, 8, 1) + struct.pack("<HHIHH", 0x0112, 3, 2, 6, 6)
+    source = _save(tmp_path / "odd.jpg", CAT, exif=b"Exif\x00\x00" + tiff + b"\x00" * 4)
+    with caplog.at_level(logging.WARNING, logger="sam_deblur_cli.imageio"):
+        picture = read_image(source)
+    assert picture.exif is None
+    assert "odd.jpg" in caplog.text and "EXIF" in caplog.text
+
+
+def test_tiff_descriptive_tags_become_exif(tmp_path: Path) -> None:
+    source = tmp_path / "scan.tif"
+    Image.fromarray(CAT).save(source, exif=_exif(1).tobytes())  # uncompressed: sub-IFD kept
+    picture = read_image(source)
+    exif = Image.open(write_image(tmp_path / "out.jpg", picture)).getexif()
+    assert exif[MAKE] == "Sam Camera Co"
+    assert exif.get_ifd(EXIF_IFD)[DATE_TAKEN] == "2024:04:14 10:20:30"
+    assert 0x0111 not in exif  # StripOffsets belonged to the TIFF, not to the photo
+
+
 def test_jpeg_is_written_with_full_chroma_and_the_asked_quality(tmp_path: Path) -> None:
     picture = read_image(_save(tmp_path / "in.png", COFFEE))
     best = write_image(tmp_path / "best.jpg", picture)
@@ -476,10 +512,12 @@ def test_missing_heif_support_says_what_to_install(
 
 def test_heic_round_trip_when_pillow_heif_is_installed(tmp_path: Path) -> None:
     pytest.importorskip("pillow_heif")
-    picture = read_image(_save(tmp_path / "in.png", COFFEE, icc_profile=SRGB))
+    source = _save(tmp_path / "in.jpg", COFFEE, quality=98, exif=_exif(1).tobytes())
+    picture = read_image(source)
     out = write_image(tmp_path / "out.heic", picture, quality=95)
     again = read_image(out)
     assert again.source_format == "HEIF" and again.rgb.shape == picture.rgb.shape
+    assert Image.open(out).getexif()[MAKE] == "Sam Camera Co"
     assert np.abs(to_uint8(again.rgb).astype(int) - COFFEE).mean() < 6
 
 
@@ -604,6 +642,7 @@ def test_output_format_and_suffix_helpers() -> None:
         output_format_for("photo.png", "gif")
     assert is_image_path("a/B.HEIC") and is_image_path("c.webp")
     assert not is_image_path("notes.txt") and not is_image_path("archive.jpg.zip")
+    assert not is_image_path("card/._IMG_0001.JPG")
 
 
 def test_to_uint8_rounds_clamps_and_zeroes_nan() -> None:
@@ -676,5 +715,6 @@ def test_rgba_through_lossless_webp_and_tiff_is_exact(
     folder = tmp_path_factory.mktemp("rgba")
     picture = read_image(_save(folder / "in.png", pixels))
     for name in ("out.webp", "out.tif"):
-        written = np.asarray(Image.open(write_image(folder / name, picture, lossless=True)))
-        assert np.array_equal(written, pixels)
+        written = Image.open(write_image(folder / name, picture, lossless=True))
+        # libwebp leaves out an all-opaque alpha plane; reading it back as RGBA restores it.
+        assert np.array_equal(np.asarray(written.convert("RGBA")), pixels)
