@@ -1,0 +1,211 @@
+"""Segment Anything as SAM-Deblur used it: safe loading, the recipe's channel order, generators.
+
+- :func:`load_sam` builds the entry's architecture weightless and loads the checkpoint
+  through our safe reader (``weights_only``, strict keys), never segment_anything's own
+  ``torch.load``.
+- :func:`to_sam_input` applies the recipe's channel order: the published checkpoints were
+  trained on masks of images handed to SAM in BGR order (upstream.md 5.2).
+- :func:`make_generator` returns the fast generator or segment-anything's stock one; both
+  map an H x W x 3 uint8 image to a :class:`MaskSet` in generator order.
+- :func:`override_recipe` / :func:`recipe_departures` apply user overrides and describe,
+  in sentences, how a run's masks differ from those the model was trained on.
+
+torch and segment_anything are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sam_deblur_cli.errors import UsageError
+from sam_deblur_cli.masks.maskset import ListMaskSet, MaskRecord, MaskSet
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
+
+logger = logging.getLogger(__name__)
+
+# segment_anything.SamAutomaticMaskGenerator's defaults: the values a recipe that leaves a
+# parameter out gets (and what upstream.md 5.1 says upstream used).
+AMG_DEFAULTS: dict[str, float | int] = {
+    "points_per_side": 32,
+    "points_per_batch": 64,
+    "pred_iou_thresh": 0.88,
+    "stability_score_thresh": 0.95,
+    "stability_score_offset": 1.0,
+    "box_nms_thresh": 0.7,
+    "crop_n_layers": 0,
+    "crop_nms_thresh": 0.7,
+    "crop_overlap_ratio": 512 / 1500,
+    "crop_n_points_downscale_factor": 1,
+    "min_mask_region_area": 0,
+}
+CHANNEL_ORDERS = ("bgr", "rgb")
+
+MaskSetGenerator = Callable[[np.ndarray], MaskSet]
+
+
+# --- recipe ----------------------------------------------------------------------------
+
+
+def effective_amg(amg: Mapping[str, float | int]) -> dict[str, float | int]:
+    """All generator parameters: the recipe's values over segment-anything's defaults."""
+    unknown = sorted(set(amg) - set(AMG_DEFAULTS))
+    if unknown:
+        raise UsageError(
+            f"Unknown mask generator parameter(s) {', '.join(unknown)}; use "
+            f"{', '.join(AMG_DEFAULTS)}."
+        )
+    return {**AMG_DEFAULTS, **amg}
+
+
+def override_recipe(
+    recipe: Any,
+    *,
+    sam: str | None = None,
+    channel_order: str | None = None,
+    amg: Mapping[str, float | int] | None = None,
+) -> Any:
+    """A copy of ``recipe`` (``weights.Recipe``) with the given overrides; None keeps a field."""
+    changes: dict[str, Any] = {}
+    if sam is not None:
+        changes["sam"] = sam
+    if channel_order is not None:
+        order = channel_order.lower()
+        if order not in CHANNEL_ORDERS:
+            raise UsageError(f"Unknown channel order {channel_order!r}; use bgr or rgb.")
+        changes["channel_order"] = order
+    if amg:
+        effective_amg(amg)  # reject unknown names before anything runs
+        changes["amg"] = {**recipe.amg, **amg}
+    return dataclasses.replace(recipe, **changes) if changes else recipe
+
+
+def recipe_departures(trained: Any, used: Any, *, model: str) -> list[str]:
+    """Sentences naming every way ``used`` differs from the recipe ``model`` was trained with.
+
+    Empty when the run follows the recipe. Parameters are compared after filling in the
+    defaults, so spelling out a default is not a departure.
+    """
+    notes = []
+    if used.sam != trained.sam:
+        notes.append(
+            f"Masks come from {used.sam}, but {model} was trained on masks from {trained.sam}."
+        )
+    if used.channel_order != trained.channel_order:
+        notes.append(
+            f"SAM sees the image in {used.channel_order.upper()} order, but {model} was "
+            f"trained on masks of images fed in {trained.channel_order.upper()} order."
+        )
+    want, got = effective_amg(trained.amg), effective_amg(used.amg)
+    for key in AMG_DEFAULTS:
+        if got[key] != want[key]:
+            notes.append(f"{key} is {got[key]}, but {model} was trained with {want[key]}.")
+    return notes
+
+
+# --- SAM -------------------------------------------------------------------------------
+
+
+def to_sam_input(rgb_uint8: np.ndarray, channel_order: str) -> np.ndarray:
+    """The H x W x 3 uint8 image SAM is given: the RGB image, or a BGR copy for ``"bgr"``."""
+    if rgb_uint8.dtype != np.uint8 or rgb_uint8.ndim != 3 or rgb_uint8.shape[2] != 3:
+        raise ValueError(f"expected H x W x 3 uint8 RGB, got {rgb_uint8.dtype} {rgb_uint8.shape}")
+    if channel_order == "bgr":
+        return np.ascontiguousarray(rgb_uint8[..., ::-1])
+    if channel_order == "rgb":
+        return rgb_uint8
+    raise UsageError(f"Unknown channel order {channel_order!r}; use bgr or rgb.")
+
+
+def load_sam(entry: Any, *, device: str = "cpu", offline: bool = False) -> Sam:
+    """The SAM of a manifest entry (``kind = "sam"``), weights loaded safely, in eval mode."""
+    from segment_anything import sam_model_registry
+
+    from sam_deblur_cli.checkpoints import load_strict, read_state_dict
+    from sam_deblur_cli.weights import ensure_weights
+
+    if entry.kind != "sam" or entry.arch not in sam_model_registry:
+        raise UsageError(
+            f"{entry.name} is not a Segment Anything model; pick a SAM entry for --sam "
+            "(see `sam-deblur weights list`)."
+        )
+    path = ensure_weights(entry, offline=offline)
+    model = sam_model_registry[entry.arch](checkpoint=None)
+    load_strict(model, read_state_dict(path))
+    logger.info("loaded %s (%s) from %s on %s", entry.name, entry.arch, path, device)
+    return model.to(device).eval()
+
+
+def entry_sha256(entry: Any, *, offline: bool = False) -> str:
+    """The sha256 of a SAM entry's weights: pinned, else recorded at import, else hashed."""
+    from sam_deblur_cli.weights import ensure_weights, expected_sha256, sha256_file
+
+    sha = str(expected_sha256(entry))
+    if not sha:
+        path = ensure_weights(entry, offline=offline)
+        sha = str(expected_sha256(entry)) or str(sha256_file(path))
+    return sha
+
+
+class StockMaskGenerator:
+    """segment-anything's ``SamAutomaticMaskGenerator``, returning a :class:`ListMaskSet`."""
+
+    def __init__(self, sam: Sam, **amg: Any) -> None:
+        from segment_anything import SamAutomaticMaskGenerator
+
+        self._amg = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **amg)
+
+    def __call__(self, image: np.ndarray) -> ListMaskSet:
+        """Masks of an H x W x 3 uint8 image, handed to SAM exactly as given."""
+        anns = self._amg.generate(image)
+        masks = [ann["segmentation"] for ann in anns]
+        records = [_record(ann) for ann in anns]
+        return ListMaskSet((int(image.shape[0]), int(image.shape[1])), masks, records)
+
+
+def _record(ann: dict[str, Any]) -> MaskRecord:
+    x, y, w, h = (int(v) for v in ann["bbox"])
+    cx, cy, cw, ch = (int(v) for v in ann["crop_box"])
+    px, py = (float(v) for v in ann["point_coords"][0])
+    return MaskRecord(
+        area=int(ann["area"]),
+        bbox=(x, y, w, h),
+        predicted_iou=float(ann["predicted_iou"]),
+        stability_score=float(ann["stability_score"]),
+        point_coords=(px, py),
+        crop_box=(cx, cy, cw, ch),
+    )
+
+
+def make_generator(sam: Sam, amg: Mapping[str, float | int], *, fast: bool) -> MaskSetGenerator:
+    """A function from an H x W x 3 uint8 image (already in SAM's channel order) to masks."""
+    params: dict[str, Any] = effective_amg(amg)
+    if fast:
+        from sam_deblur_cli.masks.fast import FastMaskGenerator
+
+        return FastMaskGenerator(sam, **params).generate
+    return StockMaskGenerator(sam, **params)
+
+
+def generate(
+    image_rgb_uint8: np.ndarray,
+    sam_entry: Any,
+    recipe: Any,
+    *,
+    fast: bool = True,
+    device: str = "cpu",
+    offline: bool = False,
+) -> MaskSet:
+    """Masks of one RGB uint8 H x W x 3 image made the recipe's way (SAM loaded for this call).
+
+    For many images, load SAM once: ``masks.MaskGenerator``.
+    """
+    model = load_sam(sam_entry, device=device, offline=offline)
+    run = make_generator(model, recipe.amg, fast=fast)
+    return run(to_sam_input(image_rgb_uint8, recipe.channel_order))
