@@ -1,0 +1,162 @@
+"""`sam-deblur weights ...` end to end: list, download, verify, path, import, remove."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import hub_server
+import pytest
+from hub_server import FakeHub, Published, tiny_state_dict, torch_bytes
+
+from sam_deblur_cli import weights
+from sam_deblur_cli.cli import main
+
+hub = hub_server.hub  # fixtures
+published = hub_server.published
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # Rich tables must not wrap
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["weights", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_shows_every_model_with_its_state(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    header = next(line for line in out.splitlines() if "name" in line)
+    assert [w for w in header.replace("┃", " ").split()] == [
+        "name", "kind", "size", "source", "cached", "verified",
+    ]  # fmt: skip
+    row = next(line for line in out.splitlines() if " sam-vit-h " in line)
+    assert "2.6 GB" in row and "hub ybelkada/segment-anything" in row and " no " in row
+    row = next(line for line in out.splitlines() if " segnafnet-gopro " in line)
+    assert "page github.com/HPLQAQ/SAM-Deblur (import)" in row
+
+
+def test_list_json_is_one_record_per_model(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list", "--json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(records) == len(weights.load_manifest())
+    by_name = {r["name"]: r for r in records}
+    vit_b = by_name["sam-vit-b"]
+    assert vit_b["sha256"].startswith("ec2df627") and vit_b["size"] == 375042383
+    assert vit_b["source"]["type"] == "hub"
+    assert vit_b["source"]["revision"] == "7790786db131bcdc639f24a915d9f2c331d843ee"
+    assert (vit_b["cached"], vit_b["verified"], vit_b["path"]) == (False, False, None)
+    default = by_name["segnafnet-gopro"]
+    assert (default["tlc"], default["recipe"], default["sha256"]) == (
+        True,
+        "sam-deblur-gopro",
+        None,
+    )
+
+
+def test_download_then_list_path_verify_remove(
+    hub: FakeHub, published: Published, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "download", "tiny-plain", "blob")
+    assert code == 0, err
+    paths = dict(line.split("\t") for line in out.splitlines())
+    assert Path(paths["blob"]).read_bytes() == published.files["blob"]
+
+    _, out, _ = run(capsys, "list", "--json")
+    record = next(json.loads(x) for x in out.splitlines() if '"tiny-plain"' in x)
+    assert (record["cached"], record["verified"], record["path"]) == (
+        True,
+        True,
+        paths["tiny-plain"],
+    )
+
+    assert run(capsys, "path", "blob")[:2] == (0, paths["blob"] + "\n")
+
+    code, out, _ = run(capsys, "verify")
+    assert code == 0 and sorted(line.split("\t")[0] for line in out.splitlines()) == [
+        "blob", "tiny-plain",
+    ]  # fmt: skip
+
+    code, out, _ = run(capsys, "remove", "blob")
+    assert code == 0 and out == f"blob\tremoved\t{paths['blob']}\n"
+    code, _, err = run(capsys, "path", "blob")
+    assert code == 2 and "`sam-deblur weights download blob`" in err
+
+
+def test_verify_catches_a_corrupted_file_and_removes_it(
+    hub: FakeHub, published: Published, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "download", "blob")[0] == 0
+    blob = weights.locate(weights.load_manifest().get("blob"))
+    assert blob is not None
+    real = blob.resolve()
+    real.chmod(0o644)
+    with real.open("r+b") as f:
+        f.seek(100)
+        f.write(b"corrupt")
+    code, _, err = run(capsys, "verify", "blob")
+    assert code == 2
+    assert weights.load_manifest().get("blob").sha256 in err and "was removed" in err
+    assert not real.exists()
+
+
+def test_download_failures_are_one_line_each_and_the_rest_still_runs(
+    hub: FakeHub, published: Published, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "download", "tiny-map", "no-file", "tiny-plain")
+    assert code == 2
+    assert out.startswith("tiny-plain\t")
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 2
+    assert "`sam-deblur weights import tiny-map PATH/TO/TinyMap.pth`" in lines[0]
+    assert "has no file absent.bin" in lines[1]
+    assert "Traceback" not in err
+
+
+def test_offline_download_of_an_uncached_model_explains(
+    hub: FakeHub, published: Published, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "download", "--offline", "tiny-plain")
+    assert code == 2 and "offline mode is on (--offline)" in err
+    assert hub.requests == []
+
+
+def test_import_accepts_the_right_file_and_refuses_the_wrong_one(
+    published: Published, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "TinyMap.pth"
+    good.write_bytes(torch_bytes({"params": tiny_state_dict("map")}))
+    code, out, err = run(capsys, "import", "tiny-map", str(good))
+    assert code == 0, err
+    dest = Path(out.strip())
+    assert dest.read_bytes() == good.read_bytes() and dest != good
+    assert run(capsys, "path", "tiny-map")[1].strip() == str(dest)
+
+    wrong = tmp_path / "wrong.pth"
+    wrong.write_bytes(torch_bytes({"params": tiny_state_dict("plain")}))
+    code, _, err = run(capsys, "import", "tiny-plain", str(tmp_path / "absent.pth"))
+    assert code == 2 and "is not a file" in err
+    code, _, err = run(capsys, "import", "tiny-map", str(wrong))
+    assert code == 2 and "cannot be imported as tiny-map" in err and "pre_seg" in err
+    assert run(capsys, "path", "tiny-map")[1].strip() == str(dest)  # the good import stays
+
+
+def test_unknown_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "path", "no-such-model")
+    assert code == 2 and "Unknown model 'no-such-model'" in err
+
+
+def test_weights_list_does_not_import_torch() -> None:
+    code = (
+        "import sys; from sam_deblur_cli.cli import main; rc = main(['weights', 'list']);"
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "sam-vit-h" in out.stdout
