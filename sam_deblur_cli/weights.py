@@ -274,27 +274,39 @@ def _parse_entry(path: Path, name: str, raw: Any, recipes: Mapping[str, Recipe])
     source = _parse_source(path, f"{where}.source", raw["source"])
     if isinstance(source, HubSource) and not sha256:
         raise _invalid(path, f"{where}.sha256", "a Hub source needs the file's sha256")
-    common = {
-        "name": name,
-        "kind": kind,
-        "source": source,
-        "sha256": sha256,
-        "size": size or None,
-        "license": str(raw["license"]),
-        "homepage": str(raw["homepage"]),
-        "description": str(raw.get("description", "")),
-    }
-    if kind == "sam":
-        for key in ("net", "recipe", "tlc"):
-            if key in raw:
-                raise _invalid(path, f"{where}.{key}", "only deblur entries take this key")
-        # Any segment_anything.sam_model_registry key (tests register tiny ones); the
-        # registry itself is only consulted when a network is built.
-        if not _ARCH.fullmatch(str(raw.get("arch", ""))):
-            raise _invalid(
-                path, f"{where}.arch", f"name a SAM architecture ({', '.join(_SAM_ARCHS)})"
-            )
-        return Entry(**common, arch=raw["arch"])
+    kind_fields = (
+        _sam_fields(path, where, raw)
+        if kind == "sam"
+        else _deblur_fields(path, where, raw, recipes)
+    )
+    return Entry(
+        name=name,
+        kind=kind,
+        source=source,
+        sha256=sha256,
+        size=size or None,
+        license=str(raw["license"]),
+        homepage=str(raw["homepage"]),
+        description=str(raw.get("description", "")),
+        **kind_fields,
+    )
+
+
+def _sam_fields(path: Path, where: str, raw: dict[str, Any]) -> dict[str, Any]:
+    for key in ("net", "recipe", "tlc"):
+        if key in raw:
+            raise _invalid(path, f"{where}.{key}", "only deblur entries take this key")
+    # Any segment_anything.sam_model_registry key (tests register tiny ones); the registry
+    # itself is only consulted when a network is built.
+    if not _ARCH.fullmatch(str(raw.get("arch", ""))):
+        known = ", ".join(_SAM_ARCHS)
+        raise _invalid(path, f"{where}.arch", f"name a SAM architecture ({known})")
+    return {"arch": raw["arch"]}
+
+
+def _deblur_fields(
+    path: Path, where: str, raw: dict[str, Any], recipes: Mapping[str, Recipe]
+) -> dict[str, Any]:
     if "arch" in raw:
         raise _invalid(path, f"{where}.arch", "deblur entries describe their network in 'net'")
     net = _parse_net(path, f"{where}.net", raw.get("net"))
@@ -306,7 +318,7 @@ def _parse_entry(path: Path, name: str, raw: Any, recipes: Mapping[str, Recipe])
     tlc = raw.get("tlc", False)
     if not isinstance(tlc, bool):
         raise _invalid(path, f"{where}.tlc", "expected true or false")
-    return Entry(**common, net=net, recipe=recipe, tlc=tlc)
+    return {"net": net, "recipe": recipe, "tlc": tlc}
 
 
 def _parse_source(path: Path, where: str, raw: Any) -> HubSource | PageSource:
@@ -589,7 +601,6 @@ def ensure_weights(
 def _download(entry: Entry, source: HubSource, progress: ProgressCallback | None) -> Path:
     import httpx2
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     endpoint = hub_endpoint()
     url = hf_hub_url(source.repo, source.file, revision=source.revision, endpoint=endpoint)
@@ -610,7 +621,8 @@ def _download(entry: Entry, source: HubSource, progress: ProgressCallback | None
             endpoint=endpoint,
             tqdm_class=_progress_relay(progress, f"download {entry.name}"),
         )
-    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError, OSError) as exc:
+    # huggingface_hub's own errors are OSErrors; transport errors come straight from httpx2.
+    except (OSError, httpx2.TransportError) as exc:
         raise _translate(entry, source, endpoint, exc) from exc
     return Path(found)
 
@@ -627,41 +639,29 @@ def _translate(entry: Entry, source: HubSource, endpoint: str, exc: Exception) -
         RevisionNotFoundError,
     )
 
-    name, where = entry.name, f"{source.repo}@{source.revision[:12]} on {endpoint}"
-    check = f"check HF_ENDPOINT and the source of {name} in the weights manifest"
+    name, check = entry.name, f"check HF_ENDPOINT and the source of {entry.name} in the manifest"
+    cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ else exc
+    reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     if isinstance(exc, RepositoryNotFoundError):
-        return DownloadError(
-            f"{endpoint} has no repository {source.repo} (or it is private), "
-            f"so {name} cannot be downloaded; {check}."
-        )
-    if isinstance(exc, RevisionNotFoundError):
-        return DownloadError(
-            f"{endpoint} has no revision {source.revision} of {source.repo}, "
-            f"so {name} cannot be downloaded; {check}."
-        )
-    if isinstance(exc, RemoteEntryNotFoundError):
-        return DownloadError(f"{where} has no file {source.file}; {check}.")
-    if isinstance(exc, HfHubHTTPError):
+        problem = f"{endpoint} has no repository {source.repo} (or it is private)"
+    elif isinstance(exc, RevisionNotFoundError):
+        problem = f"{endpoint} has no revision {source.revision} of {source.repo}"
+    elif isinstance(exc, RemoteEntryNotFoundError):
+        problem = f"{source.repo}@{source.revision[:12]} on {endpoint} has no file {source.file}"
+    elif isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else "an error"
-        return DownloadError(
-            f"{endpoint} answered HTTP {status} for {source.file} of {name}; "
-            "try again later or set HF_ENDPOINT to a mirror."
-        )
-    if isinstance(exc, OfflineModeIsEnabled | LocalEntryNotFoundError):
+        problem, check = f"{endpoint} answered HTTP {status}", "try again later or use a mirror"
+    elif isinstance(cause, OfflineModeIsEnabled):
         return WeightsNotFoundError(
             f"{name} is not in the cache and huggingface_hub is in offline mode; unset "
             f"HF_HUB_OFFLINE and run `sam-deblur weights download {name}`."
         )
-    if isinstance(exc, httpx2.TransportError):
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return DownloadError(
-            f"Cannot download {name} from {endpoint} ({first}); check the network connection "
-            f"or set HF_ENDPOINT to a mirror, then run `sam-deblur weights download {name}`."
-        )
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return DownloadError(
-        f"Downloading {name} failed ({first}); run `sam-deblur weights download {name}` again."
-    )
+    elif isinstance(cause, httpx2.TransportError):
+        problem = f"{endpoint} cannot be reached ({reason})"
+        check = "check the network connection or set HF_ENDPOINT to a mirror"
+    else:
+        problem, check = f"the download broke off ({reason})", "run the command again"
+    return DownloadError(f"Cannot download {name}: {problem}; {check}.")
 
 
 def _progress_relay(progress: ProgressCallback | None, label: str) -> type:

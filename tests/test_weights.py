@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -100,6 +102,11 @@ def test_default_model_is_map_with_the_upstream_recipe_and_tlc() -> None:
 def test_entries_are_hashable_and_sam_entries_have_no_network() -> None:
     manifest = weights.load_manifest()
     assert len({hash(entry) for entry in manifest}) == len(manifest)
+    recipe = manifest.get("masknafnet-gopro").recipe
+    assert recipe is not None
+    # The pipeline keys shared masks on the recipe and applies overrides with replace().
+    assert json.loads(json.dumps(dataclasses.asdict(recipe)))["amg"]["points_per_side"] == 32
+    assert dataclasses.replace(recipe, channel_order="rgb").amg == recipe.amg
     with pytest.raises(UsageError, match="sam-vit-b is a sam model"):
         manifest.get("sam-vit-b").net_config()
 
@@ -276,7 +283,8 @@ def test_hub_404s_become_download_errors_with_advice(
 
 def test_unreachable_endpoint_fails_at_once_with_advice(hub: FakeHub, published: Published) -> None:
     hub.stop()
-    with pytest.raises(DownloadError, match=r"Cannot download tiny-plain from http://127\.0\.0\.1"):
+    message = r"Cannot download tiny-plain: http://127\.0\.0\.1:\d+ cannot be reached"
+    with pytest.raises(DownloadError, match=message):
         weights.ensure_weights(weights.load_manifest().get("tiny-plain"))
 
 

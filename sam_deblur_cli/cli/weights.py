@@ -161,6 +161,8 @@ def verify(
     manifest = lib.load_manifest()
     if not names:
         names = [entry.name for entry in manifest if lib.locate(entry) is not None]
+        if not names:
+            err_console.print(f"no model is cached in {lib.cache_root()}")
 
     def one(entry: lib.Entry) -> None:
         with _progress() as progress:
