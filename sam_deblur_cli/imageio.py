@@ -200,8 +200,8 @@ def _quantize(values: NDArray[Any], depth: int) -> NDArray[Any]:
 
     top = 255.0 if depth == 8 else 65535.0
     scaled = np.multiply(values, np.float32(top), dtype=np.float32)  # the one float copy
-    np.nan_to_num(scaled, copy=False, nan=0.0)
-    np.clip(scaled, 0.0, top, out=scaled)
+    np.fmax(scaled, np.float32(0.0), out=scaled)  # fmax, unlike clip, also turns NaN into 0
+    np.fmin(scaled, np.float32(top), out=scaled)
     return np.rint(scaled, out=scaled).astype(np.uint8 if depth == 8 else np.uint16)
 
 
@@ -247,15 +247,9 @@ def read_image(
             planes, gray, icc = _decode_eight_bit(src, im)
             depth = 8
         orientation, exif = _orientation_and_exif(src, im, data)
+    meta = {"icc": icc or None, "exif": exif, "dpi": _dpi(im, orientation), "source_path": src}
     planes = _orient(planes, orientation)
-    return _picture_from_planes(
-        planes, gray, depth,
-        icc=icc or None,
-        exif=exif,
-        source_format=_format_name(im),
-        dpi=_dpi(im, orientation),
-        source_path=src,
-    )  # fmt: skip
+    return _picture_from_planes(planes, gray, depth, source_format=_format_name(im), **meta)
 
 
 def _read_bytes(src: Path) -> bytes:
@@ -492,6 +486,8 @@ def _decode_eight_bit(src: Path, im: Image.Image) -> tuple[NDArray[Any], bool, b
         im, icc = _cmyk_to_rgb(src, im)
     elif im.mode == "1":
         im = im.convert("L")
+    elif im.mode in ("L", "RGB") and im.has_transparency_data:
+        im = im.convert(im.mode + "A")  # a tRNS colour key becomes a real alpha channel
     elif im.mode not in ("L", "LA", "RGB", "RGBA"):
         # P, PA, YCbCr, RGBX, RGBa (premultiplied), La...: Pillow knows how to expand them.
         alpha = "A" in im.mode or im.has_transparency_data
@@ -684,14 +680,11 @@ def _output_planes(picture: Picture, mode: str, depth: int) -> NDArray[Any]:
     """H x W x C uint8/uint16 planes in ``mode`` order; gray is the Rec. 601 luma of rgb."""
     import numpy as np
 
-    rgb = np.asarray(picture.rgb, dtype=np.float32)
-    if mode.startswith("L"):
-        color = (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None]
-    elif picture.gray:
-        # Gray source stored as RGB (WebP, 16-bit gray + alpha): keep it neutral.
-        color = np.repeat((rgb @ np.array([0.299, 0.587, 0.114], np.float32))[:, :, None], 3, 2)
-    else:
-        color = rgb
+    color = np.asarray(picture.rgb, dtype=np.float32)
+    if picture.gray:
+        # Rec. 601 weights, as Pillow's "L"; a gray source stored as RGB (WebP) stays neutral.
+        luma = (color @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None]
+        color = luma if mode.startswith("L") else np.repeat(luma, 3, axis=2)
     quantized = _quantize(color, depth)
     if "A" not in mode:
         return quantized

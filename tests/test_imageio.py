@@ -237,6 +237,19 @@ def test_palette_with_transparency_becomes_rgba(tmp_path: Path) -> None:
     assert (expected[:, :, 3] == 0).any()
 
 
+@pytest.mark.parametrize("gray", [False, True])
+def test_png_colour_key_transparency_becomes_alpha(tmp_path: Path, gray: bool) -> None:
+    pixels = np.asarray(Image.fromarray(CAT).convert("L")) if gray else CAT
+    key = int(pixels[0, 0]) if gray else tuple(int(v) for v in pixels[0, 0])
+    path = _save(tmp_path / "keyed.png", pixels, transparency=key)
+    picture = read_image(path)
+    assert picture.mode == ("LA" if gray else "RGBA")
+    assert picture.alpha is not None and picture.alpha[0, 0] == 0 and picture.alpha.max() == 1
+    written = np.asarray(Image.open(write_image(tmp_path / "out.png", picture)))
+    assert np.array_equal(written[:, :, -1], to_uint8(picture.alpha))
+    assert np.array_equal(written[:, :, 0], pixels if gray else pixels[:, :, 0])
+
+
 # ------------------------------------------------------------------------- colour layouts
 
 
