@@ -32,8 +32,11 @@ _JSON = typer.Option(False, "--json", help="One JSON record per model on stdout.
 
 
 @contextmanager
-def _progress() -> Iterator[lib.ProgressCallback]:
-    """A Rich progress display on stderr, fed by the library's ``(label, done, total)`` calls."""
+def download_progress() -> Iterator[lib.ProgressCallback]:
+    """A Rich progress display on stderr, fed by the library's ``(label, done, total)`` calls.
+
+    Other commands pass the yielded callback as ``progress=`` wherever weights may download.
+    """
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -145,7 +148,7 @@ def download(
     """Download models from the Hub (pinned revision, sha256 checked); prints NAME and PATH."""
 
     def one(entry: lib.Entry) -> None:
-        with _progress() as progress:
+        with download_progress() as progress:
             path = lib.ensure_weights(entry, offline=offline, progress=progress)
         typer.echo(f"{entry.name}\t{path}")
 
@@ -165,7 +168,7 @@ def verify(
             err_console.print(f"no model is cached in {lib.cache_root()}")
 
     def one(entry: lib.Entry) -> None:
-        with _progress() as progress:
+        with download_progress() as progress:
             path = lib.verify(entry, progress=progress)
         if json_output:
             echo_json({"name": entry.name, "path": str(path), "sha256": lib.expected_sha256(entry)})
@@ -188,7 +191,7 @@ def import_(
 ) -> None:
     """Check a downloaded file against NAME's architecture and copy it into the cache."""
     entry = lib.load_manifest().get(name)
-    with _progress() as progress:
+    with download_progress() as progress:
         dest = lib.import_weights(entry, file, progress=progress)
     err_console.print(f"imported {file} as {entry.name} (sha256 {lib.expected_sha256(entry)})")
     typer.echo(str(dest))
