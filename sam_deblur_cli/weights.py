@@ -142,10 +142,12 @@ class Entry:
 
     @property
     def on_hub(self) -> bool:
+        """Whether the file downloads from the Hub (else it must be imported by hand)."""
         return isinstance(self.source, HubSource)
 
     @property
     def needs_masks(self) -> bool:
+        """Whether the network takes a SAM guide (cat and map variants)."""
         return self.net is not None and self.net.variant != "plain"
 
     def net_config(self) -> NetConfig:
@@ -169,6 +171,7 @@ class Manifest:
         return len(self.entries)
 
     def names(self, kind: Kind | None = None) -> list[str]:
+        """Entry names in file order, optionally only those of one kind."""
         return [e.name for e in self if kind is None or e.kind == kind]
 
     def get(self, name: str) -> Entry:
@@ -365,6 +368,7 @@ def cache_root() -> Path:
 
 
 def hub_cache_dir() -> Path:
+    """The huggingface_hub cache inside ours (never the user's shared ~/.cache/huggingface)."""
     return cache_root() / "hub"
 
 
