@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import pytest
@@ -188,7 +188,7 @@ def amg_metadata(maskset: ListMaskSet) -> str:
         "stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
     ]
     for i, rec in enumerate(maskset.records):
-        ann = {
+        ann: dict[str, Any] = {
             "area": rec.area,
             "bbox": list(rec.bbox),
             "point_coords": [list(rec.point_coords)],

@@ -134,7 +134,8 @@ def write_tiny_sam_manifest(
     Entries: ``sam-tiny`` (arch ``TINY_ARCH``, call :func:`register_tiny_sam` first; its
     file ``sam_tiny.pth`` must still be imported, e.g. with ``weights.import_weights``) and
     ``segnafnet-tiny``, a small MAP network whose recipe ``tiny`` asks for ``sam-tiny`` with
-    thresholds at 0, so that a random SAM still yields masks. Returns the manifest's path.
+    thresholds at 0, so that a random SAM still yields masks; ``nafnet-tiny``, a plain
+    network (no masks). Only the SAM file is written. Returns the manifest's path.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,6 +174,13 @@ enc_blk_nums = [1, 1]
 middle_blk_num = 1
 dec_blk_nums = [1, 1]
 seg_channel = 2
+
+[models.nafnet-tiny]
+kind = "deblur"
+license = "Apache-2.0"
+homepage = "https://example.invalid/tiny"
+source = {{ page = "https://example.invalid/tiny", file = "nafnet_tiny.pth" }}
+net = {{ variant = "plain", width = 8 }}
 """
     )
     return manifest
