@@ -10,7 +10,10 @@ profile, by Pillow's plain conversion (output untagged RGB).
 Decoders: Pillow for 8-bit images; OpenCV for 16-bit PNG and TIFF, because Pillow silently
 truncates 48/64-bit PNGs and TIFFs to 8 bits. HEIF/HEIC needs the optional ``pillow-heif``.
 OpenCV cannot write ICC profiles or EXIF, so 16-bit PNGs get ``iCCP``/``pHYs``/``eXIf`` chunks
-inserted after encoding and 16-bit TIFFs get an ICC tag; EXIF is not carried into 16-bit TIFFs.
+inserted after encoding and 16-bit TIFFs get an ICC tag; EXIF is not carried into 16-bit TIFFs,
+and 8-bit TIFFs keep only its descriptive IFD0 tags (libtiff cannot write the Exif sub-IFD).
+XMP and IPTC blocks are not carried. Multi-frame files (animated WebP/PNG, multi-page TIFF)
+give their first frame, with a logged warning.
 
 Safety: images above ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`, 200 MP) are refused
 from the header, before any pixel is decoded. Truncated files are refused, never padded.
@@ -231,6 +234,8 @@ def read_image(
     from a missing file to a damaged PNG chunk, raises ImageReadError with one line naming the
     file and the reason. The file is only read, never modified.
     """
+    if max_pixels is not None and max_pixels < 1:
+        raise UsageError(f"max_pixels must be a positive number of pixels, not {max_pixels}.")
     src = Path(path)
     data = _read_bytes(src)
     if _looks_like_heif(data) and not _register_heif():

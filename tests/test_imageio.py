@@ -457,6 +457,21 @@ def test_jpeg_is_written_with_full_chroma_and_the_asked_quality(tmp_path: Path) 
         write_image(tmp_path / "bad.jpg", picture, quality=0)
 
 
+@pytest.mark.parametrize("fmt", ["WEBP", "TIFF", "MPO"])
+def test_multi_frame_files_give_their_first_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fmt: str
+) -> None:
+    path = tmp_path / f"frames.{'jpg' if fmt == 'MPO' else fmt.lower()}"
+    first, second = Image.fromarray(CAT), Image.fromarray(255 - CAT)
+    first.save(path, format=fmt, save_all=True, append_images=[second], lossless=True)
+    with caplog.at_level(logging.WARNING, logger="sam_deblur_cli.imageio"):
+        picture = read_image(path)
+    assert np.abs(to_uint8(picture.rgb).astype(int) - CAT).mean() < 10  # the other is ~100 off
+    # A camera MPO (preview or depth frames after the photo) is simply a JPEG to the user.
+    assert ("only the first" in caplog.text) == (fmt != "MPO")
+    assert picture.source_format == ("JPEG" if fmt == "MPO" else fmt)
+
+
 # ------------------------------------------------------------------------------ bomb guard
 
 
@@ -468,6 +483,8 @@ def test_bomb_guard_refuses_from_the_header_and_names_the_override(tmp_path: Pat
     assert "big.png" in message and "60 x 40" in message and "--max-pixels 2400" in message
     assert read_image(path, max_pixels=2400).rgb.shape == (40, 60, 3)
     assert read_image(path, max_pixels=None).rgb.shape == (40, 60, 3)
+    with pytest.raises(UsageError, match="positive"):
+        read_image(path, max_pixels=0)
 
 
 def test_bomb_header_is_refused_without_decoding(tmp_path: Path) -> None:
