@@ -168,3 +168,9 @@ def test_overlapping_groups_are_a_mask_error() -> None:
 def test_a_stack_of_the_wrong_rank_is_a_mask_error() -> None:
     with pytest.raises(MaskError, match="M x 1 x H x W"):
         labels_from_groups(np.zeros((2, 2), dtype=bool))
+
+
+def test_a_0_1_integer_stack_reads_like_a_bool_one() -> None:
+    labels = labels_from_segmask(encode_segmask(random_masks(8, (5, 6), 11), (5, 6)))
+    stack = groups_from_labels(labels)
+    np.testing.assert_array_equal(labels_from_groups(stack.astype(np.uint8)), labels)

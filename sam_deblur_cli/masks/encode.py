@@ -65,32 +65,35 @@ def labels_from_groups(stack: np.ndarray) -> np.ndarray:
 
     Empty slices are dropped and the others keep their order. Pixels no group covers get
     ``UNCOVERED`` (-1): upstream's MAP unit pools them together, like the padding. A pixel in
-    two groups cannot be expressed as a label map and raises ``MaskError``.
+    two groups cannot be expressed as a label map and raises ``MaskError``. One pass per
+    slice over its own pixels, no copy of the stack.
     """
     groups = _as_group_stack(stack)
-    groups = groups[groups.reshape(len(groups), -1).any(axis=1)]
     height, width = groups.shape[1:]
-    if len(groups) == 0:
-        return np.full((height, width), UNCOVERED, dtype=np.int64)
-    coverage = groups.sum(axis=0, dtype=np.int64)
-    overlapping = int(np.count_nonzero(coverage > 1))
+    labels = np.full(height * width, UNCOVERED, dtype=np.int64)
+    label = overlapping = 0
+    for group in groups:
+        pixels = np.flatnonzero(group)
+        if pixels.size == 0:
+            continue
+        overlapping += int(np.count_nonzero(labels[pixels] != UNCOVERED))
+        labels[pixels] = label
+        label += 1
     if overlapping:
         raise MaskError(
             f"The groups overlap on {overlapping} pixels but must partition the image; "
             "regenerate the file from a segmask (one group per gray value)."
         )
-    labels = np.argmax(groups, axis=0).astype(np.int64)
-    labels[coverage == 0] = UNCOVERED
-    return labels
+    return labels.reshape(height, width)
 
 
 def groups_from_labels(labels: np.ndarray) -> np.ndarray:
     """Upstream groups stack (bool G x 1 x H x W) from a label map; -1 pixels are in no slice."""
-    count = int(labels.max(initial=-1)) + 1
+    count = count_groups(labels)
     flat = labels.ravel()
     covered = np.flatnonzero(flat >= 0)
-    stack = np.zeros((count, flat.size), dtype=np.bool_)
-    stack[flat[covered], covered] = True
+    stack = np.zeros(count * flat.size, dtype=np.bool_)
+    stack[flat[covered] * flat.size + covered] = True  # slice label, pixel covered
     return stack.reshape(count, 1, *labels.shape)
 
 
@@ -107,4 +110,4 @@ def _as_group_stack(stack: np.ndarray) -> np.ndarray:
             f"A groups stack must be M x 1 x H x W or M x H x W, got shape {stack.shape}; "
             "save the groups with key 'masks' in that layout."
         )
-    return stack if stack.dtype == np.bool_ else stack != 0
+    return stack if stack.dtype == np.bool_ else stack != 0  # 0/1 integer stacks too
