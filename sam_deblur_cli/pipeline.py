@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from sam_deblur_cli.errors import InputError, MaskError, SetupError, UsageError
 
@@ -37,13 +37,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Record = dict[str, Any]
+GuideKind = Literal["none", "segmask", "labels"]
 STAGES = ("read", "masks", "deblur", "write")
-# Extensions a folder scan treats as images; anything else in the folder is left alone.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".heic", ".heif"}
-)
-FORMAT_EXTENSIONS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png", "tiff": ".tif", "tif": ".tif"}
-FORMAT_EXTENSIONS |= {"webp": ".webp", "bmp": ".bmp"}
 
 
 @dataclass
@@ -74,10 +69,10 @@ class FileOptions:
     overlay: bool = False  # also write the mask overlay next to each output
 
 
-def normalize_tile(tile: int | str | None) -> int | str | None:
+def normalize_tile(tile: int | str | None) -> int | Literal["auto"] | None:
     """``"auto"`` stays, ``None`` / ``0`` / ``"0"`` mean never, a positive number is a size."""
     if tile is None or tile == "auto":
-        return tile
+        return None if tile is None else "auto"
     try:
         size = int(tile)
     except ValueError:
@@ -125,9 +120,9 @@ class Deblurrer:
             self._mask_generator()
 
     @property
-    def guide_kind(self) -> str:
+    def guide_kind(self) -> GuideKind:
         """``"none"`` (plain), ``"segmask"`` (CAT) or ``"labels"`` (MAP)."""
-        return str(self.net.guide_kind)
+        return cast(GuideKind, self.net.guide_kind)
 
     @property
     def recipe_key(self) -> str:
@@ -139,37 +134,22 @@ class Deblurrer:
 
     def _effective_recipe(self) -> Any:
         """The model entry's mask recipe with the settings' overrides applied (None: no masks)."""
-        base, s = self.entry.recipe, self.settings
-        if base is None:
+        if self.entry.recipe is None:
             return None
-        changes: dict[str, Any] = {}
-        if s.sam is not None:
-            changes["sam"] = s.sam
-        if s.channel_order is not None:
-            order = s.channel_order.lower()
-            if order not in ("rgb", "bgr"):
-                raise UsageError(f"Unknown channel order {s.channel_order!r}; use rgb or bgr.")
-            changes["channel_order"] = order
-        if s.amg:
-            changes["amg"] = {**base.amg, **s.amg}
-        return dataclasses.replace(base, **changes) if changes else base
+        from sam_deblur_cli.masks.sam import override_recipe
+
+        s = self.settings
+        return override_recipe(
+            self.entry.recipe, sam=s.sam, channel_order=s.channel_order, amg=s.amg
+        )
 
     def departures(self) -> list[str]:
-        """Plain phrases naming how this run's masks differ from the model's recipe."""
-        base, used = self.entry.recipe, self.recipe
-        if base is None or used is None:
+        """Sentences naming how this run's masks differ from those the model was trained on."""
+        if self.entry.recipe is None:
             return []
-        notes = []
-        if used.sam != base.sam:
-            notes.append(f"SAM {used.sam} instead of {base.sam}")
-        if used.channel_order != base.channel_order:
-            notes.append(
-                f"{used.channel_order.upper()} instead of {base.channel_order.upper()} for SAM"
-            )
-        for key in sorted(used.amg):
-            if used.amg[key] != base.amg.get(key):
-                notes.append(f"{key} {used.amg[key]} instead of {base.amg.get(key)}")
-        return notes
+        from sam_deblur_cli.masks.sam import recipe_departures
+
+        return recipe_departures(self.entry.recipe, self.recipe, model=self.entry.name)
 
     def _load_network(self, checkpoint: Path) -> Any:
         from sam_deblur_cli.checkpoints import load_strict, read_state_dict
@@ -228,7 +208,7 @@ class Deblurrer:
                 f"The masks are {masks.labels.shape[1]}x{masks.labels.shape[0]} but the image is "
                 f"{shape[1]}x{shape[0]}; use masks made from this image."
             )
-        guide = masks.guide(self.guide_kind)  # type: ignore[arg-type]
+        guide = masks.guide(self.guide_kind)
         assert guide is not None  # only plain networks take no guide
         return guide
 
@@ -255,39 +235,47 @@ class Deblurrer:
         ``picture``: the already decoded ``src`` (batch prefetch). Raises InputError
         subclasses for this input's problems and SetupError for the run's.
         """
-        from sam_deblur_cli.imageio import read_image, write_image
-
         src, dst, options = Path(src), Path(dst), options or FileOptions()
         record = self.new_record(src, dst)
+        self._deblur_into(
+            record, src, dst, Path(masks_file) if masks_file else None, options, picture
+        )
+        return record
+
+    def _deblur_into(
+        self,
+        record: Record,
+        src: Path,
+        dst: Path,
+        masks_file: Path | None,
+        options: FileOptions,
+        picture: Picture | None,
+    ) -> None:
+        """deblur_file's work, filling ``record`` as it goes (stage times survive a failure)."""
+        from sam_deblur_cli.imageio import picture_with, read_image, write_image
+
         _refuse_overwriting_input(src, dst)
         if dst.exists() and not options.overwrite:
             record["status"] = "skipped"
-            return record
+            return
         seconds = record["seconds"]
         if picture is None:
             with _timer(seconds, "read"):
                 picture = read_image(src, **_read_kwargs(options))
         masks = self._masks_for(picture, masks_file, seconds)
+        if masks is not None:
+            record.update(masks=masks.count, groups=masks.groups)
         with _timer(seconds, "deblur"):
             restored = self.deblur(picture.rgb, masks)
         with _timer(seconds, "write"):
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            write_image(
-                dst,
-                dataclasses.replace(picture, rgb=restored),
-                format=options.format,
-                quality=options.quality,
-            )
+            written = picture_with(restored, picture)
+            write_image(dst, written, format=options.format, quality=options.quality, protect=[src])
             if options.overlay and masks is not None:
                 record["overlay"] = str(self._write_overlay(picture, masks, dst))
-        height, width = picture.rgb.shape[:2]
-        record.update(status="ok", width=width, height=height)
-        if masks is not None:
-            record.update(masks=masks.count, groups=masks.groups)
-        return record
+        record.update(status="ok", width=picture.width, height=picture.height)
 
     def _masks_for(
-        self, picture: Picture, masks_file: Path | str | None, seconds: dict[str, float]
+        self, picture: Picture, masks_file: Path | None, seconds: dict[str, float]
     ) -> MaskResult | None:
         if not self.needs_masks:
             if masks_file is not None:
@@ -297,7 +285,7 @@ class Deblurrer:
             return None
         with _timer(seconds, "masks"):
             if masks_file is not None:
-                return self.load_masks(Path(masks_file), picture.rgb.shape[:2])
+                return self.load_masks(masks_file, (picture.height, picture.width))
             return self.compute_masks(as_uint8_rgb(picture.rgb))
 
     def _write_overlay(self, picture: Picture, masks: MaskResult, dst: Path) -> Path:
@@ -394,15 +382,10 @@ class Job:
 
 
 def output_suffix(src: Path, format: str | None) -> str:
-    """The output extension: ``format``'s, else the input's own (same format)."""
-    if format is None:
-        return src.suffix
-    key = format.lower().lstrip(".")
-    if key not in FORMAT_EXTENSIONS:
-        raise UsageError(
-            f"Unknown output format {format!r}; use one of {', '.join(sorted(FORMAT_EXTENSIONS))}."
-        )
-    return FORMAT_EXTENSIONS[key]
+    """The output extension: ``format``'s usual one, else the input's own (same format)."""
+    from sam_deblur_cli.imageio import suffix_for_format
+
+    return src.suffix if format is None else suffix_for_format(format)
 
 
 def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -> list[Path]:
@@ -412,6 +395,8 @@ def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -
     """
     if not in_dir.is_dir():
         raise UsageError(f"{in_dir} is not a folder; pass the folder that holds the images.")
+    from sam_deblur_cli.imageio import is_image_path
+
     pattern = "**/*" if recursive else "*"
     excluded = exclude.resolve() if exclude is not None and exclude.exists() else None
     found = []
@@ -419,7 +404,7 @@ def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -
         rel = path.relative_to(in_dir)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if not is_image_path(path):
             continue
         if excluded is not None and excluded in path.resolve().parents:
             continue
@@ -501,6 +486,10 @@ def run_batch(
     options = options or FileOptions()
     callbacks = callbacks or BatchCallbacks()
     jobs = list(jobs)
+    if not deblurrer.needs_masks and any(job.masks_file is not None for job in jobs):
+        raise UsageError(
+            f"{deblurrer.entry.name} takes no masks; drop --masks or pick a model that does."
+        )
     records: dict[int, Record] = {}
     todo = []
     for index, job in enumerate(jobs):
@@ -547,17 +536,14 @@ def _one_job(
 ) -> Record:
     record = deblurrer.new_record(job.src, job.dst)
     try:
-        picture, read_seconds = decoded.result()
-        record = deblurrer.deblur_file(
-            job.src, job.dst, masks_file=job.masks_file, options=options, picture=picture
-        )
-        record["seconds"] = {"read": read_seconds, **record["seconds"]}
+        picture, record["seconds"]["read"] = decoded.result()
+        deblurrer._deblur_into(record, job.src, job.dst, job.masks_file, options, picture)
     except SetupError:
         raise
     except InputError as exc:
         record.update(status="failed", error=str(exc))
     except Exception as exc:  # one input's unforeseen failure must not end the batch
-        logger.debug("unexpected failure on %s", job.src, exc_info=True)
+        logger.info("unexpected failure on %s", job.src, exc_info=True)  # traceback with -v
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     return record
 
