@@ -88,7 +88,7 @@ _WRITE_MODES = {
     "HEIF": ("RGB", "RGBA"),
 }
 _ICC_SPACE_BY_MODE = {"L": b"GRAY", "LA": b"GRAY", "RGB": b"RGB ", "RGBA": b"RGB "}
-_JPEG_MAX_EXIF = 65533 - 2  # one APP1 marker segment, less its length field
+_JPEG_MAX_EXIF = 65533  # one APP1 segment holds 65535 bytes, its length field included
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 _EXIF_PREFIX = b"Exif\x00\x00"
 _ORIENTATION = 0x0112

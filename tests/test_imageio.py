@@ -447,6 +447,21 @@ def test_tiff_descriptive_tags_become_exif(tmp_path: Path) -> None:
     assert 0x0111 not in exif  # StripOffsets belonged to the TIFF, not to the photo
 
 
+def test_exif_too_big_for_jpeg_is_left_out_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    exif = _exif(1)
+    exif.get_ifd(EXIF_IFD)[0x927C] = b"maker notes " * 6000  # 72 kB: fits PNG, not a JPEG APP1
+    picture = read_image(_save(tmp_path / "in.png", CAT, exif=exif.tobytes()))
+    assert picture.exif is not None and len(picture.exif) > 70_000
+    with caplog.at_level(logging.WARNING, logger="sam_deblur_cli.imageio"):
+        out = write_image(tmp_path / "out.jpg", picture)
+    assert "too big for JPEG" in caplog.text
+    assert "exif" not in Image.open(out).info
+    png = write_image(tmp_path / "out.png", picture)
+    assert Image.open(png).getexif()[MAKE] == "Sam Camera Co"
+
+
 def test_jpeg_is_written_with_full_chroma_and_the_asked_quality(tmp_path: Path) -> None:
     picture = read_image(_save(tmp_path / "in.png", COFFEE))
     best = write_image(tmp_path / "best.jpg", picture)
