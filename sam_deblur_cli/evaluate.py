@@ -20,7 +20,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -317,16 +317,13 @@ class _PairRunner:
         return model.load_masks(pair.mask, (height, width))
 
     def _save(self, name: str, model: str, source: Picture, restored: np.ndarray) -> list[Issue]:
-        from sam_deblur_cli.imageio import write_image
+        """Write the measured uint8 pixels as SAVE_DIR/MODEL/NAME.png; a failure is an issue."""
+        from sam_deblur_cli.imageio import picture_with, write_image
 
         assert self.settings.save_dir is not None
         target = self.settings.save_dir / model / f"{name}.png"
-        rgb = restored.astype("float32") / 255.0  # the very pixels that were measured
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_image(target, replace(source, rgb=rgb), format="png")
-        except OSError as exc:
-            return [Issue(name, model, f"Could not save {target} ({exc.strerror}).")]
+            write_image(target, picture_with(restored / 255.0, source), format="png")
         except InputError as exc:
             return [Issue(name, model, str(exc))]
         return []
