@@ -37,9 +37,14 @@ def manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> weights.Manifes
     return loaded
 
 
-def recipe_of(manifest: weights.Manifest, **overrides: Any) -> Any:
+def trained_recipe(manifest: weights.Manifest) -> weights.Recipe:
     recipe = manifest.get("segnafnet-tiny").recipe
-    return sam.override_recipe(recipe, **overrides)
+    assert recipe is not None
+    return recipe
+
+
+def recipe_of(manifest: weights.Manifest, **overrides: Any) -> weights.Recipe:
+    return sam.override_recipe(trained_recipe(manifest), **overrides)
 
 
 @pytest.fixture
@@ -219,7 +224,7 @@ def test_every_departure_is_named_in_a_sentence() -> None:
 def test_override_recipe_applies_overrides_and_rejects_unknown_ones(
     manifest: weights.Manifest,
 ) -> None:
-    base = manifest.get("segnafnet-tiny").recipe
+    base = trained_recipe(manifest)
     assert sam.override_recipe(base) is base
     changed = sam.override_recipe(
         base, sam="sam-x", channel_order="RGB", amg={"box_nms_thresh": 0.5}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from sam_deblur_cli.errors import MaskError
 from sam_deblur_cli.masks.maskset import ListMaskSet, MaskRecord, MaskSet
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from sam_deblur_cli.masks.cache import MaskCache
-    from sam_deblur_cli.masks.sam import MaskSetGenerator
+    from sam_deblur_cli.masks.sam import MaskSetGenerator, RecipeLike
+    from sam_deblur_cli.weights import Manifest
 
 __all__ = [
     "ListMaskSet",
@@ -110,9 +111,9 @@ class MaskGenerator:
     def __init__(
         self,
         sam_entry_name: str,
-        recipe: Any,
+        recipe: RecipeLike,
         *,
-        manifest: Any,
+        manifest: Manifest,
         device: str = "cpu",
         fast: bool = True,
         offline: bool = False,
@@ -137,14 +138,15 @@ class MaskGenerator:
         ``need_maskset=True`` (per-mask outputs) skips the cache lookup, since the cache keeps
         only the segmask; the result is still stored for later runs.
         """
-        key = self._cache_key(rgb_uint8) if self.cache is not None else None
-        if self.cache is not None and key is not None and not need_maskset:
-            hit = self.cache.get(key, rgb_uint8.shape[:2])
-            if hit is not None:
-                return hit
+        if self.cache is None:
+            return result_from_maskset(self._generate(rgb_uint8))
+        key = self._cache_key(rgb_uint8)
+        hit = None if need_maskset else self.cache.get(key, rgb_uint8.shape[:2])
+        if hit is not None:
+            return hit
         result = result_from_maskset(self._generate(rgb_uint8))
-        if self.cache is not None and key is not None and result.segmask is not None:
-            self.cache.put(key, result.segmask, result.count)
+        assert result.segmask is not None  # generated masks always have one
+        self.cache.put(key, result.segmask, result.count)
         return result
 
     def _generate(self, rgb_uint8: np.ndarray) -> MaskSet:

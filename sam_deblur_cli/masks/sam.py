@@ -18,15 +18,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from sam_deblur_cli.errors import UsageError
+from sam_deblur_cli.errors import CheckpointError, UsageError
 from sam_deblur_cli.masks.maskset import ListMaskSet, MaskRecord, MaskSet
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
+
+    from sam_deblur_cli.weights import Entry, Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,19 @@ CHANNEL_ORDERS = ("bgr", "rgb")
 MaskSetGenerator = Callable[[np.ndarray], MaskSet]
 
 
+class RecipeLike(Protocol):
+    """What a mask recipe says (``weights.Recipe`` has these fields)."""
+
+    @property
+    def sam(self) -> str: ...
+
+    @property
+    def channel_order(self) -> str: ...
+
+    @property
+    def amg(self) -> Mapping[str, float | int]: ...
+
+
 # --- recipe ----------------------------------------------------------------------------
 
 
@@ -65,12 +80,12 @@ def effective_amg(amg: Mapping[str, float | int]) -> dict[str, float | int]:
 
 
 def override_recipe(
-    recipe: Any,
+    recipe: Recipe,
     *,
     sam: str | None = None,
     channel_order: str | None = None,
     amg: Mapping[str, float | int] | None = None,
-) -> Any:
+) -> Recipe:
     """A copy of ``recipe`` (``weights.Recipe``) with the given overrides; None keeps a field."""
     changes: dict[str, Any] = {}
     if sam is not None:
@@ -86,7 +101,7 @@ def override_recipe(
     return dataclasses.replace(recipe, **changes) if changes else recipe
 
 
-def recipe_departures(trained: Any, used: Any, *, model: str) -> list[str]:
+def recipe_departures(trained: RecipeLike, used: RecipeLike, *, model: str) -> list[str]:
     """Sentences naming every way ``used`` differs from the recipe ``model`` was trained with.
 
     Empty when the run follows the recipe. Parameters are compared after filling in the
@@ -123,17 +138,22 @@ def to_sam_input(rgb_uint8: np.ndarray, channel_order: str) -> np.ndarray:
     raise UsageError(f"Unknown channel order {channel_order!r}; use bgr or rgb.")
 
 
-def load_sam(entry: Any, *, device: str = "cpu", offline: bool = False) -> Sam:
+def load_sam(entry: Entry, *, device: str = "cpu", offline: bool = False) -> Sam:
     """The SAM of a manifest entry (``kind = "sam"``), weights loaded safely, in eval mode."""
     from segment_anything import sam_model_registry
 
     from sam_deblur_cli.checkpoints import load_strict, read_state_dict
     from sam_deblur_cli.weights import ensure_weights
 
-    if entry.kind != "sam" or entry.arch not in sam_model_registry:
+    if entry.kind != "sam":
         raise UsageError(
             f"{entry.name} is not a Segment Anything model; pick a SAM entry for --sam "
             "(see `sam-deblur weights list`)."
+        )
+    if entry.arch not in sam_model_registry:
+        raise CheckpointError(
+            f"{entry.name} names the SAM architecture {entry.arch!r}, which segment_anything "
+            f"does not have; fix the manifest to use one of {', '.join(sam_model_registry)}."
         )
     path = ensure_weights(entry, offline=offline)
     model = sam_model_registry[entry.arch](checkpoint=None)
@@ -142,7 +162,7 @@ def load_sam(entry: Any, *, device: str = "cpu", offline: bool = False) -> Sam:
     return model.to(device).eval()
 
 
-def entry_sha256(entry: Any, *, offline: bool = False) -> str:
+def entry_sha256(entry: Entry, *, offline: bool = False) -> str:
     """The sha256 of a SAM entry's weights: pinned, else recorded at import, else hashed."""
     from sam_deblur_cli.weights import ensure_weights, expected_sha256, sha256_file
 
@@ -195,8 +215,8 @@ def make_generator(sam: Sam, amg: Mapping[str, float | int], *, fast: bool) -> M
 
 def generate(
     image_rgb_uint8: np.ndarray,
-    sam_entry: Any,
-    recipe: Any,
+    sam_entry: Entry,
+    recipe: RecipeLike,
     *,
     fast: bool = True,
     device: str = "cpu",
