@@ -146,7 +146,7 @@ def test_bgr_and_rgb_masks_are_cached_apart(
 def test_a_cache_hit_skips_sam_even_without_its_weights(
     manifest: weights.Manifest, photo: np.ndarray, sam_inputs: list[np.ndarray]
 ) -> None:
-    recipe = recipe_of(manifest)
+    recipe = recipe_of(manifest, amg={"points_per_side": 2})
     first = MaskGenerator("sam-tiny", recipe, manifest=manifest, fast=False)
     made = first(photo)
     assert first.sam_runs == 1 and len(sam_inputs) == 1
