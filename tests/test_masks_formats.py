@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from sam_deblur_cli.errors import MaskError
+from sam_deblur_cli.errors import ImageWriteError, MaskError
 from sam_deblur_cli.masks import MaskResult, load_mask_file, result_from_maskset
 from sam_deblur_cli.masks.encode import labels_from_segmask
 from sam_deblur_cli.masks.formats import (
@@ -270,3 +270,8 @@ def test_mask_result_guides() -> None:
     assert result.guide("segmask") is result.segmask
     assert result.guide("labels") is result.labels
     assert result.count == 12 and result.shape == SHAPE
+
+
+def test_a_mask_folder_in_a_missing_folder_is_an_image_write_error(tmp_path: Path) -> None:
+    with pytest.raises(ImageWriteError, match="Could not write"):
+        write_mask_folder(tmp_path / "missing" / "a", blob_maskset(2))

@@ -258,7 +258,13 @@ def write_mask_folder(folder: str | Path, maskset: MaskSet) -> Path:
     never sees a mix of two runs.
     """
     folder = Path(folder)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    except OSError as exc:
+        raise ImageWriteError(
+            f"Could not write {folder}: {exc.strerror}; check that {folder.parent} exists and "
+            "is writable."
+        ) from exc
     try:
         rows = [METADATA_HEADER]
         for i, (mask, rec) in enumerate(zip(maskset.iter_masks(), maskset.records, strict=True)):
@@ -268,6 +274,12 @@ def write_mask_folder(folder: str | Path, maskset: MaskSet) -> Path:
         text = "\n".join(rows).encode()  # amg.py: no newline after the last row
         atomic_write(staging / "metadata.csv", lambda handle: handle.write(text))
         _swap_in(staging, folder)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ImageWriteError(
+            f"Could not write {folder}: {exc.strerror or exc}; check the free space and "
+            "permissions."
+        ) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
