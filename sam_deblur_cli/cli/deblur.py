@@ -440,13 +440,18 @@ def _report(record: Record, *, json: bool, quiet: bool) -> None:
 
 
 def _failure_table(failed: Sequence[Record], total: int) -> None:
+    """The end-of-run summary: every failed input (relative to their common folder)."""
+    import os
+
     from rich.table import Table
 
+    inputs = [str(record["input"]) for record in failed]
+    root = os.path.dirname(inputs[0]) if len(inputs) == 1 else os.path.commonpath(inputs)
     table = Table(title=f"{len(failed)} of {total} input(s) failed", title_justify="left")
-    table.add_column("input", overflow="fold")
+    table.add_column(f"input (in {root})" if root else "input", overflow="fold")
     table.add_column("error", overflow="fold")
-    for record in failed:
-        table.add_row(record["input"], record["error"] or "")
+    for path, record in zip(inputs, failed, strict=True):
+        table.add_row(os.path.relpath(path, root) if root else path, str(record["error"]))
     err_console.print(table)
 
 
