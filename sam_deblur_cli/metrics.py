@@ -75,8 +75,7 @@ def ssim_3d(image: np.ndarray, reference: np.ndarray) -> float:
     kernel = gaussian_kernel()
 
     def window_mean(plane: np.ndarray) -> np.ndarray:
-        # tensordot runs as one (H*W) x C by C x C BLAS product; ``@`` would loop per pixel.
-        return np.tensordot(_spatial_filter(plane, kernel), mix, axes=([2], [1]))
+        return _mix_channels(_spatial_filter(plane, kernel), mix)
 
     height = image.shape[0]
     return _strip_mean(image, reference, window_mean, rows=(0, height), cols=(0, image.shape[1]))
@@ -160,6 +159,15 @@ def _channel_mixing(channels: int) -> np.ndarray:
         for tap, weight in enumerate(kernel):
             mix[out, min(max(out + tap - half, 0), channels - 1)] += weight
     return mix
+
+
+def _mix_channels(plane: np.ndarray, mix: np.ndarray) -> np.ndarray:
+    """out[..., i] = sum_j mix[i, j] * plane[..., j] for a float64 H x W x C array."""
+    import cv2
+
+    if plane.shape[2] <= 4:  # cv2.transform: one SIMD pass, no BLAS threads to spin up
+        return cv2.transform(plane, mix).reshape(plane.shape)
+    return np.tensordot(plane, mix, axes=([2], [1]))
 
 
 def _spatial_filter(plane: np.ndarray, kernel: np.ndarray) -> np.ndarray:
