@@ -301,3 +301,14 @@ def test_console_script_runs_with_json(tiny_env: TinyEnv, tmp_path: Path) -> Non
     assert "No GPU found" in run.stderr  # auto fell back to the CPU, visibly
     with Image.open(tmp_path / "b.png") as im:
         assert (im.format, im.size) == ("PNG", (64, 64))
+
+
+def test_generator_overrides_print_the_departures_note(
+    tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = _photo(tmp_path / "a.png")
+    overrides = ["--points-per-side", "1", "--channel-order", "rgb", "--stock-masks"]
+    code, out, err = _run(capsys, photo, *overrides, "--json", *CPU)
+    assert code == 0, err
+    assert "note:" in err and "points_per_side is 1" in err and "RGB order" in err
+    assert _records(out)[0]["masks"] >= 1

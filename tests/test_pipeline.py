@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import (
+    TinyEnv,
+    small_photo,
+    tiny_checkpoints_fixture,  # noqa: F401
+    tiny_env_factory_fixture,  # noqa: F401
+    tiny_env_fixture,  # noqa: F401
+)
 
 from sam_deblur_cli.errors import InputError, UsageError
 from sam_deblur_cli.pipeline import (
+    Deblurrer,
+    DeblurSettings,
     Job,
     as_float_rgb,
     as_uint8_rgb,
@@ -17,6 +27,7 @@ from sam_deblur_cli.pipeline import (
     normalize_tile,
     plan_batch,
     plan_files,
+    run_batch,
     scan_folder,
 )
 
@@ -135,3 +146,56 @@ def test_arrays_that_are_not_rgb_are_refused(shape: tuple[int, ...]) -> None:
         as_float_rgb(np.zeros(shape, dtype=np.uint8))
     with pytest.raises(InputError, match="uint8 or float"):
         as_float_rgb(np.zeros((2, 2, 3), dtype=np.int32))
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_batch_loads_the_model_once_and_decodes_the_next_image_meanwhile(
+    tiny_env: TinyEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from sam_deblur_cli import imageio, nets
+
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(small_photo("astronaut", 16)).save(_mkdir(tmp_path / "in") / name)
+    builds: list[str] = []
+    real_build = nets.build_network
+    monkeypatch.setattr(
+        nets, "build_network", lambda cfg: builds.append(cfg.variant) or real_build(cfg)
+    )
+    readers: dict[str, str] = {}
+    decoded = {name: threading.Event() for name in ("a.png", "b.png", "c.png")}
+    real_read = imageio.read_image
+
+    def read(path: Path, **kwargs: object) -> object:
+        readers[Path(path).name] = threading.current_thread().name
+        picture = real_read(path, **kwargs)  # type: ignore[arg-type]
+        decoded[Path(path).name].set()
+        return picture
+
+    monkeypatch.setattr(imageio, "read_image", read)
+    deblurrer = Deblurrer(DeblurSettings(model="nafnet-gopro", device="cpu"))
+    real_deblur = deblurrer.deblur
+    overlapped: list[bool] = []
+
+    def deblur(rgb: np.ndarray, masks: object = None) -> np.ndarray:
+        # While image n is deblurred, image n + 1 is being decoded: wait for it here.
+        waiting = [event for event in decoded.values() if not event.is_set()]
+        overlapped.append(not waiting or waiting[0].wait(timeout=30))
+        return real_deblur(rgb, masks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(deblurrer, "deblur", deblur)
+    jobs = plan_batch(tmp_path / "in", tmp_path / "out")
+    records = run_batch(deblurrer, jobs)
+    assert [r["status"] for r in records] == ["ok", "ok", "ok"]
+    assert builds == ["plain"]
+    assert set(readers) == {"a.png", "b.png", "c.png"}
+    assert all(name.startswith("prefetch") for name in readers.values())
+    assert overlapped == [True, True, True]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -126,16 +126,20 @@ class TinyEnv:
     checkpoints: dict[str, Path]
     imported: tuple[str, ...]
 
-    def subprocess_env(self) -> dict[str, str]:
-        """Environment for a child ``sam-deblur``: the same manifest and cache, the tiny SAM
-        architecture registered at start-up (through a sitecustomize), no network."""
-        site = self.root / "site"
-        site.mkdir(exist_ok=True)
-        (site / "sitecustomize.py").write_text(
-            "from tiny_sam import register_tiny_sam\nregister_tiny_sam()\n"
-        )
+    def subprocess_env(self, *, tiny_sam: bool = True) -> dict[str, str]:
+        """Environment for a child ``sam-deblur``: the same manifest and cache (conftest's
+        ``SAM_DEBLUR_HOME``), no network and, with ``tiny_sam``, the tiny SAM architecture
+        registered at start-up through a sitecustomize (which imports segment_anything)."""
+        paths = [str(TESTS_DIR)]
+        if tiny_sam:
+            site = self.root / "site"
+            site.mkdir(exist_ok=True)
+            (site / "sitecustomize.py").write_text(
+                "from tiny_sam import register_tiny_sam\nregister_tiny_sam()\n"
+            )
+            paths.insert(0, str(site))
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(site), str(TESTS_DIR)])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
         env["SAM_DEBLUR_WEIGHTS"] = str(self.manifest)
         env["COLUMNS"] = "200"
         return env

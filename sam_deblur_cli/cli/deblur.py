@@ -251,15 +251,7 @@ def deblur_command(
 
         return plan_files(inputs, output, format=format, masks_file=masks)
 
-    _run(
-        plan,
-        settings_kw,
-        file_kw,
-        json=json,
-        quiet=quiet,
-        verbose=verbose,
-        sam_needed=masks is None,
-    )
+    _run(plan, settings_kw, file_kw, json=json, quiet=quiet, verbose=verbose)
 
 
 @app.command(name="batch", help=BATCH_HELP)
@@ -322,7 +314,7 @@ def batch_command(
 
         return plan_batch(in_dir, Path(output), recursive=recursive, format=format)
 
-    _run(plan, settings_kw, file_kw, json=json, quiet=quiet, verbose=verbose, sam_needed=True)
+    _run(plan, settings_kw, file_kw, json=json, quiet=quiet, verbose=verbose)
 
 
 def _amg(
@@ -344,7 +336,6 @@ def _run(
     json: bool,
     quiet: bool,
     verbose: bool,
-    sam_needed: bool,
 ) -> None:
     """Shared body: set-up errors exit 2 before any image; failures of inputs exit 1."""
     try:
@@ -354,9 +345,7 @@ def _run(
             settings = DeblurSettings(**settings_kw)
             options = FileOptions(**file_kw)
             jobs = plan()
-            records = _process(
-                jobs, settings, options, json=json, quiet=quiet, sam_needed=sam_needed
-            )
+            records = _process(jobs, settings, options, json=json, quiet=quiet)
     except SamDeblurError as exc:
         raise fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
@@ -376,15 +365,17 @@ def _process(
     *,
     json: bool,
     quiet: bool,
-    sam_needed: bool,
 ) -> list[Record]:
     from sam_deblur_cli.pipeline import BatchCallbacks, Deblurrer, run_batch
 
     if not jobs:
         err_console.print("[yellow]No images found.[/]")
         return []
-    deblurrer = Deblurrer(settings, load_sam=sam_needed and _any_without_masks(jobs))
-    _print_departures(deblurrer, quiet=quiet)
+    # SAM only when some image has no mask file (and the model takes masks at all).
+    uses_sam = any(job.masks_file is None for job in jobs)
+    deblurrer = Deblurrer(settings, load_sam=uses_sam)
+    if uses_sam and deblurrer.needs_masks and not quiet:
+        _print_departures(deblurrer.departures())
     with _Progress(len(jobs), enabled=not quiet) as progress:
 
         def done(job: Job, record: Record) -> None:
@@ -396,19 +387,12 @@ def _process(
         )
 
 
-def _any_without_masks(jobs: Sequence[Job]) -> bool:
-    return any(job.masks_file is None for job in jobs)
-
-
-def _print_departures(deblurrer: Any, *, quiet: bool) -> None:
-    notes = deblurrer.departures() if deblurrer.needs_masks else []
-    if notes and not quiet:
+def _print_departures(notes: Sequence[str]) -> None:
+    """The departures-from-recipe note: overrides make masks unlike the training masks."""
+    if notes:
+        text = " ".join(notes)
         err_console.print(
-            "[yellow]note:[/] masks depart from the recipe the model was trained with: "
-            + "; ".join(notes)
-            + ".",
-            highlight=False,
-            soft_wrap=True,
+            f"[yellow]note:[/] {text} Results may be worse.", highlight=False, soft_wrap=True
         )
 
 
