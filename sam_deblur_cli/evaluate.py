@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
-
 MasksFrom = Literal["auto", "dataset", "sam"]
 
 # progress(done, total, name): called after each pair, ``name`` being the pair just done.
@@ -117,6 +115,8 @@ class EvalResult:
     rows: list[ImageRow] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     tlc: dict[str, bool] = field(default_factory=dict)  # whether each model ran with TLC
+    masks_from: Literal["dataset", "sam"] = "sam"
+    ssim: SsimVariant = "3d"
 
     @property
     def complete(self) -> bool:
@@ -185,8 +185,10 @@ def open_dataset(source: Path, sharp: Path | None = None) -> Dataset:
 def list_pairs(dataset: Dataset) -> tuple[list[Pair], list[Issue]]:
     """Pair image files by stem, sorted by name; incomplete pairs are kept, ambiguous stems
     (``a.png`` beside ``a.jpg``) are returned as issues."""
-    blurred, issues = _images_by_stem(dataset.blurred, IMAGE_SUFFIXES)
-    sharp, sharp_issues = _images_by_stem(dataset.sharp, IMAGE_SUFFIXES)
+    from sam_deblur_cli.imageio import SUPPORTED_SUFFIXES
+
+    blurred, issues = _images_by_stem(dataset.blurred, SUPPORTED_SUFFIXES)
+    sharp, sharp_issues = _images_by_stem(dataset.sharp, SUPPORTED_SUFFIXES)
     segmasks, _ = _images_by_stem(dataset.segmasks, frozenset({".png"}))
     groups, _ = _images_by_stem(dataset.groups, frozenset({".npz"}))
     issues += sharp_issues
@@ -211,13 +213,15 @@ def evaluate(
     Raises UsageError for bad settings and lets set-up errors of the models (missing
     weights, unavailable device) through; per-input problems end up in ``issues``.
     """
-    masks_from = _resolve_masks_from(settings, dataset)
+    masks_from = _check_settings(settings, dataset)
     pairs, issues = list_pairs(dataset)
     if settings.limit is not None:
         pairs = pairs[: settings.limit]
     models = _load_models(settings, manifest)
     tlc = {name: bool(model.tlc) for name, model in models.items()}
-    result = EvalResult(models=list(models), pairs=len(pairs), issues=issues, tlc=tlc)
+    result = EvalResult(
+        list(models), len(pairs), issues=issues, tlc=tlc, masks_from=masks_from, ssim=settings.ssim
+    )
     runner = _PairRunner(models, settings, use_dataset_masks=masks_from == "dataset")
     for done, pair in enumerate(pairs, start=1):
         rows, pair_issues = runner.run(pair)
@@ -344,6 +348,7 @@ def write_csv(result: EvalResult, path: Path) -> None:
 def write_json(result: EvalResult, path: Path) -> None:
     """Summaries, per-image rows and issues as JSON; non-finite numbers become null."""
     record = {
+        "settings": {"ssim": result.ssim, "masks_from": result.masks_from},
         "models": [_finite(asdict(s)) for s in result.summaries()],
         "images": [_finite(asdict(row)) for row in result.rows],
         "issues": [asdict(issue) for issue in result.issues],
@@ -356,8 +361,9 @@ def write_json(result: EvalResult, path: Path) -> None:
     _write_text(path, write)
 
 
-def _resolve_masks_from(settings: EvalSettings, dataset: Dataset) -> MasksFrom:
-    """Check the settings; "auto" means the dataset's mask files when it has a mask folder."""
+def _check_settings(settings: EvalSettings, dataset: Dataset) -> Literal["dataset", "sam"]:
+    """Refuse unusable settings; return where masks come from ("auto" resolved: the
+    dataset's files when it has a mask folder, else SAM)."""
     if not settings.models:
         raise UsageError("No model to evaluate; pass at least one --model NAME.")
     twice = sorted({m for m in settings.models if settings.models.count(m) > 1})

@@ -139,7 +139,10 @@ def _table(result: EvalResult, title: str) -> Table:
     """Rich table like the paper's: one row per model, PSNR (dB) / SSIM / MCR."""
     from rich.table import Table
 
-    table = Table(title=title)
+    ssim = {"3d": "3-D SSIM (NAFNet's, as in the paper)", "classic": "classic per-channel SSIM"}
+    masks = {"dataset": "the dataset's mask files", "sam": "SAM, once per image and recipe"}
+    caption = f"{ssim[result.ssim]}; masks from {masks[result.masks_from]}; MCR: > 3 dB lost"
+    table = Table(title=title, caption=caption)
     for header in ("Model", "TLC", "PSNR", "SSIM", "MCR", "Images", "Skipped"):
         table.add_column(header, justify="left" if header == "Model" else "right")
     for s in result.summaries():
