@@ -34,15 +34,17 @@ def local_mean(x: Tensor, kernel: tuple[int, int]) -> Tensor:
 
 
 def _window_sums(x: Tensor, k: int, dim: int) -> Tensor:
-    """Sums of every k consecutive entries along ``dim`` (prefix sums with a zero prepended).
+    """Sums of every k consecutive entries along ``dim``, from prefix sums.
 
     Done one axis at a time: the same values as upstream's 2-D prefix sum, but the running
     sums stay a row long instead of a whole map, which keeps float32 rounding small.
     """
-    pad = (1, 0) if dim == -1 else (0, 0, 1, 0)
-    prefix = F.pad(x.cumsum(dim), pad)
+    prefix = x.cumsum(dim)
     n = x.shape[dim]
-    return prefix.narrow(dim, k, n - k + 1) - prefix.narrow(dim, 0, n - k + 1)
+    # window i is prefix[i + k - 1] - prefix[i - 1], with prefix[-1] = 0 for the first one
+    out = prefix.narrow(dim, k - 1, n - k + 1).clone()
+    out.narrow(dim, 1, n - k).sub_(prefix.narrow(dim, 0, n - k))
+    return out
 
 
 class LocalAvgPool2d(nn.Module):
