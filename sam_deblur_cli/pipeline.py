@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +110,8 @@ class Deblurrer:
         self.placement = resolve(
             settings.device, settings.precision, require_gpu=settings.require_gpu
         )
-        self._progress = progress
         self.recipe = self._effective_recipe()
+        self.tlc = self.entry.tlc if settings.tlc is None else settings.tlc
         self._generator: MaskGenerator | None = None
         checkpoint = weights.ensure_weights(self.entry, offline=settings.offline, progress=progress)
         self.net = self._load_network(checkpoint)
@@ -158,11 +158,9 @@ class Deblurrer:
 
         net = build_network(self.entry.net_config())
         load_strict(net, read_state_dict(checkpoint))
-        tlc = self.entry.tlc if self.settings.tlc is None else self.settings.tlc
-        set_tlc(net, bool(tlc))
-        self.tlc = bool(tlc)
+        set_tlc(net, self.tlc)
         logger.info(
-            "loaded %s (tlc %s) from %s", self.entry.name, "on" if tlc else "off", checkpoint
+            "loaded %s (TLC %s) from %s", self.entry.name, "on" if self.tlc else "off", checkpoint
         )
         return net.to(self.placement.device)
 
@@ -331,13 +329,13 @@ def as_float_rgb(rgb: np.ndarray) -> np.ndarray:
 
 
 def as_uint8_rgb(rgb: np.ndarray) -> np.ndarray:
-    """H x W x 3 uint8 or float [0, 1] RGB -> uint8 (rounded), what SAM is fed."""
+    """H x W x 3 uint8 or float [0, 1] RGB -> uint8, rounded as image files are written."""
     import numpy as np
 
+    from sam_deblur_cli.imageio import to_uint8
+
     _check_rgb(rgb)
-    if rgb.dtype == np.uint8:
-        return rgb
-    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return rgb if rgb.dtype == np.uint8 else to_uint8(rgb)
 
 
 def _check_rgb(rgb: np.ndarray) -> None:
@@ -420,7 +418,8 @@ def plan_batch(
     Outputs keep the input's name (and format unless ``format``). When two inputs would
     share an output (``a.png`` and ``a.jpg`` with ``--format png``, or names that differ
     only by case), each of them gets its input extension added to the stem:
-    ``a_png.png`` and ``a_jpg.png``. The rule is deterministic, so resuming finds them again.
+    ``a_png.png`` and ``a_jpg.png``. The rule is deterministic, so resuming finds them again;
+    a plan that still collides (a real ``a_png.png`` beside them) is refused.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if out_dir.resolve() == in_dir.resolve():
@@ -498,37 +497,33 @@ def run_batch(
             _notify(callbacks.on_done, job, records[index])
         else:
             todo.append(index)
+    sources = [jobs[index].src for index in todo]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
         try:
-            _run_prefetched(deblurrer, jobs, todo, options, callbacks, pool, records)
+            for index, decoded in zip(
+                todo, _decoded_one_ahead(pool, sources, options), strict=True
+            ):
+                _notify(callbacks.on_start, jobs[index])
+                records[index] = _one_job(deblurrer, jobs[index], decoded, options)
+                _notify(callbacks.on_done, jobs[index], records[index])
         except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)  # drop the prefetched decode
             raise
     return [records[i] for i in range(len(jobs))]
 
 
-def _run_prefetched(
-    deblurrer: Deblurrer,
-    jobs: list[Job],
-    todo: list[int],
-    options: FileOptions,
-    callbacks: BatchCallbacks,
-    pool: ThreadPoolExecutor,
-    records: dict[int, Record],
-) -> None:
-    def submit(position: int) -> Future[tuple[Picture, float]] | None:
-        if position >= len(todo):
-            return None
-        return pool.submit(_timed_read, jobs[todo[position]].src, options)
-
-    upcoming = submit(0)
-    for position, index in enumerate(todo):
-        job, current = jobs[index], upcoming
-        upcoming = submit(position + 1)
-        _notify(callbacks.on_start, job)
+def _decoded_one_ahead(
+    pool: ThreadPoolExecutor, sources: Sequence[Path], options: FileOptions
+) -> Iterator[Future[tuple[Picture, float]]]:
+    """One decode per source, in order; the next is submitted before the current is handed
+    out, so it decodes while the caller works on the current one (prefetch of one)."""
+    upcoming = pool.submit(_timed_read, sources[0], options) if sources else None
+    for position in range(len(sources)):
+        current = upcoming
+        if position + 1 < len(sources):
+            upcoming = pool.submit(_timed_read, sources[position + 1], options)
         assert current is not None
-        records[index] = _one_job(deblurrer, job, current, options)
-        _notify(callbacks.on_done, job, records[index])
+        yield current
 
 
 def _one_job(

@@ -52,7 +52,7 @@ def test_arrays_and_files_go_through_the_same_pipeline(tiny_env: TinyEnv, tmp_pa
     src = tmp_path / "cat.png"
     Image.fromarray(rgb).save(src)
     masks_png = _segmask_png(tmp_path / "mask.png", rgb.shape[:2])
-    settings = DeblurSettings(device="cpu")  # the default model: MAP, masks from the file
+    settings = DeblurSettings(device="cpu", tlc=False)  # the default model (MAP), masks from a file
     from sam_deblur_cli.masks import load_mask_file
 
     masks = load_mask_file(masks_png, rgb.shape[:2])
@@ -102,10 +102,10 @@ def test_runs_that_need_no_sam_never_import_segment_anything(
         "import sys\n"
         "import numpy as np\n"
         "from sam_deblur_cli import Deblurrer, DeblurSettings, deblur_array\n"
-        "plain = DeblurSettings(model='nafnet-gopro')\n"
+        "plain = DeblurSettings(model='nafnet-gopro', tlc=False)\n"
         "out = deblur_array(np.zeros((20, 30, 3), np.uint8), plain)\n"
         "assert out.shape == (20, 30, 3) and out.dtype == np.uint8\n"
-        "d = Deblurrer(DeblurSettings(), load_sam=False)\n"
+        "d = Deblurrer(DeblurSettings(tlc=False), load_sam=False)\n"
         f"r = d.deblur_file({str(tmp_path / 'a.png')!r}, {str(tmp_path / 'b.png')!r}, "
         f"masks_file={str(masks_png)!r})\n"
         "assert r['status'] == 'ok', r\n"

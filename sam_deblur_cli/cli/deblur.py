@@ -9,14 +9,14 @@ records (one line per input) to stdout. Heavy modules load inside the command bo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sam_deblur_cli.cli.app import app, console, echo_json, err_console, fail
+from sam_deblur_cli.cli.app import app, echo_json, err_console, fail
 from sam_deblur_cli.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, SamDeblurError
 
 if TYPE_CHECKING:
@@ -329,7 +329,7 @@ def _amg(
 
 
 def _run(
-    plan: Any,
+    plan: Callable[[], list[Job]],
     settings_kw: dict[str, Any],
     file_kw: dict[str, Any],
     *,
@@ -403,7 +403,8 @@ def _report(record: Record, *, json: bool, quiet: bool) -> None:
     status = record["status"]
     if status == "ok" and not quiet:
         total = sum(record["seconds"].values())
-        console.print(
+        # stderr, like the progress bar it must print above; stdout is kept for --json.
+        err_console.print(
             f"{record['input']} -> {record['output']} ({total:.1f} s)",
             highlight=False,
             soft_wrap=True,
@@ -417,10 +418,16 @@ def _report(record: Record, *, json: bool, quiet: bool) -> None:
         )
     elif status == "failed":
         err_console.print(
-            f"[bold red]failed:[/] {record['input']}: {record['error']}",
+            f"[bold red]failed:[/] {record['input']}: {_reason(record)}",
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _reason(record: Record) -> str:
+    """A failed record's error without the leading input path that many errors repeat."""
+    error, prefix = str(record["error"]), f"{record['input']}: "
+    return error.removeprefix(prefix)
 
 
 def _failure_table(failed: Sequence[Record], total: int) -> None:
@@ -435,12 +442,12 @@ def _failure_table(failed: Sequence[Record], total: int) -> None:
     table.add_column(f"input (in {root})" if root else "input", overflow="fold")
     table.add_column("error", overflow="fold")
     for path, record in zip(inputs, failed, strict=True):
-        table.add_row(os.path.relpath(path, root) if root else path, str(record["error"]))
+        table.add_row(os.path.relpath(path, root) if root else path, _reason(record))
     err_console.print(table)
 
 
 class _Progress:
-    """Rich progress bar on stderr: count, ETA and the last image's per-stage seconds."""
+    """Rich progress bar on stderr: count, ETA and the mean seconds of each stage so far."""
 
     def __init__(self, total: int, *, enabled: bool) -> None:
         from rich.progress import (
@@ -462,6 +469,8 @@ class _Progress:
             transient=True,
         )
         self.task = self.progress.add_task("deblurring", total=total, stages="")
+        self.totals: dict[str, float] = {}
+        self.done = 0
 
     def __enter__(self) -> _Progress:
         self.progress.start()
@@ -474,13 +483,18 @@ class _Progress:
         self.progress.update(self.task, description=job.src.name)
 
     def advance(self, record: Record) -> None:
-        seconds = record["seconds"]
-        stages = " ".join(
-            f"{stage} {seconds[stage]:.1f}s"
-            for stage in ("read", "masks", "deblur", "write")
-            if stage in seconds
+        from sam_deblur_cli.pipeline import STAGES
+
+        if record["status"] == "ok":
+            self.done += 1
+            for stage, seconds in record["seconds"].items():
+                self.totals[stage] = self.totals.get(stage, 0.0) + seconds
+        means = " ".join(
+            f"{stage} {self.totals[stage] / self.done:.1f}s"
+            for stage in STAGES
+            if stage in self.totals
         )
-        self.progress.update(self.task, advance=1, stages=stages)
+        self.progress.update(self.task, advance=1, stages=means)
 
 
 @contextmanager
