@@ -296,3 +296,22 @@ def test_console_script_runs_with_json(tiny_env: TinyEnv, tmp_path: Path) -> Non
     assert "No GPU found" in run.stderr  # auto fell back to the CPU, visibly
     with Image.open(tmp_path / "b.png") as im:
         assert (im.format, im.size) == ("PNG", (64, 64))
+
+
+def test_verbosity_tile_and_pixel_limit_options(
+    tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = _photo(tmp_path / "a.png")
+    plain_auto = ["--model", "nafnet-gopro", "--no-tlc"]  # device auto: falls back, warns
+    code, out, err = _run(
+        capsys, photo, "-o", tmp_path / "v.png", "-v", "--json", "--tile", "0", *plain_auto
+    )
+    assert code == 0, err
+    assert "No GPU found" in err and "loaded nafnet-gopro" in err  # WARNING and INFO shown
+    assert _records(out)[0]["tile"] is None
+    code, out, err = _run(capsys, photo, "-o", tmp_path / "q.png", "-q", *plain_auto)
+    assert code == 0 and out == "" and err == ""  # -q: errors only
+    code, _, err = _run(capsys, photo, "-o", tmp_path / "t.png", "--tile", "big", *PLAIN)
+    assert code == 2 and "tile" in err
+    code, _, err = _run(capsys, photo, "-o", tmp_path / "m.png", "--max-pixels", "1000", *PLAIN)
+    assert code == 1 and "--max-pixels" in err and not (tmp_path / "m.png").exists()

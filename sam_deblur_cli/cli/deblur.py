@@ -376,7 +376,8 @@ def _process(
     deblurrer = Deblurrer(settings, load_sam=uses_sam)
     if uses_sam and deblurrer.needs_masks and not quiet:
         _print_departures(deblurrer.departures())
-    with _Progress(len(jobs), enabled=not quiet) as progress:
+    # A live bar only on a terminal: in logs and pipes it would be noise.
+    with _Progress(len(jobs), enabled=not quiet and err_console.is_terminal) as progress:
 
         def done(job: Job, record: Record) -> None:
             progress.advance(record)
