@@ -1,0 +1,319 @@
+"""Automatic masks: stock ``SamAutomaticMaskGenerator`` versus our ``FastMaskGenerator``.
+
+Each side runs in its own subprocess (so peak memory does not mix) and is timed stage by
+stage: image encoder, mask decoder, post-processing (stability, boxes, NMS, full-resolution
+masks, the segmask encoding), total. Scenarios:
+
+(a) ``vitb``: vit_b with random weights at 720p, default thresholds (encoder/decoder bound);
+(b) ``controlled``: a tiny SAM whose decoder output is replaced, in both generators, by
+    controlled logits (blobs of a known partition, see ``ControlledLogits``) with realistic
+    survivor counts, at 720p and (full mode only) 12 MP (post-processing bound).
+
+    python -m benchmarks.bench_masks [--quick] [--json PATH]
+
+``ControlledLogits`` and ``patch_stock`` / ``patch_fast`` are shared with the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOW = 256  # side of SAM's low-res logits
+
+
+class ControlledLogits:
+    """Decoder stand-in: each point prompt gets 3 masks built from a known partition.
+
+    The partition is a Voronoi diagram of ``n_cells`` seeds over the image, drawn in the
+    256 x 256 low-res frame (where the image covers the top-left input_size / 4). A point in
+    cell c gets: c alone, c with its nearest neighbour, c with its 3 nearest neighbours, as
+    signed-distance logits with a per-mask slope (so stability scores fall on both sides of
+    the threshold) and per-mask IoU predictions around the threshold, plus a small per-point
+    jitter so no two candidates tie.
+    """
+
+    def __init__(self, input_size: tuple[int, int], n_cells: int = 300, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        rows, cols = -(-input_size[0] // 4), -(-input_size[1] // 4)
+        self.seeds = rng.uniform([0, 0], [rows, cols], size=(n_cells, 2))
+        yy, xx = np.mgrid[0:LOW, 0:LOW]
+        grid = np.stack([yy.ravel(), xx.ravel()], 1).astype(np.float64) + 0.5
+        dist = ((grid[:, None, :] - self.seeds[None]) ** 2).sum(-1)
+        self.labels = dist.argmin(1).reshape(LOW, LOW)
+        self.inside = np.zeros((LOW, LOW), bool)
+        self.inside[:rows, :cols] = True
+        seed_dist = ((self.seeds[:, None] - self.seeds[None]) ** 2).sum(-1)
+        self.neighbours = seed_dist.argsort(1)[:, :4]  # itself first
+        self.slopes = np.exp(rng.uniform(np.log(2.0), np.log(40.0), size=(n_cells, 3)))
+        self.ious = rng.uniform(0.75, 1.0, size=(n_cells, 3))
+        self.bias = rng.uniform(-0.4, 0.4, size=(n_cells, 3))
+        self._rng = rng
+
+    def __call__(self, in_points: Any) -> tuple[Any, Any]:
+        """Points B x 2 (x, y) in the model input frame -> (logits B x 3 x 256 x 256, IoU B x 3)."""
+        import torch
+
+        pts = in_points.detach().cpu().numpy()
+        cells = self.labels[
+            np.clip((pts[:, 1] // 4).astype(int), 0, LOW - 1),
+            np.clip((pts[:, 0] // 4).astype(int), 0, LOW - 1),
+        ]
+        logits = np.stack([[self._logits(c, k) for k in range(3)] for c in cells])
+        jitter = self._rng.uniform(-0.004, 0.004, size=(len(cells), 3))
+        iou = self.ious[cells] + jitter
+        return (
+            torch.as_tensor(logits, dtype=torch.float32, device=in_points.device),
+            torch.as_tensor(iou, dtype=torch.float32, device=in_points.device),
+        )
+
+    def _logits(self, cell: int, k: int) -> np.ndarray:
+        import cv2
+
+        members = self.neighbours[cell, : (1, 2, 4)[k]]
+        mask = (np.isin(self.labels, members) & self.inside).astype(np.uint8)
+        inside = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+        outside = cv2.distanceTransform(1 - mask, cv2.DIST_L2, 5)
+        sdf = inside - outside + self.bias[cell, k]
+        return np.clip(sdf * self.slopes[cell, k], -40.0, 40.0).astype(np.float32)
+
+
+def patch_stock(generator: Any, logits: Callable[[Any], tuple[Any, Any]]) -> None:
+    """Make a stock generator's predictor use ``logits`` instead of SAM's decoder."""
+    predictor = generator.predictor
+
+    def predict_torch(
+        point_coords: Any,
+        point_labels: Any,
+        boxes: Any = None,
+        mask_input: Any = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[Any, Any, Any]:
+        low, iou = logits(point_coords[:, 0, :])
+        masks = predictor.model.postprocess_masks(
+            low, predictor.input_size, predictor.original_size
+        )
+        if not return_logits:
+            masks = masks > predictor.model.mask_threshold
+        return masks, iou, low
+
+    predictor.predict_torch = predict_torch
+
+
+def patch_fast(generator: Any, logits: Callable[[Any], tuple[Any, Any]]) -> None:
+    """Make a FastMaskGenerator use ``logits`` instead of SAM's decoder."""
+    generator.decode_points = lambda ctx, in_points: logits(in_points)
+
+
+def input_size_of(shape: tuple[int, int], img_size: int = 1024) -> tuple[int, int]:
+    """ResizeLongestSide's output size for an image of ``shape`` (H, W)."""
+    scale = img_size / max(shape)
+    return int(shape[0] * scale + 0.5), int(shape[1] * scale + 0.5)
+
+
+def build_sam(kind: str) -> Any:
+    """Random-weight SAM: 'vit_b' (real shapes) or 'tiny' (small encoder and decoder)."""
+    import torch
+    from segment_anything import sam_model_registry
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    torch.manual_seed(0)
+    if kind == "vit_b":
+        return sam_model_registry["vit_b"](checkpoint=None).eval()
+    dim = 32
+    encoder = ImageEncoderViT(
+        img_size=1024,
+        patch_size=16,
+        embed_dim=dim,
+        depth=1,
+        num_heads=2,
+        out_chans=dim,
+        window_size=8,
+        global_attn_indexes=(),
+        use_rel_pos=False,
+    )
+    prompt = PromptEncoder(
+        embed_dim=dim, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=4
+    )
+    transformer = TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2)
+    decoder = MaskDecoder(
+        transformer_dim=dim, transformer=transformer, iou_head_depth=3, iou_head_hidden_dim=dim
+    )
+    return Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder).eval()
+
+
+def test_image(shape: tuple[int, int]) -> np.ndarray:
+    """A real photo (skimage's astronaut) resized to H x W, uint8 RGB."""
+    import cv2
+    from skimage import data
+
+    return cv2.resize(data.astronaut(), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+# ---------------------------------------------------------------------------------------
+# One side of one scenario, run in a subprocess.
+
+
+class _StageTimer:
+    """Wraps callables so the time spent inside them is summed per stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+        return timed
+
+
+def run_side(side: str, scenario: str, shape: tuple[int, int], points: int) -> dict[str, Any]:
+    """Generate masks once and encode the segmask; return stage times and peak RSS."""
+    import torch
+
+    from sam_deblur_cli.masks.encode import encode_segmask
+
+    sam = build_sam("vit_b" if scenario == "vitb" else "tiny")
+    image = test_image(shape)
+    timer = _StageTimer()
+    sam.image_encoder.forward = timer.wrap("encoder", sam.image_encoder.forward)
+    controlled = (
+        ControlledLogits(input_size_of(shape), n_cells=_cells(shape))
+        if scenario == "controlled"
+        else None
+    )
+    start = time.perf_counter()
+    if side == "stock":
+        from segment_anything import SamAutomaticMaskGenerator
+
+        gen = SamAutomaticMaskGenerator(sam, points_per_side=points)
+        if controlled is not None:
+            patch_stock(gen, timer.wrap("decoder", controlled))
+        else:
+            sam.mask_decoder.forward = timer.wrap("decoder", sam.mask_decoder.forward)
+        with torch.inference_mode():
+            masks = iter([a["segmentation"] for a in gen.generate(image)])
+    else:
+        from sam_deblur_cli.masks.fast import FastMaskGenerator
+
+        fast = FastMaskGenerator(sam, points_per_side=points)
+        if controlled is not None:
+            patch_fast(fast, timer.wrap("decoder", controlled))
+        else:
+            fast.decode_points = timer.wrap("decoder", fast.decode_points)  # type: ignore[method-assign]
+        masks = fast.generate(image).iter_masks()
+    segmask = encode_segmask(masks, shape)
+    total = time.perf_counter() - start
+    seconds = dict(timer.seconds)
+    seconds["total"] = total
+    seconds["post"] = total - seconds.get("encoder", 0.0) - seconds.get("decoder", 0.0)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "seconds": seconds,
+        "peak_rss_gb": peak_kb / 2**20,
+        "segmask_sum": int(segmask.astype(np.int64).sum()),
+        "segmask_values": len(np.unique(segmask)),
+    }
+
+
+def _cells(shape: tuple[int, int]) -> int:
+    """Partition size giving a realistic ~300-400 kept masks with a 32 x 32 grid."""
+    return 420
+
+
+# ---------------------------------------------------------------------------------------
+# Driver.
+
+
+def _spawn(side: str, scenario: str, shape: tuple[int, int], points: int) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_masks",
+        "--child",
+        side,
+        scenario,
+        f"{shape[0]}x{shape[1]}",
+        str(points),
+    ]
+    out = subprocess.run(
+        cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _scenarios(quick: bool) -> list[tuple[str, str, tuple[int, int], int]]:
+    rows = [
+        ("(a) vit_b random, 720p", "vitb", (720, 1280), 8 if quick else 32),
+        ("(b) controlled, 720p", "controlled", (720, 1280), 32),
+    ]
+    if not quick:
+        rows.append(("(b) controlled, 12 MP", "controlled", (3000, 4000), 32))
+    return rows
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    stages = ("encoder", "decoder", "post", "total")
+    head = "| scenario | points | stage | stock s | ours s | speed-up |\n|---|---|---|---|---|---|"
+    lines = [head]
+    for r in results:
+        for stage in stages:
+            s, o = r["stock"]["seconds"].get(stage, 0.0), r["ours"]["seconds"].get(stage, 0.0)
+            ratio = f"{s / o:.1f}x" if o > 0 else "-"
+            lines.append(
+                f"| {r['name']} | {r['points']}^2 | {stage} | {s:.2f} | {o:.2f} | {ratio} |"
+            )
+        s_mem, o_mem = r["stock"]["peak_rss_gb"], r["ours"]["peak_rss_gb"]
+        mem = f"{s_mem:.2f} | {o_mem:.2f} | {s_mem / o_mem:.1f}x"
+        lines.append(f"| {r['name']} | {r['points']}^2 | peak RSS GB | {mem} |")
+        same = r["stock"]["segmask_sum"] == r["ours"]["segmask_sum"]
+        lines.append(f"| {r['name']} | {r['points']}^2 | same segmask sum | | | {same} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer points, no 12 MP case")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        side, scenario, size, points = args.child
+        h, w = (int(v) for v in size.split("x"))
+        print(json.dumps(run_side(side, scenario, (h, w), int(points))))
+        return
+    results = []
+    for name, scenario, shape, points in _scenarios(args.quick):
+        row = {"name": name, "scenario": scenario, "shape": shape, "points": points}
+        for side in ("stock", "ours"):
+            row["stock" if side == "stock" else "ours"] = _spawn(side, scenario, shape, points)
+        results.append(row)
+        print(_table([row]), flush=True)
+    print()
+    print(_table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

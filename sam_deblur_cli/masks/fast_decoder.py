@@ -1,0 +1,264 @@
+"""SAM's mask decoder for many point prompts on one image, computed at matmul speed.
+
+Same function as ``segment_anything``'s ``PromptEncoder`` + ``MaskDecoder`` (with no mask
+input), same weights, read from the ``Sam`` module it is given; only the order of work
+changes:
+
+- The work that does not depend on the prompt is done once per image (``prepare``): the
+  image embedding plus the no-mask dense embedding, its positional encoding, and the first
+  two-way layer's projections of them (token->image keys and values, image->token queries;
+  in layer 0 the keys are still the image embedding, after it they are per prompt).
+- No per-prompt copy of the image embedding: layer 0 broadcasts it.
+- Attention projections that act on the 4096 image tokens are folded into the few prompt
+  tokens: ``(W_k x) . q == x . (W_k^T q)``, and softmax rows sum to one, so values and the
+  output projection can be applied after the weighted sum. Each such attention costs two
+  ``tokens x 4096 x 256`` matmuls per prompt instead of full projections of the image.
+- The kernel = stride = 2 transposed convolutions of ``output_upscaling`` are per-pixel
+  matmuls, done channel-last with LayerNorm and GELU in between, and only the mask tokens
+  asked for are applied to the upscaled embedding.
+
+This module imports torch at import time; only ``masks.fast`` imports it, lazily.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
+    from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
+
+# Prompts per pass through the upscaling stage: its activations are 8 MB per prompt.
+_UPSCALE_CHUNK = 16
+
+
+@dataclass
+class ImageContext:
+    """Prompt-independent decoder state for one image (4096 = 64 x 64 image tokens)."""
+
+    keys: Tensor  # 4096 x C: image embedding + no-mask dense embedding
+    key_pe: Tensor  # 4096 x C: dense positional encoding
+    keys_with_pe: Tensor  # 4096 x C
+    t2i_k: Tensor  # heads x 4096 x d: layer 0 token->image keys
+    t2i_v: Tensor  # heads x 4096 x d: layer 0 token->image values
+    i2t_q: Tensor  # heads x 4096 x d: layer 0 image->token queries
+    keys_out_bias: Tensor  # 4096 x C: keys + layer 0 image->token output bias (its residual)
+    grid: tuple[int, int]  # (h, w) of the image embedding
+
+
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    """... x N x (heads*d) -> ... x heads x N x d."""
+    *lead, n, c = x.shape
+    return x.reshape(*lead, n, num_heads, c // num_heads).transpose(-3, -2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """... x heads x N x d -> ... x N x (heads*d)."""
+    *lead, h, n, d = x.shape
+    return x.transpose(-3, -2).reshape(*lead, n, h * d)
+
+
+def _token_attention(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``attn(q, k, v)`` for inputs with few tokens (B x T x C), with fused attention."""
+    heads = attn.num_heads
+    out = F.scaled_dot_product_attention(
+        _heads(attn.q_proj(q), heads), _heads(attn.k_proj(k), heads), _heads(attn.v_proj(v), heads)
+    )
+    return attn.out_proj(_merge_heads(out))
+
+
+def _folded_token_to_image(attn: Attention, q: Tensor, keys_pe: Tensor, keys: Tensor) -> Tensor:
+    """``attn(q, keys_pe, keys)`` for B x T queries over B x N image tokens, folded.
+
+    Scores ``q_h . (W_k,h x + b_k,h)``: the bias term is the same for every image token, so
+    softmax drops it, and ``W_k,h^T q_h`` turns the key projection into a T-row matrix.
+    Values: ``sum_n p_n (W_v x_n + b_v) == W_v (sum_n p_n x_n) + b_v``.
+    """
+    heads, d = attn.num_heads, attn.internal_dim // attn.num_heads
+    qh = _heads(attn.q_proj(q), heads)  # B x heads x T x d
+    w_k = attn.k_proj.weight.view(heads, d, -1)  # heads x d x C
+    q_img = torch.einsum("bhtd,hdc->bhtc", qh, w_k).flatten(1, 2)  # B x (heads*T) x C
+    pooled = F.scaled_dot_product_attention(
+        q_img[:, None], keys_pe[:, None], keys[:, None], scale=1.0 / math.sqrt(d)
+    )[:, 0]  # B x (heads*T) x C
+    pooled = pooled.view(q.shape[0], heads, q.shape[1], -1)
+    w_v = attn.v_proj.weight.view(heads, d, -1)
+    values = torch.einsum("bhtc,hdc->bhtd", pooled, w_v) + attn.v_proj.bias.view(heads, 1, d)
+    return attn.out_proj(_merge_heads(values))
+
+
+def _image_to_token(
+    attn: Attention, queries: Tensor, tokens_k: Tensor, tokens_v: Tensor, residual: Tensor
+) -> Tensor:
+    """``residual + attn(image queries, tokens_k, tokens_v)`` with fused attention.
+
+    ``queries``: projected image queries, heads x N x d (shared by all prompts) or
+    B x heads x N x d. ``tokens_*``: B x T x C. ``residual``: N x C or B x N x C, with the
+    output projection's bias already added. Returns B x N x C.
+    """
+    heads = attn.num_heads
+    k = _heads(attn.k_proj(tokens_k), heads)
+    v = _heads(attn.v_proj(tokens_v), heads)
+    b, n = k.shape[0], queries.shape[-2]
+    out = F.scaled_dot_product_attention(queries.expand(b, heads, n, -1), k, v)
+    merged = _merge_heads(out)  # B x N x (heads*d)
+    return torch.baddbmm(residual, merged, attn.out_proj.weight.T.expand(b, -1, -1))
+
+
+class FastMaskDecoder:
+    """Point prompts -> low-res mask logits and IoU predictions, for one image at a time.
+
+    Reads the weights of ``sam.prompt_encoder`` and ``sam.mask_decoder`` (no copy); call
+    under ``torch.inference_mode()``. ``prepare`` once per image embedding, then
+    ``predict`` for any number of prompt batches.
+    """
+
+    def __init__(self, sam: Sam) -> None:
+        self.prompt_encoder = sam.prompt_encoder
+        self.decoder = sam.mask_decoder
+        self.transformer = self.decoder.transformer
+        if len(self.transformer.layers) < 1:
+            raise ValueError("the mask decoder's transformer has no layers")
+
+    def prepare(self, image_embeddings: Tensor) -> ImageContext:
+        """Image embedding 1 x C x h x w (float, model device) -> per-image decoder state."""
+        pe_enc = self.prompt_encoder
+        _, c, h, w = image_embeddings.shape
+        dense = pe_enc.no_mask_embed.weight.reshape(1, c)
+        keys = image_embeddings[0].flatten(1).T + dense  # N x C
+        key_pe = pe_enc.get_dense_pe()[0].flatten(1).T.contiguous()
+        keys_with_pe = keys + key_pe
+        layer0 = self.transformer.layers[0]
+        t2i, i2t = layer0.cross_attn_token_to_image, layer0.cross_attn_image_to_token
+        return ImageContext(
+            keys=keys.contiguous(),
+            key_pe=key_pe,
+            keys_with_pe=keys_with_pe,
+            t2i_k=_heads(t2i.k_proj(keys_with_pe), t2i.num_heads).contiguous(),
+            t2i_v=_heads(t2i.v_proj(keys), t2i.num_heads).contiguous(),
+            i2t_q=_heads(i2t.q_proj(keys_with_pe), i2t.num_heads).contiguous(),
+            keys_out_bias=keys + i2t.out_proj.bias,
+            grid=(h, w),
+        )
+
+    def predict(
+        self, ctx: ImageContext, point_coords: Tensor, point_labels: Tensor, multimask_output: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Prompts -> (logits B x M x 4h x 4w, IoU predictions B x M); M = 3 or 1.
+
+        ``point_coords`` B x P x 2 (x, y) in the model's input frame (after
+        ResizeLongestSide), ``point_labels`` B x P (1 foreground, 0 background), exactly as
+        ``SamPredictor.predict_torch`` takes them.
+        """
+        sparse, _ = self.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+        dec = self.decoder
+        out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.expand(sparse.shape[0], -1, -1), sparse], dim=1)
+        queries, keys = self._transformer(ctx, tokens)
+        first = 1 if multimask_output else 0
+        count = dec.num_mask_tokens - 1 if multimask_output else 1
+        hyper = torch.stack(
+            [
+                dec.output_hypernetworks_mlps[i](queries[:, 1 + i])
+                for i in range(first, first + count)
+            ],
+            dim=1,
+        )
+        masks = self._upscale_and_apply(keys, hyper, ctx.grid)
+        iou = dec.iou_prediction_head(queries[:, 0])[:, first : first + count]
+        return masks, iou
+
+    def _transformer(self, ctx: ImageContext, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """TwoWayTransformer.forward on tokens B x T x C -> (queries B x T x C, keys B x N x C)."""
+        queries, keys = self._first_layer(ctx, tokens)
+        for layer in self.transformer.layers[1:]:
+            queries, keys = self._later_layer(layer, ctx, tokens, queries, keys)
+        final = self.transformer
+        attn_out = _folded_token_to_image(
+            final.final_attn_token_to_image, queries + tokens, keys + ctx.key_pe, keys
+        )
+        return final.norm_final_attn(queries + attn_out), keys
+
+    def _later_layer(
+        self,
+        layer: TwoWayAttentionBlock,
+        ctx: ImageContext,
+        tokens: Tensor,
+        queries: Tensor,
+        keys: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """TwoWayAttentionBlock.forward once the keys differ per prompt (layers 1 and on)."""
+        q = queries + tokens
+        queries = layer.norm1(queries + _token_attention(layer.self_attn, q, q, queries))
+        keys_pe = keys + ctx.key_pe
+        t2i = layer.cross_attn_token_to_image
+        queries = layer.norm2(
+            queries + _folded_token_to_image(t2i, queries + tokens, keys_pe, keys)
+        )
+        queries = layer.norm3(queries + layer.mlp(queries))
+        i2t = layer.cross_attn_image_to_token
+        q_img = _heads(i2t.q_proj(keys_pe), i2t.num_heads)
+        residual = keys + i2t.out_proj.bias
+        keys = layer.norm4(_image_to_token(i2t, q_img, queries + tokens, queries, residual))
+        return queries, keys
+
+    def _first_layer(self, ctx: ImageContext, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Layer 0: its image side is the same for every prompt, so nothing is repeated."""
+        layer = self.transformer.layers[0]
+        b, t, _ = tokens.shape
+        if layer.skip_first_layer_pe:
+            queries = layer.norm1(_token_attention(layer.self_attn, tokens, tokens, tokens))
+        else:
+            q = tokens + tokens
+            queries = layer.norm1(tokens + _token_attention(layer.self_attn, q, q, tokens))
+        t2i = layer.cross_attn_token_to_image
+        qh = _heads(t2i.q_proj(queries + tokens), t2i.num_heads)  # B x heads x T x d
+        # All prompts' queries share one set of keys: a single attention over B*T queries.
+        stacked = qh.transpose(0, 1).reshape(1, t2i.num_heads, b * t, -1)
+        out = F.scaled_dot_product_attention(stacked, ctx.t2i_k[None], ctx.t2i_v[None])
+        out = out.reshape(t2i.num_heads, b, t, -1).transpose(0, 1)
+        queries = layer.norm2(queries + t2i.out_proj(_merge_heads(out)))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        i2t = layer.cross_attn_image_to_token
+        keys = _image_to_token(i2t, ctx.i2t_q, queries + tokens, queries, ctx.keys_out_bias)
+        return queries, layer.norm4(keys)
+
+    def _upscale_and_apply(self, keys: Tensor, hyper: Tensor, grid: tuple[int, int]) -> Tensor:
+        """keys B x N x C, hyper B x M x C/8 -> logits B x M x 4h x 4w, in prompt chunks."""
+        return torch.cat(
+            [
+                self._upscale_chunk(
+                    keys[i : i + _UPSCALE_CHUNK], hyper[i : i + _UPSCALE_CHUNK], grid
+                )
+                for i in range(0, keys.shape[0], _UPSCALE_CHUNK)
+            ]
+        )
+
+    def _upscale_chunk(self, keys: Tensor, hyper: Tensor, grid: tuple[int, int]) -> Tensor:
+        """output_upscaling + hypernetwork product as channel-last matmuls.
+
+        ConvTranspose2d(kernel=stride=2) maps each input pixel to a 2 x 2 block on its own:
+        weight in x out x 2 x 2 becomes an in x (2*2*out) matrix. Pixel order of the result is
+        (i, j, a, b, c, d) for output row 4i+2a+c and column 4j+2b+d.
+        """
+        up = self.decoder.output_upscaling
+        conv1, norm, act1, conv2, act2 = up[0], up[1], up[2], up[3], up[4]
+        b, n, _ = keys.shape
+        w1 = conv1.weight.permute(0, 2, 3, 1).flatten(1)  # C x (a, b, o)
+        x = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * n, -1), w1)
+        x = x.view(b * n * 4, -1)
+        x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        w2 = conv2.weight.permute(0, 2, 3, 1).flatten(1)  # C/4 x (c, d, o)
+        y = act2(torch.addmm(conv2.bias.repeat(4), x, w2))  # (B*N*4) x (4*C/8)
+        y = y.view(b, n * 16, -1)
+        logits = torch.bmm(hyper, y.transpose(1, 2))  # B x M x (N*16)
+        h, w = grid
+        m = hyper.shape[1]
+        logits = logits.view(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        return logits.reshape(b, m, 4 * h, 4 * w)
