@@ -228,23 +228,7 @@ def deblur_command(
     channel_order: ChannelOrder = None,
 ) -> None:
     """Deblur photos (the default command: `sam-deblur photo.jpg`)."""
-    amg = _amg(points_per_side, pred_iou_thresh, stability_score_thresh)
-    settings_kw = dict(
-        model=model,
-        sam=sam,
-        amg=amg,
-        channel_order=channel_order,
-        fast_masks=not stock_masks,
-        device=device,
-        require_gpu=require_gpu,
-        precision=precision,
-        tile=tile,
-        tlc=tlc,
-        offline=offline,
-    )
-    file_kw = dict(
-        format=format, quality=quality, max_pixels=max_pixels, overwrite=overwrite, overlay=overlay
-    )
+    settings_kw, file_kw = _split_options(locals())
 
     def plan() -> list[Job]:
         from sam_deblur_cli.pipeline import plan_files
@@ -291,23 +275,7 @@ def batch_command(
     channel_order: ChannelOrder = None,
 ) -> None:
     """Deblur every image of a folder into another folder."""
-    amg = _amg(points_per_side, pred_iou_thresh, stability_score_thresh)
-    settings_kw = dict(
-        model=model,
-        sam=sam,
-        amg=amg,
-        channel_order=channel_order,
-        fast_masks=not stock_masks,
-        device=device,
-        require_gpu=require_gpu,
-        precision=precision,
-        tile=tile,
-        tlc=tlc,
-        offline=offline,
-    )
-    file_kw = dict(
-        format=format, quality=quality, max_pixels=max_pixels, overwrite=overwrite, overlay=overlay
-    )
+    settings_kw, file_kw = _split_options(locals())
 
     def plan() -> list[Job]:
         from sam_deblur_cli.pipeline import plan_batch
@@ -317,15 +285,19 @@ def batch_command(
     _run(plan, settings_kw, file_kw, json=json, quiet=quiet, verbose=verbose)
 
 
-def _amg(
-    points_per_side: int | None, pred_iou: float | None, stability: float | None
-) -> dict[str, float | int]:
-    given = {
-        "points_per_side": points_per_side,
-        "pred_iou_thresh": pred_iou,
-        "stability_score_thresh": stability,
-    }
-    return {key: value for key, value in given.items() if value is not None}
+# Options shared by both commands: which go to DeblurSettings, FileOptions, the AMG overrides.
+_SETTINGS_OPTIONS: tuple[str, ...] = ("model", "sam", "channel_order", "device", "require_gpu")
+_SETTINGS_OPTIONS += ("precision", "tile", "tlc", "offline")
+_FILE_OPTIONS = ("format", "quality", "max_pixels", "overwrite", "overlay")
+_AMG_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh")
+
+
+def _split_options(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A command's parameters -> (DeblurSettings kwargs, FileOptions kwargs)."""
+    settings = {name: given[name] for name in _SETTINGS_OPTIONS}
+    settings["fast_masks"] = not given["stock_masks"]
+    settings["amg"] = {name: given[name] for name in _AMG_OPTIONS if given[name] is not None}
+    return settings, {name: given[name] for name in _FILE_OPTIONS}
 
 
 def _run(
