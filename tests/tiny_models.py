@@ -9,11 +9,18 @@ with a 2 x 2 point grid and thresholds at 0 so that a random SAM still yields ma
 Files reach the cache through ``weights.import_weights``, the code path of
 ``sam-deblur weights import``, never by writing into the cache directly.
 
-Use in a test module::
+Use in a test module (all three fixtures: ``tiny_env`` builds on the other two)::
 
-    from tiny_models import TinyEnv, tiny_checkpoints_fixture, tiny_env_fixture  # noqa: F401
+    from tiny_models import (
+        TinyEnv,
+        tiny_checkpoints_fixture,  # noqa: F401
+        tiny_env_factory_fixture,  # noqa: F401
+        tiny_env_fixture,  # noqa: F401
+    )
 
-    def test_x(tiny_env: TinyEnv) -> None: ...
+    def test_x(tiny_env: TinyEnv) -> None: ...          # every model imported
+    def test_y(tiny_env_factory: TinyEnvFactory) -> None:
+        tiny_env_factory(imported=["nafnet-gopro"])      # only some
 """
 
 from __future__ import annotations
