@@ -117,6 +117,7 @@ class Deblurrer:
         self.net = self._load_network(checkpoint)
         self.needs_masks = self.guide_kind != "none"
         if self.needs_masks and load_sam:
+            self._ensure_sam(progress)
             self._mask_generator()
 
     @property
@@ -163,6 +164,18 @@ class Deblurrer:
             "loaded %s (TLC %s) from %s", self.entry.name, "on" if self.tlc else "off", checkpoint
         )
         return net.to(self.placement.device)
+
+    def _ensure_sam(self, progress: Any) -> None:
+        """Check the recipe's SAM entry and fetch its weights now, before any image is read."""
+        from sam_deblur_cli import weights
+
+        entry = self.manifest.get(self.recipe.sam)
+        if entry.kind != "sam":
+            raise UsageError(
+                f"{entry.name} is not a Segment Anything model; pick a SAM entry for --sam "
+                "(see `sam-deblur weights list`)."
+            )
+        weights.ensure_weights(entry, offline=self.settings.offline, progress=progress)
 
     def _mask_generator(self) -> MaskGenerator:
         if self._generator is None:

@@ -141,14 +141,24 @@ def test_broken_inputs_are_isolated_and_summarised(
 
 
 def test_missing_sam_weights_stop_the_batch_before_any_image(
-    tiny_env_factory: TinyEnvFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_env_factory: TinyEnvFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from sam_deblur_cli import imageio
+
     tiny_env_factory(imported=["segnafnet-gopro"])
     _photo(tmp_path / "in" / "a.png")
-    code, _, err = _run(capsys, "batch", tmp_path / "in", "-o", tmp_path / "out", *CPU)
+    reads: list[Path] = []
+    monkeypatch.setattr(imageio, "read_image", lambda path, **kw: reads.append(path))
+    batch = ["batch", tmp_path / "in", "-o", tmp_path / "out", *CPU]
+    code, _, err = _run(capsys, *batch)
     assert code == 2
     assert f"sam-deblur weights import {SAM_NAME}" in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
+    assert reads == [] and not (tmp_path / "out").exists()
+    code, _, err = _run(capsys, *batch, "--sam", "nafnet-gopro")
+    assert code == 2 and "not a Segment Anything model" in err and reads == []
 
 
 def test_interrupt_leaves_finished_outputs_and_no_partial_file(
