@@ -274,19 +274,13 @@ def test_a_failure_mid_write_leaves_no_partial_file(
 
 def test_console_script_runs_with_json(tiny_env: TinyEnv, tmp_path: Path) -> None:
     photo = _photo(tmp_path / "a.jpg")
+    # Options before the image: still the default command; a plain model needs no tiny SAM.
+    argv = ["--json", "-m", "nafnet-gopro", str(photo), "-o", str(tmp_path / "b.png")]
     run = subprocess.run(
-        [
-            str(console_script()),
-            str(photo),
-            "-o",
-            str(tmp_path / "b.png"),
-            "--json",
-            "-m",
-            "nafnet-gopro",
-        ],
+        [str(console_script()), *argv],
         capture_output=True,
         text=True,
-        env=tiny_env.subprocess_env(),
+        env=tiny_env.subprocess_env(tiny_sam=False),
         check=False,
         timeout=120,
     )
