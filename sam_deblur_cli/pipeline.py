@@ -265,7 +265,7 @@ class Deblurrer:
         """deblur_file's work, filling ``record`` as it goes (stage times survive a failure)."""
         from sam_deblur_cli.imageio import picture_with, read_image, write_image
 
-        _refuse_overwriting_input(src, dst)
+        _check_output(src, dst)
         if dst.exists() and not options.overwrite:
             record["status"] = "skipped"
             return
@@ -361,7 +361,10 @@ def _read_kwargs(options: FileOptions) -> dict[str, Any]:
     return {} if options.max_pixels is None else {"max_pixels": options.max_pixels}
 
 
-def _refuse_overwriting_input(src: Path, dst: Path) -> None:
+def _check_output(src: Path, dst: Path) -> None:
+    """An output is a file name and never the input (checked before an existing one is skipped)."""
+    if dst.is_dir():
+        raise UsageError(f"The output {dst} is a folder; give an output file name.")
     if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and dst.samefile(src)):
         raise UsageError(f"The output {dst} is the input itself; choose another output path.")
 
@@ -595,7 +598,7 @@ def deblur_file(
 ) -> Record:
     """Deblur one image file; ``dst`` defaults to ``<stem>_deblurred<ext>`` beside ``src``."""
     src = Path(src)
-    dst = default_output(src) if dst is None else Path(dst)
+    dst = default_output(src, options.format if options else None) if dst is None else Path(dst)
     deblurrer = Deblurrer(settings, load_sam=masks_file is None)
     return deblurrer.deblur_file(src, dst, masks_file=masks_file, options=options)
 

@@ -117,3 +117,21 @@ def test_runs_that_need_no_sam_never_import_segment_anything(
     )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "b.png").is_file()
+
+
+def test_deblur_file_output_rules(tiny_env: TinyEnv, tmp_path: Path) -> None:
+    from sam_deblur_cli import FileOptions, UsageError
+
+    src = tmp_path / "a.jpg"
+    Image.fromarray(small_photo()).save(src)
+    plain = DeblurSettings(model="nafnet-gopro", device="cpu", tlc=False)
+    record = deblur_file(src, settings=plain, options=FileOptions(format="png"))
+    assert record["output"] == str(tmp_path / "a_deblurred.png")
+    assert Image.open(record["output"]).format == "PNG"
+    deblurrer = Deblurrer(plain)
+    with pytest.raises(UsageError, match="is the input itself"):
+        deblurrer.deblur_file(src, tmp_path / "." / "a.jpg", options=FileOptions(overwrite=True))
+    with pytest.raises(UsageError, match="is a folder"):
+        deblurrer.deblur_file(src, tmp_path)
+    skipped = deblurrer.deblur_file(src, record["output"])
+    assert skipped["status"] == "skipped"
