@@ -1,0 +1,1 @@
+"""Side-by-side timing and memory scripts (not tests): ``python -m benchmarks.bench_<name>``."""

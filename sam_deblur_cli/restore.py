@@ -1,0 +1,336 @@
+"""Run a deblurring network on one image: padding, device, precision, tiling, OOM back-off.
+
+numpy in, numpy out. Import this module lazily from anything the CLI loads at start-up: it
+imports torch.
+
+Tiling works in the padded image (both sides multiples of 16) on a grid aligned to 16, so
+every tile sees the same down-sampling grid as a whole-image run; overlapping tiles are
+blended with a sin^2 ramp. For MAP networks the group means are taken over the whole
+padded image first (``net.mask_average``) and only the U-Net (``net.forward_features``)
+runs per tile, so every tile sees the true group means.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sam_deblur_cli.errors import DeviceError, MaskError, UsageError
+
+if TYPE_CHECKING:
+    from sam_deblur_cli.nets.map import SegNAFNet
+
+logger = logging.getLogger(__name__)
+
+Tile = int | Literal["auto"] | None
+Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
+
+MIN_TILE = 128  # smallest tile, also the floor of the out-of-memory back-off
+DEFAULT_OVERLAP = 128
+_ALIGN = 16  # 2 ** number of encoder levels of every published network
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Peak bytes of a whole-image forward per padded pixel, per network width channel, per
+# byte of precision; measured by benchmarks/bench_network.py --memory (about 16-17 on the
+# CPU for every variant) and rounded up for allocator slack and cuDNN workspaces.
+_PEAK_FACTOR = 24.0
+_PEAK_PER_PIXEL = 48  # image, guide, label index and output buffers (bytes per pixel)
+_BUDGET_SHARE = 0.8  # of the free memory; the rest is left to the system and other buffers
+
+
+_OOM: type[Exception] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Torch device and dtype a restore runs with."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+
+def restore(
+    net: nn.Module,
+    image: np.ndarray,
+    guide: np.ndarray | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    tile: Tile = None,
+    tile_overlap: int = DEFAULT_OVERLAP,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Deblur ``image`` (H x W x 3 float32 RGB in [0, 1]) with ``net``.
+
+    ``guide``: None for plain networks, the H x W uint8 segmask for CAT, the H x W integer
+    label map (groups 0..G-1) for MAP. ``device`` is a resolved device ("cpu", "cuda:1",
+    "mps" or a torch.device); ``precision`` fp32, fp16 or bf16. ``tile``: None runs the
+    whole image, an int tiles with that size (rounded down to a multiple of 16), "auto"
+    tiles only when the estimated peak memory would not fit. The network is moved to the
+    device and precision in target. Returns H x W x 3 float32 clamped to [0, 1].
+    """
+    target = make_target(device, precision)
+    h, w = _check_image(image)
+    net.to(device=target.device, dtype=target.dtype).eval()
+    with torch.inference_mode():
+        run, hp, wp = _tile_runner(net, image, guide, target)
+        size = _plan(h, w, tile, _net_width(net), target)
+        out = _run_with_backoff(run, hp, wp, size, tile_overlap, target, progress)
+        result = out[0, :, :h, :w].clamp_(0, 1).permute(1, 2, 0)
+    return np.ascontiguousarray(result.numpy(), dtype=np.float32)
+
+
+def make_target(device: str | torch.device, precision: str) -> Target:
+    """Check that ``device`` exists and can run ``precision``; UsageError/DeviceError if not."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps.") from None
+    if precision not in _DTYPES:
+        raise UsageError(f"Unknown precision {precision!r}; use fp32, fp16 or bf16.")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise DeviceError(f"{dev} is not available ({count} CUDA GPUs); use another device.")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError("Apple MPS is not available here; use the CPU or a CUDA GPU.")
+    elif dev.type != "cpu":
+        raise UsageError(f"Device {dev} is not supported; use cpu, cuda, cuda:N or mps.")
+    if dev.type == "cpu" and precision == "fp16":
+        raise UsageError("fp16 does not run on the CPU; use fp32 (or bf16) there.")
+    return Target(dev, _DTYPES[precision])
+
+
+def _check_image(image: np.ndarray) -> tuple[int, int]:
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise UsageError(f"Expected an H x W x 3 RGB image, got shape {image.shape}; convert it.")
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def _net_width(net: nn.Module) -> int:
+    intro = getattr(net, "intro", None)
+    return int(intro.out_channels) if isinstance(intro, nn.Conv2d) else 32
+
+
+TileRun = Callable[[slice, slice], Tensor]  # padded-space window -> N x 3 x h x w output
+
+
+def _tile_runner(
+    net: nn.Module, image: np.ndarray, guide: np.ndarray | None, target: Target
+) -> tuple[TileRun, int, int]:
+    """A function running ``net`` on any window of the padded image, and the padded size."""
+    kind = getattr(net, "guide_kind", "none")
+    x = _to_tensor(image, target)
+    hp, wp = x.shape[-2] + (-x.shape[-2] % _ALIGN), x.shape[-1] + (-x.shape[-1] % _ALIGN)
+    x = _pad(x, hp, wp, 0.0)
+    if kind == "none":
+        if guide is not None:
+            raise UsageError("This model uses no masks; run it without a mask.")
+        return (lambda ys, xs: net(x[..., ys, xs])), hp, wp
+    if guide is None:
+        raise UsageError("This model needs SAM masks; compute masks or pass a mask file.")
+    if guide.shape != image.shape[:2]:
+        raise MaskError(
+            f"The mask is {guide.shape[1]}x{guide.shape[0]} but the image is "
+            f"{image.shape[1]}x{image.shape[0]}; use masks made from this image."
+        )
+    if kind == "segmask":
+        seg = _pad(_segmask_tensor(guide, target), hp, wp, 0.0)
+        return (lambda ys, xs: net(x[..., ys, xs], seg[..., ys, xs])), hp, wp
+    map_net = cast("SegNAFNet", net)
+    labels = _pad(_labels_tensor(guide, target.device)[:, None], hp, wp, -1)[:, 0]
+    x_in = torch.cat([x, map_net.mask_average(x, labels).to(x.dtype)], dim=1)
+    del labels
+    return (lambda ys, xs: map_net.forward_features(x_in[..., ys, xs])), hp, wp
+
+
+def _to_tensor(image: np.ndarray, target: Target) -> Tensor:
+    rgb = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    return rgb.permute(2, 0, 1)[None].to(device=target.device, dtype=target.dtype)
+
+
+def _segmask_tensor(guide: np.ndarray, target: Target) -> Tensor:
+    if guide.dtype != np.uint8:
+        raise MaskError(f"A segmask must be uint8 gray values, got {guide.dtype}; reread it.")
+    seg = torch.from_numpy(np.ascontiguousarray(guide))[None, None]
+    return (seg.to(device=target.device, dtype=torch.float32) / 255).to(target.dtype)
+
+
+def _labels_tensor(guide: np.ndarray, device: torch.device) -> Tensor:
+    if not np.issubdtype(guide.dtype, np.integer):
+        raise MaskError(f"A label map must hold integers, got {guide.dtype}; rebuild the groups.")
+    if guide.size and int(guide.min()) < 0:
+        raise MaskError("A label map must number groups from 0; rebuild the groups.")
+    return torch.from_numpy(guide.astype(np.int64, copy=False))[None].to(device)
+
+
+def _pad(x: Tensor, hp: int, wp: int, value: float) -> Tensor:
+    """Zero (or ``value``) padding on the right and bottom up to hp x wp, as upstream."""
+    return F.pad(x, (0, wp - x.shape[-1], 0, hp - x.shape[-2]), value=value)
+
+
+def estimate_peak_bytes(
+    height: int, width: int, *, net_width: int = 32, precision: str = "fp32"
+) -> int:
+    """Conservative peak memory of a whole-image forward at ``height`` x ``width``.
+
+    Padding to 16 included; the weights themselves are not counted (they are loaded).
+    """
+    pixels = (height + (-height % _ALIGN)) * (width + (-width % _ALIGN))
+    elem = _DTYPES[precision].itemsize
+    return int(pixels * (_PEAK_FACTOR * net_width * elem + _PEAK_PER_PIXEL))
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory a run on ``device`` may use now.
+
+    CUDA: free memory plus what torch's cache holds unused. CPU and MPS (unified memory):
+    MemAvailable from /proc/meminfo, because the OOM killer ends the process instead of
+    raising; where that file does not exist, assume plenty.
+    """
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 50
+
+
+def plan_tile(
+    height: int,
+    width: int,
+    tile: Tile,
+    *,
+    net_width: int = 32,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> int | None:
+    """The tile size ``restore`` starts with for an H x W image (None: the whole image)."""
+    return _plan(height, width, tile, net_width, make_target(device, precision))
+
+
+def _plan(height: int, width: int, tile: Tile, net_width: int, target: Target) -> int | None:
+    if tile is None or tile == 0:
+        return None
+    if tile != "auto":
+        if not isinstance(tile, int) or tile < MIN_TILE:
+            raise UsageError(
+                f"Tile size {tile!r} is too small; use auto, 0 or at least {MIN_TILE}."
+            )
+        return tile - tile % _ALIGN
+    precision = next(k for k, v in _DTYPES.items() if v == target.dtype)
+    budget = _BUDGET_SHARE * free_memory_bytes(target.device)
+    if estimate_peak_bytes(height, width, net_width=net_width, precision=precision) <= budget:
+        logger.info("Whole image fits in memory: no tiling")
+        return None
+    # buffers of a tiled run: the padded input on the device, float32 accumulators on the CPU
+    fixed = height * width * (_PEAK_PER_PIXEL + 16)
+    size = max(height, width) + (-max(height, width) % _ALIGN)
+    while size > MIN_TILE:
+        size -= _ALIGN
+        th, tw = min(size, height), min(size, width)
+        if fixed + estimate_peak_bytes(th, tw, net_width=net_width, precision=precision) <= budget:
+            break
+    logger.info("Image too large for free memory (%.1f GB): tiles of %d px", budget / 1e9, size)
+    return size
+
+
+def _run_with_backoff(
+    run: TileRun,
+    hp: int,
+    wp: int,
+    size: int | None,
+    overlap: int,
+    target: Target,
+    progress: Progress | None,
+) -> Tensor:
+    """Run whole or tiled; on out-of-memory halve the tile down to MIN_TILE, then give up."""
+    while True:
+        try:
+            if size is None or (size >= hp and size >= wp):
+                out = run(slice(None), slice(None)).float().cpu()
+                if progress is not None:
+                    progress(1, 1)
+                return out
+            return _run_tiled(run, hp, wp, size, overlap, progress)
+        except _OOM:
+            if target.device.type == "cuda":
+                torch.cuda.empty_cache()
+            current = size if size is not None else max(hp, wp)
+            size = (current // 2) - (current // 2) % _ALIGN
+            if size < MIN_TILE:
+                raise DeviceError(
+                    f"Out of memory on {target.device} even with {MIN_TILE}-pixel tiles; "
+                    "free memory, use a lower precision or a smaller image."
+                ) from None
+            logger.warning("Out of memory on %s: retrying with %d-pixel tiles", target.device, size)
+
+
+def _run_tiled(
+    run: TileRun, hp: int, wp: int, size: int, overlap: int, progress: Progress | None
+) -> Tensor:
+    """Blend overlapping tiles; the weights are separable, so the normaliser is an outer product."""
+    rows = _spans(hp, size, overlap)
+    cols = _spans(wp, size, overlap)
+    row_weights, col_weights = _ramps(rows), _ramps(cols)
+    acc = torch.zeros(1, 3, hp, wp)
+    row_norm, col_norm = torch.zeros(hp), torch.zeros(wp)
+    for span, weight in zip(rows, row_weights, strict=True):
+        row_norm[span] += weight
+    for span, weight in zip(cols, col_weights, strict=True):
+        col_norm[span] += weight
+    total, done = len(rows) * len(cols), 0
+    for ys, wy in zip(rows, row_weights, strict=True):
+        for xs, wx in zip(cols, col_weights, strict=True):
+            out = run(ys, xs).float().cpu()
+            acc[..., ys, xs] += out * (wy[:, None] * wx[None, :])
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return acc / (row_norm[:, None] * col_norm[None, :])
+
+
+def _spans(length: int, size: int, overlap: int) -> list[slice]:
+    """Windows of ``size`` covering [0, length), starts aligned to 16, overlaps >= ``overlap``."""
+    if size >= length:
+        return [slice(0, length)]
+    overlap = min(overlap, size // 2)
+    count = math.ceil((length - overlap) / (size - overlap))
+    step = (length - size) / (count - 1)
+    starts = [round(i * step / _ALIGN) * _ALIGN for i in range(count)]
+    return [slice(s, s + size) for s in starts]
+
+
+def _ramps(spans: list[slice]) -> list[Tensor]:
+    """Per-window weights: a sin^2 rise over the overlap with the previous window, a fall
+    over the overlap with the next one, 1 elsewhere."""
+    weights = []
+    for i, span in enumerate(spans):
+        start, stop = int(span.start), int(span.stop)
+        weight = torch.ones(stop - start)
+        if i > 0:
+            rise = _sin2(int(spans[i - 1].stop) - start)
+            weight[: rise.numel()] = rise
+        if i + 1 < len(spans):
+            fall = _sin2(stop - int(spans[i + 1].start)).flip(0)
+            weight[weight.numel() - fall.numel() :] *= fall
+        weights.append(weight)
+    return weights
+
+
+def _sin2(n: int) -> Tensor:
+    """n weights rising from ~0 to ~1; sin^2 and its mirror sum to 1 across an overlap."""
+    return torch.sin((torch.arange(n) + 0.5) / n * (math.pi / 2)) ** 2
