@@ -181,19 +181,37 @@ def test_tiny_sam_end_to_end_gives_stock_masks() -> None:
         assert list(rec.point_coords) == ann["point_coords"][0]
 
 
-def test_crop_layers_delegate_to_stock_generator(caplog: pytest.LogCaptureFixture) -> None:
+def test_small_region_removal_delegates_to_stock_generator(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from segment_anything import SamAutomaticMaskGenerator
 
-    sam, image = _tiny_sam_with_sharp_masks(), bench.test_image((96, 128))
-    params = {"points_per_side": 4, "crop_n_layers": 1, "stability_score_thresh": 0.2}
+    sam, image = _tiny_sam_with_sharp_masks(), bench.test_image((64, 80))
+    params = {"points_per_side": 3, "min_mask_region_area": 30, "stability_score_thresh": 0.2}
     params["pred_iou_thresh"] = 0.0
     anns = SamAutomaticMaskGenerator(sam, **params).generate(image)
     with caplog.at_level("INFO", logger="sam_deblur_cli.masks.fast"):
         maskset = FastMaskGenerator(sam, **params).generate(image)
-    assert "crop_n_layers" in caplog.text
-    assert len(maskset) == len(anns)
-    for ann, mask in zip(anns, maskset.iter_masks(), strict=True):
+    assert "min_mask_region_area" in caplog.text
+    assert len(maskset) == len(anns) > 0
+    for ann, rec, mask in zip(anns, maskset.records, maskset.iter_masks(), strict=True):
         assert np.array_equal(mask, ann["segmentation"])
+        assert list(rec.bbox) == ann["bbox"] and rec.area == ann["area"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason"),
+    [
+        ({"crop_n_layers": 1}, "crop_n_layers"),
+        ({"points_per_side": None, "point_grids": [np.full((4, 2), 0.5)]}, "point_grids"),
+        ({}, ""),
+    ],
+)
+def test_settings_outside_the_fast_path_are_named(settings: dict[str, Any], reason: str) -> None:
+    generator = FastMaskGenerator(bench.build_sam("tiny"), **settings)
+    assert (reason in generator.delegate_reason) and (
+        bool(generator.delegate_reason) == bool(reason)
+    )
 
 
 def test_rejects_non_uint8_rgb() -> None:

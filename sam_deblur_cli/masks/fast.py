@@ -47,7 +47,7 @@ class _Candidates:
     stability: torch.Tensor  # K float32
     boxes: torch.Tensor  # K x 4 int64, XYXY inclusive, original-image pixels
     areas: torch.Tensor  # K int64
-    points: torch.Tensor  # K x 2 float64, (x, y) original-image pixels
+    points: torch.Tensor  # K x 2 float64 on the CPU, (x, y) original-image pixels
 
 
 class FastMaskGenerator:
@@ -166,10 +166,11 @@ class FastMaskGenerator:
         import torch
 
         low, iou = low.flatten(0, 1), iou.flatten(0, 1)
-        points = points.to(low.device).repeat_interleave(low.shape[0] // len(points), dim=0)
+        # Points stay float64 on the CPU, as in segment_anything (some devices lack float64).
+        points = points.repeat_interleave(low.shape[0] // len(points), dim=0)
         if self.pred_iou_thresh > 0.0:
             keep = iou > self.pred_iou_thresh
-            low, iou, points = low[keep], iou[keep], points[keep]
+            low, iou, points = low[keep], iou[keep], points[keep.cpu()]
         threshold = self.sam.mask_threshold
         offset = self.stability_score_offset
         chunk = upscaler.chunk
@@ -193,7 +194,7 @@ class FastMaskGenerator:
             stability=stability[keep],
             boxes=boxes[keep],
             areas=areas[keep],
-            points=points[keep],
+            points=points[keep.cpu()],
         )
 
     def _nms(self, batches: list[_Candidates], upscaler: _ExactUpscaler) -> FastMaskSet:
@@ -211,16 +212,25 @@ class FastMaskGenerator:
             self.box_nms_thresh,
         )
         h, w = upscaler.original_size
+        kept = keep.cpu()
+        columns = zip(
+            cand.areas.cpu()[kept].tolist(),
+            cand.boxes.cpu()[kept].tolist(),
+            cand.iou.cpu()[kept].tolist(),
+            cand.stability.cpu()[kept].tolist(),
+            cand.points[kept].tolist(),
+            strict=True,
+        )
         records = [
             MaskRecord(
-                area=int(cand.areas[i]),
-                bbox=_xyxy_to_xywh(cand.boxes[i].tolist()),
-                predicted_iou=float(cand.iou[i]),
-                stability_score=float(cand.stability[i]),
-                point_coords=(float(cand.points[i, 0]), float(cand.points[i, 1])),
+                area=area,
+                bbox=_xyxy_to_xywh(box),
+                predicted_iou=iou,
+                stability_score=stability,
+                point_coords=(point[0], point[1]),
                 crop_box=(0, 0, w, h),
             )
-            for i in keep.tolist()
+            for area, box, iou, stability, point in columns
         ]
         return FastMaskSet(records, cand.logits[keep], upscaler, self.sam.mask_threshold)
 
@@ -346,6 +356,8 @@ class _ExactUpscaler:
         """The rounding of ``combine`` that reproduces torch's kernel here, or None."""
         import torch
 
+        if torch.device(self.device).type == "mps":  # no float64 there to emulate fma with
+            return None
         gen = torch.Generator().manual_seed(0)
         side = self.img_size // 4
         low = (torch.randn(1, side, side, generator=gen) * 8).to(self.device)

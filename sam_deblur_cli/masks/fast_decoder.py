@@ -8,11 +8,14 @@ changes:
   image embedding plus the no-mask dense embedding, its positional encoding, and the first
   two-way layer's projections of them (token->image keys and values, image->token queries;
   in layer 0 the keys are still the image embedding, after it they are per prompt).
-- No per-prompt copy of the image embedding: layer 0 broadcasts it.
-- Attention projections that act on the 4096 image tokens are folded into the few prompt
-  tokens: ``(W_k x) . q == x . (W_k^T q)``, and softmax rows sum to one, so values and the
-  output projection can be applied after the weighted sum. Each such attention costs two
-  ``tokens x 4096 x 256`` matmuls per prompt instead of full projections of the image.
+- No per-prompt copy of the image embedding: layer 0 broadcasts it, and its token->image
+  attention is one fused attention of all prompts' tokens over the shared keys.
+- Later token->image attentions are folded into the few prompt tokens:
+  ``(W_k x) . q == x . (W_k^T q)``, and softmax rows sum to one, so the value projection
+  is applied after the weighted sum: two ``tokens x 4096 x 256`` matmuls per prompt instead
+  of projecting 4096 image tokens twice.
+- Image->token attentions use fused attention, and their output projection and residual
+  are one batched matmul.
 - The kernel = stride = 2 transposed convolutions of ``output_upscaling`` are per-pixel
   matmuls, done channel-last with LayerNorm and GELU in between, and only the mask tokens
   asked for are applied to the upscaled embedding.
@@ -42,13 +45,13 @@ _UPSCALE_CHUNK = 16
 class ImageContext:
     """Prompt-independent decoder state for one image (4096 = 64 x 64 image tokens)."""
 
-    keys: Tensor  # 4096 x C: image embedding + no-mask dense embedding
     key_pe: Tensor  # 4096 x C: dense positional encoding
-    keys_with_pe: Tensor  # 4096 x C
     t2i_k: Tensor  # heads x 4096 x d: layer 0 token->image keys
     t2i_v: Tensor  # heads x 4096 x d: layer 0 token->image values
     i2t_q: Tensor  # heads x 4096 x d: layer 0 image->token queries
-    keys_out_bias: Tensor  # 4096 x C: keys + layer 0 image->token output bias (its residual)
+    # 4096 x C: image embedding + no-mask embedding + layer 0's image->token output bias,
+    # the residual of that attention
+    keys_out_bias: Tensor
     grid: tuple[int, int]  # (h, w) of the image embedding
 
 
@@ -137,9 +140,7 @@ class FastMaskDecoder:
         layer0 = self.transformer.layers[0]
         t2i, i2t = layer0.cross_attn_token_to_image, layer0.cross_attn_image_to_token
         return ImageContext(
-            keys=keys.contiguous(),
             key_pe=key_pe,
-            keys_with_pe=keys_with_pe,
             t2i_k=_heads(t2i.k_proj(keys_with_pe), t2i.num_heads).contiguous(),
             t2i_v=_heads(t2i.v_proj(keys), t2i.num_heads).contiguous(),
             i2t_q=_heads(i2t.q_proj(keys_with_pe), i2t.num_heads).contiguous(),
