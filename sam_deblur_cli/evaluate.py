@@ -115,7 +115,7 @@ class EvalResult:
     rows: list[ImageRow] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     tlc: dict[str, bool] = field(default_factory=dict)  # whether each model ran with TLC
-    masks_from: Literal["dataset", "sam"] = "sam"
+    masks_from: Literal["dataset", "sam"] | None = None  # None: no model takes masks
     ssim: SsimVariant = "3d"
 
     @property
@@ -219,8 +219,9 @@ def evaluate(
         pairs = pairs[: settings.limit]
     models = _load_models(settings, manifest)
     tlc = {name: bool(model.tlc) for name, model in models.items()}
+    used = masks_from if any(model.needs_masks for model in models.values()) else None
     result = EvalResult(
-        list(models), len(pairs), issues=issues, tlc=tlc, masks_from=masks_from, ssim=settings.ssim
+        list(models), len(pairs), issues=issues, tlc=tlc, masks_from=used, ssim=settings.ssim
     )
     runner = _PairRunner(models, settings, use_dataset_masks=masks_from == "dataset")
     for done, pair in enumerate(pairs, start=1):

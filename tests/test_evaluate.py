@@ -6,11 +6,19 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_models import (  # noqa: F401  (fixtures)
+    TinyEnv,
+    tiny_checkpoints_fixture,
+    tiny_env_factory_fixture,
+    tiny_env_fixture,
+)
 
+from sam_deblur_cli import metrics
 from sam_deblur_cli.errors import UsageError
 from sam_deblur_cli.evaluate import (
     Dataset,
@@ -95,7 +103,9 @@ def _result() -> EvalResult:
         ImageRow("x", "m2", 27.0, 0.80, 28.0, False),
     ]
     issues = [Issue("y", "m2", "mask file unreadable"), Issue("z", "m2", "mask file unreadable")]
-    return EvalResult(["m1", "m2"], pairs=3, rows=rows, issues=issues, tlc={"m1": True})
+    return EvalResult(
+        ["m1", "m2"], pairs=3, rows=rows, issues=issues, tlc={"m1": True}, masks_from="sam"
+    )
 
 
 def test_summaries_are_the_papers_means() -> None:
@@ -131,6 +141,7 @@ def test_reports_hold_every_row_and_stay_valid_json(tmp_path: Path) -> None:
     assert rows[2]["psnr"] == "inf" and rows[1]["collapsed"] == "True"
     record = json.loads((tmp_path / "out" / "rows.json").read_text())  # strict: no Infinity
     assert record["images"][2]["psnr"] is None
+    assert record["settings"] == {"ssim": "3d", "masks_from": "sam"}
     assert record["models"][0]["model"] == "m1" and record["models"][0]["identical"] == 1
     assert record["issues"][0] == {"name": "y", "model": "m2", "reason": "mask file unreadable"}
     assert not list((tmp_path / "out").glob(".*.tmp"))
@@ -157,3 +168,189 @@ def test_bad_settings_are_refused_before_any_work(
     dataset = Dataset(tmp_path, tmp_path)
     with pytest.raises(UsageError, match=message):
         evaluate(dataset, settings)
+
+
+# --------------------------------------------------------------------------- end to end
+
+MAP_AND_CAT = ("segnafnet-gopro", "masknafnet-gopro")  # one recipe, so one SAM run per image
+ALL_THREE = (*MAP_AND_CAT, "nafnet-gopro")
+
+
+def _box_blur(sharp: np.ndarray, width: int = 9) -> np.ndarray:
+    """Horizontal ``width``-px box kernel (a known linear motion blur), edges replicated."""
+    half = width // 2
+    padded = np.pad(sharp.astype(np.float64), ((0, 0), (half, half), (0, 0)), mode="edge")
+    out = sum(padded[:, k : k + sharp.shape[1]] for k in range(width)) / width
+    return np.rint(out).astype(np.uint8)
+
+
+def _photos() -> dict[str, np.ndarray]:
+    from skimage import data
+
+    return {
+        "astronaut": data.astronaut()[60:108, 180:244],
+        "chelsea": data.chelsea()[80:128, 150:214],
+    }
+
+
+def _write_pairs(root: Path) -> None:
+    for name, sharp in _photos().items():
+        _png(root / "input" / f"{name}.png", _box_blur(sharp))
+        _png(root / "target" / f"{name}.png", sharp)
+
+
+@pytest.fixture
+def paired(tmp_path: Path) -> Path:
+    """Two good pairs, one blurred image without its sharp one, one size mismatch."""
+    from skimage import data
+
+    root = tmp_path / "paired"
+    _write_pairs(root)
+    _png(root / "input" / "rocket.png", _box_blur(data.rocket()[:48, :64]))
+    odd = data.rocket()[100:148, 100:164]
+    _png(root / "input" / "odd.png", _box_blur(odd))
+    _png(root / "target" / "odd.png", odd[:40])
+    return root
+
+
+def _count_mask_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Record every SAM mask computation while still running the real one."""
+    from sam_deblur_cli.pipeline import Deblurrer
+
+    calls: list[tuple[int, ...]] = []
+    real = Deblurrer.compute_masks
+
+    def counting(self: Deblurrer, rgb_uint8: np.ndarray) -> Any:
+        calls.append(rgb_uint8.shape)
+        return real(self, rgb_uint8)
+
+    monkeypatch.setattr(Deblurrer, "compute_masks", counting)
+    return calls
+
+
+def _count_sam_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every SAM model built (one per MaskGenerator) while still building it."""
+    from sam_deblur_cli.masks import MaskGenerator
+
+    loads: list[str] = []
+    real = MaskGenerator.__init__
+
+    def counting(self: MaskGenerator, sam_entry_name: str, *args: Any, **kwargs: Any) -> None:
+        loads.append(sam_entry_name)
+        real(self, sam_entry_name, *args, **kwargs)
+
+    monkeypatch.setattr(MaskGenerator, "__init__", counting)
+    return loads
+
+
+def test_models_share_one_sam_run_per_image_and_problems_are_counted(
+    tiny_env: TinyEnv, paired: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_mask_runs(monkeypatch)
+    loads = _count_sam_loads(monkeypatch)
+    progress: list[tuple[int, int, str]] = []
+    settings = EvalSettings(models=MAP_AND_CAT, device="cpu", save_dir=tmp_path / "saved")
+    result = evaluate(open_dataset(paired), settings, progress=lambda *args: progress.append(args))
+
+    # map and cat share the recipe: SAM ran once per evaluated image, not once per model
+    assert calls == [(48, 64, 3)] * 2
+    assert loads == ["sam-vit-h"]  # and SAM was built once for both models
+    assert result.masks_from == "sam"
+    assert [s.model for s in result.summaries()] == list(MAP_AND_CAT)
+    for summary in result.summaries():
+        assert (summary.count, summary.skipped, summary.tlc) == (2, 2, True)
+        assert -1.0 < summary.ssim < 1.0 and math.isfinite(summary.psnr)
+    reasons = {issue.name: issue.reason for issue in result.issues}
+    assert set(reasons) == {"odd", "rocket"}
+    assert all(issue.model is None for issue in result.issues)
+    assert "No sharp image" in reasons["rocket"]
+    assert "64 x 48" in reasons["odd"] and "64 x 40" in reasons["odd"]
+    assert not result.complete
+    names = ["astronaut", "chelsea", "odd", "rocket"]
+    assert progress == [(i, 4, name) for i, name in enumerate(names, start=1)]
+
+    photos = _photos()
+    for row in result.rows:
+        sharp = photos[row.name]
+        assert row.psnr_input == pytest.approx(metrics.psnr(_box_blur(sharp), sharp))
+        saved = np.asarray(Image.open(tmp_path / "saved" / row.model / f"{row.name}.png"))
+        assert metrics.psnr(saved, sharp) == pytest.approx(row.psnr)  # saved = measured pixels
+        assert metrics.ssim_3d(saved, sharp) == pytest.approx(row.ssim)
+        assert row.collapsed == (row.psnr_input - row.psnr > 3.0)
+
+
+def test_dataset_masks_replace_sam_and_bad_ones_skip_only_mask_models(
+    tiny_env: TinyEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_mask_runs(monkeypatch)
+    loads = _count_sam_loads(monkeypatch)
+    root = tmp_path / "withmasks"
+    _write_pairs(root)
+    _png(root / "target" / "coffee.png", _photos()["chelsea"])  # a pair with no mask file
+    _png(root / "input" / "coffee.png", _box_blur(_photos()["chelsea"]))
+    segmask = np.zeros((48, 64), dtype=np.uint8)
+    segmask[:, 32:] = 2  # two groups, as SAM's first mask (weight 2) would make them
+    _png(root / "input_mask" / "astronaut.png", segmask)
+    groups = np.stack([segmask == 0, segmask == 2])[:, None]  # upstream: M x 1 x H x W bool
+    (root / "grouped_masks").mkdir()
+    np.savez(root / "grouped_masks" / "chelsea.npz", masks=groups)
+
+    settings = EvalSettings(models=ALL_THREE, device="cpu", tlc=False)  # TLC is not the point
+    result = evaluate(open_dataset(root), settings)
+
+    assert calls == [] and loads == []  # auto: the dataset has masks, so SAM never ran
+    assert result.masks_from == "dataset"
+    evaluated = {(row.name, row.model) for row in result.rows}
+    assert evaluated == {
+        *(("astronaut", model) for model in ALL_THREE),
+        ("chelsea", "segnafnet-gopro"),  # MAP takes the groups .npz
+        ("chelsea", "nafnet-gopro"),
+        ("coffee", "nafnet-gopro"),
+    }
+    problems = {(issue.name, issue.model): issue.reason for issue in result.issues}
+    assert set(problems) == {
+        ("chelsea", "masknafnet-gopro"),  # CAT needs the segmask's gray values
+        ("coffee", "segnafnet-gopro"),
+        ("coffee", "masknafnet-gopro"),
+    }
+    assert "segmask" in problems["chelsea", "masknafnet-gopro"]
+    assert "--masks-from sam" in problems["coffee", "segnafnet-gopro"]
+    counts = {s.model: (s.count, s.skipped) for s in result.summaries()}
+    assert counts == {"segnafnet-gopro": (2, 1), "masknafnet-gopro": (1, 2), "nafnet-gopro": (3, 0)}
+
+
+def test_rows_match_running_the_model_directly(tiny_env: TinyEnv, tmp_path: Path) -> None:
+    from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
+
+    root = tmp_path / "direct"
+    _write_pairs(root)
+    result = evaluate(
+        open_dataset(root), EvalSettings(models=("nafnet-gopro",), device="cpu", tlc=False)
+    )
+    assert result.complete and result.tlc == {"nafnet-gopro": False}
+    assert result.masks_from is None  # a plain model takes no masks
+    model = Deblurrer(DeblurSettings(model="nafnet-gopro", device="cpu", tlc=False))
+    for row in result.rows:
+        sharp = _photos()[row.name]
+        restored = metrics.to_uint8(model.deblur(_box_blur(sharp).astype(np.float32) / 255))
+        assert row.psnr == pytest.approx(metrics.psnr(restored, sharp), abs=1e-9)
+        assert row.ssim == pytest.approx(metrics.ssim_3d(restored, sharp), abs=1e-12)
+
+
+def test_limit_takes_the_first_names_and_a_failed_save_keeps_the_row(
+    tiny_env: TinyEnv, paired: Path, tmp_path: Path
+) -> None:
+    blocker = _touch(tmp_path / "not-a-folder")
+    settings = EvalSettings(
+        models=("nafnet-gopro",), device="cpu", tlc=False, limit=2, save_dir=blocker
+    )
+    result = evaluate(open_dataset(paired), settings)
+    assert result.pairs == 2
+    assert [row.name for row in result.rows] == ["astronaut", "chelsea"]  # measured anyway
+    assert [(i.name, i.model) for i in result.issues] == [
+        ("astronaut", "nafnet-gopro"),
+        ("chelsea", "nafnet-gopro"),
+    ]
+    assert "not-a-folder" in result.issues[0].reason
+    (summary,) = result.summaries()
+    assert (summary.count, summary.skipped) == (2, 0)

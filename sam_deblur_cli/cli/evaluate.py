@@ -141,7 +141,10 @@ def _table(result: EvalResult, title: str) -> Table:
 
     ssim = {"3d": "3-D SSIM (NAFNet's, as in the paper)", "classic": "classic per-channel SSIM"}
     masks = {"dataset": "the dataset's mask files", "sam": "SAM, once per image and recipe"}
-    caption = f"{ssim[result.ssim]}; masks from {masks[result.masks_from]}; MCR: > 3 dB lost"
+    parts = [ssim[result.ssim], "MCR: share losing > 3 dB against the blurred input"]
+    if result.masks_from is not None:
+        parts.insert(1, f"masks from {masks[result.masks_from]}")
+    caption = "; ".join(parts)
     table = Table(title=title, caption=caption)
     for header in ("Model", "TLC", "PSNR", "SSIM", "MCR", "Images", "Skipped"):
         table.add_column(header, justify="left" if header == "Model" else "right")
