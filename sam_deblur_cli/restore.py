@@ -75,13 +75,14 @@ def restore(
     "mps" or a torch.device); ``precision`` fp32, fp16 or bf16. ``tile``: None runs the
     whole image, an int tiles with that size (rounded down to a multiple of 16), "auto"
     tiles only when the estimated peak memory would not fit. The network is moved to the
-    device and precision in target. Returns H x W x 3 float32 clamped to [0, 1].
+    device and precision in place. Returns H x W x 3 float32 clamped to [0, 1].
     """
     target = make_target(device, precision)
     h, w = _check_image(image)
-    net.to(device=target.device, dtype=target.dtype).eval()
     with torch.inference_mode():
-        run, hp, wp = _tile_runner(net, image, guide, target)
+        run, hp, wp = _tile_runner(
+            net.to(device=target.device, dtype=target.dtype).eval(), image, guide, target
+        )
         size = _plan(h, w, tile, _net_width(net), target)
         out = _run_with_backoff(run, hp, wp, size, tile_overlap, target, progress)
         result = out[0, :, :h, :w].clamp_(0, 1).permute(1, 2, 0)
