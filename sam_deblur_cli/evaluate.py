@@ -362,6 +362,22 @@ def write_json(result: EvalResult, path: Path) -> None:
     _write_text(path, write)
 
 
+def check_writable(path: Path, *, folder: bool = False) -> None:
+    """Refuse, before a long run rather than after it, a report file (or, with ``folder``,
+    an output folder) that cannot be written; creates the missing folders."""
+    where = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise UsageError(f"{path} is a folder; pass a file name for the report.")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"Cannot write into {where} ({exc.strerror}); choose another path."
+        ) from exc
+
+
 def _check_settings(settings: EvalSettings, dataset: Dataset) -> Literal["dataset", "sam"]:
     """Refuse unusable settings; return where masks come from ("auto" resolved: the
     dataset's files when it has a mask folder, else SAM)."""
@@ -372,6 +388,8 @@ def _check_settings(settings: EvalSettings, dataset: Dataset) -> Literal["datase
         raise UsageError(f"Model {', '.join(twice)} is given more than once; pass each once.")
     if settings.limit is not None and settings.limit < 1:
         raise UsageError("--limit must be at least 1.")
+    if settings.save_dir is not None:
+        check_writable(settings.save_dir, folder=True)
     if settings.masks_from == "dataset" and not dataset.has_masks:
         raise UsageError(
             "The dataset has no input_mask/ or grouped_masks/ folder; use --masks-from sam."

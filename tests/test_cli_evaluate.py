@@ -125,3 +125,15 @@ def test_missing_weights_exit_2_before_any_image(
     root = _dataset(tmp_path / "set", with_orphan=False)
     assert main(["eval", str(root), "-m", "nafnet-gopro", "--device", "cpu"]) == 2
     assert "weights import" in capsys.readouterr().err
+
+
+def test_an_unwritable_report_exits_2_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for folder in ("input", "target"):
+        (tmp_path / folder).mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    # no weights exist in this test's cache: reaching the models would fail differently
+    assert main(["eval", str(tmp_path), "--json", str(blocker / "r.json")]) == 2
+    assert "Cannot write into" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from sam_deblur_cli.evaluate import (
     EvalSettings,
     ImageRow,
     Issue,
+    check_writable,
     evaluate,
     list_pairs,
     open_dataset,
@@ -340,17 +341,28 @@ def test_rows_match_running_the_model_directly(tiny_env: TinyEnv, tmp_path: Path
 def test_limit_takes_the_first_names_and_a_failed_save_keeps_the_row(
     tiny_env: TinyEnv, paired: Path, tmp_path: Path
 ) -> None:
-    blocker = _touch(tmp_path / "not-a-folder")
+    saved = tmp_path / "saved"
+    (saved / "nafnet-gopro" / "chelsea.png").mkdir(parents=True)  # a folder in the file's way
     settings = EvalSettings(
-        models=("nafnet-gopro",), device="cpu", tlc=False, limit=2, save_dir=blocker
+        models=("nafnet-gopro",), device="cpu", tlc=False, limit=2, save_dir=saved
     )
     result = evaluate(open_dataset(paired), settings)
     assert result.pairs == 2
     assert [row.name for row in result.rows] == ["astronaut", "chelsea"]  # measured anyway
-    assert [(i.name, i.model) for i in result.issues] == [
-        ("astronaut", "nafnet-gopro"),
-        ("chelsea", "nafnet-gopro"),
-    ]
-    assert "not-a-folder" in result.issues[0].reason
+    assert (saved / "nafnet-gopro" / "astronaut.png").is_file()
+    ((name, model, reason),) = [(i.name, i.model, i.reason) for i in result.issues]
+    assert (name, model) == ("chelsea", "nafnet-gopro") and "chelsea.png" in reason
     (summary,) = result.summaries()
     assert (summary.count, summary.skipped) == (2, 0)
+
+
+def test_unwritable_places_are_refused_before_the_run(tmp_path: Path) -> None:
+    blocker = _touch(tmp_path / "file")
+    with pytest.raises(UsageError, match="Cannot write"):
+        check_writable(blocker / "rows.csv")
+    with pytest.raises(UsageError, match="is a folder"):
+        check_writable(tmp_path)
+    with pytest.raises(UsageError, match="Cannot write"):
+        evaluate(Dataset(tmp_path, tmp_path), EvalSettings(save_dir=blocker / "out"))
+    check_writable(tmp_path / "new" / "rows.json")
+    assert (tmp_path / "new").is_dir() and not list((tmp_path / "new").iterdir())

@@ -76,10 +76,19 @@ def eval_command(
     offline: bool = typer.Option(False, "--offline", help="Never download weights."),
 ) -> None:
     """Measure models on blurred/sharp pairs: PSNR, SSIM and mode-collapse rate."""
-    from sam_deblur_cli.evaluate import EvalSettings, open_dataset, write_csv, write_json
+    from sam_deblur_cli.evaluate import (
+        EvalSettings,
+        check_writable,
+        open_dataset,
+        write_csv,
+        write_json,
+    )
     from sam_deblur_cli.pipeline import normalize_tile
 
     dataset = open_dataset(source, sharp)
+    for report in (csv_path, json_path):
+        if report is not None:
+            check_writable(report)
     settings = EvalSettings(
         models=tuple(model),
         masks_from=masks_from,
