@@ -146,7 +146,7 @@ class TinyEnv:
             )
             paths.insert(0, str(site))
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["SAM_DEBLUR_WEIGHTS"] = str(self.manifest)
         env["COLUMNS"] = "200"
         return env
