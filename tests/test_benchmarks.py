@@ -1,0 +1,61 @@
+"""The benchmark entry point runs end to end in its tiny ``--smoke`` mode (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("## Machine", "## Mask stage", "## MAP", "## Network", "## End to end", "## Start-up")
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "benchmarks", *args, "--logs", str(tmp_path / "logs")]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_run_writes_report_and_json(tmp_path: Path) -> None:
+    out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
+    proc = _bench(tmp_path, "--smoke", "--json", str(out_json), "--out-md", str(out_md))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    data = json.loads(out_json.read_text())
+    assert data["mode"] == "smoke" and data["device"] == "cpu"
+    assert data["machine"]["cores"] >= 1 and data["machine"]["ram_bytes"] > 0
+    comps = data["components"]
+    assert set(comps) == {"masks", "map", "network", "e2e", "startup"}
+    assert {comps[k]["status"] for k in ("masks", "network", "startup")} == {"skipped"}
+    assert comps["e2e"]["status"] == "ok", comps["e2e"].get("error")
+
+    [case] = comps["e2e"]["result"]["cases"]
+    ours, stock = case["ours"], case["stock"]
+    assert ours["status"] == stock["status"] == "ok", (ours.get("error"), stock.get("error"))
+    # Controlled logits give both pipelines the same several masks; same weights, same output.
+    assert ours["groups"] == stock["groups"] > 1
+    assert case["output_diff"]["max_abs_diff"] <= 1
+    assert ours["peak_rss_bytes"] > 0 and stock["peak_rss_bytes"] > 0
+    assert case["ratio_time"] > 0
+
+    report = out_md.read_text()
+    assert all(section in report for section in SECTIONS)
+    assert report.strip() in proc.stdout
+
+
+def test_cuda_refused_clearly_without_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.syspath_prepend(str(REPO))  # benchmarks/ is not an installed package
+    from benchmarks.run import main
+
+    out_json = tmp_path / "bench.json"
+    code = main(["--smoke", "--device", "cuda", "--json", str(out_json), "--logs", str(tmp_path)])
+    assert code == 2
+    assert "--device cuda needs a CUDA GPU" in capsys.readouterr().err
+    assert not out_json.exists() and not list(tmp_path.iterdir())
