@@ -170,8 +170,8 @@ class Stages:
         return timed
 
 
-def make_masks(spec: dict[str, Any], bgr: np.ndarray, stages: Stages) -> np.ndarray:
-    """Stock SAM + stock generator on the BGR photo -> the upstream segmask (uint8 H x W)."""
+def make_masks(spec: dict[str, Any], bgr: np.ndarray, stages: Stages) -> tuple[np.ndarray, int]:
+    """Stock SAM + stock generator on the BGR photo -> (upstream segmask uint8 H x W, masks)."""
     from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
     with stages("load_sam"):
@@ -184,17 +184,15 @@ def make_masks(spec: dict[str, Any], bgr: np.ndarray, stages: Stages) -> np.ndar
         anns = generator.generate(bgr)
     with stages("encode"):
         segmask = upstream_segmask((a["segmentation"] for a in anns), bgr.shape[:2])
-    stages.seconds["mask_count"] = len(anns)
-    return segmask
+    return segmask, len(anns)
 
 
-def deblur(spec: dict[str, Any], bgr: np.ndarray, segmask: np.ndarray, stages: Stages) -> None:
-    """Upstream-style SegNAFNet on the photo with its groups; writes the uint8 BGR result."""
+def deblur(spec: dict[str, Any], bgr: np.ndarray, labels_np: np.ndarray, stages: Stages) -> None:
+    """Upstream-style SegNAFNet on the BGR photo and its H x W group labels; writes uint8 BGR."""
     import cv2
 
     device = spec["device"]
-    with stages("groups"):
-        labels = torch.from_numpy(upstream_labels(segmask)[0])[None].to(device)
+    labels = torch.from_numpy(labels_np)[None].to(device)
     with stages("load_net"):
         net = load_stock_network(Path(spec["net_checkpoint"]), spec["net"], spec["tlc"]).to(device)
     net.mask_average = stages.wrap("map", net.mask_average)  # type: ignore[method-assign]
@@ -221,10 +219,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             bgr = cv2.imread(spec["image"], cv2.IMREAD_COLOR)
         if bgr is None:
             raise FileNotFoundError(f"OpenCV cannot read {spec['image']}")
-        segmask = make_masks(spec, bgr, stages)
-        result["masks"] = int(stages.seconds.pop("mask_count"))
-        result["groups"] = len(np.unique(segmask))
-        deblur(spec, bgr, segmask, stages)
+        segmask, result["masks"] = make_masks(spec, bgr, stages)
+        with stages("groups"):
+            labels, result["groups"] = upstream_labels(segmask)
+        deblur(spec, bgr, labels, stages)
     except (MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
