@@ -39,8 +39,8 @@ DEFAULT_OVERLAP = 128
 _ALIGN = 16  # 2 ** number of encoder levels of every published network
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Peak bytes of a whole-image forward per padded pixel, per network width channel, per
-# byte of precision; measured by benchmarks/bench_network.py --memory (about 16-17 on the
-# CPU for every variant) and rounded up for allocator slack and cuDNN workspaces.
+# byte of precision. benchmarks/bench_network.py measured 7-8 at 720p and 11-13 at 360p on
+# the CPU (width 32); 24 leaves room for allocator slack and cuDNN workspaces.
 _PEAK_FACTOR = 24.0
 _PEAK_PER_PIXEL = 48  # image, guide, label index and output buffers (bytes per pixel)
 _BUDGET_SHARE = 0.8  # of the free memory; the rest is left to the system and other buffers
