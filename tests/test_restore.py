@@ -196,6 +196,20 @@ def test_auto_tiles_only_when_the_image_does_not_fit(monkeypatch: pytest.MonkeyP
     assert larger is not None and larger > size
 
 
+def test_auto_tiles_a_restore_that_would_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = random_net("map", spread=0.2)
+    set_tlc(net, True)
+    image = np.random.default_rng(6).random((150, 260, 3), dtype=np.float32)
+    labels = guide_for("map", 150, 260)
+    whole = restore(net, image, labels, tile="auto")  # plenty of memory here: no tiles
+    fits_128 = estimate_peak_bytes(128, 128, net_width=8) + 150 * 260 * 64
+    monkeypatch.setattr(restore_mod, "free_memory_bytes", lambda device: int(fits_128 / 0.8))
+    calls: list[tuple[int, int]] = []
+    tiled = restore(net, image, labels, tile="auto", progress=lambda *a: calls.append(a))
+    assert len(calls) > 1 and calls[-1] == (len(calls), len(calls))
+    assert np.abs(tiled - whole).mean() < 2 / 255
+
+
 def test_peak_estimate_scales_with_pixels_width_and_precision() -> None:
     base = estimate_peak_bytes(720, 1280)
     assert estimate_peak_bytes(1440, 2560) > 3.9 * base
