@@ -5,8 +5,10 @@ The answer is a plain :class:`Placement` of strings (``"cpu"``, ``"cuda:0"``, ``
 torch is imported inside the functions, so the CLI can import this module at start-up.
 
 Rules:
-- ``auto`` picks CUDA, then MPS, then the CPU. Falling back to the CPU is logged as a
-  warning; with ``require_gpu`` it raises :class:`DeviceError` instead.
+- ``auto`` picks CUDA, then MPS, then the CPU; with ``require_gpu`` no CPU fallback, a
+  :class:`DeviceError` instead. The fallback is a warning when an NVIDIA GPU is present that
+  this torch cannot use (the "GPU silently unused" trap: a CPU-only torch build or a broken
+  driver) and an INFO line on machines that simply have no GPU.
 - An explicitly named device that is not there (``cuda`` on a machine without CUDA,
   ``cuda:3`` with two GPUs) is a :class:`DeviceError`, never a silent fallback.
 - Precision ``auto`` is fp32 on the CPU (half precision there is slow and lossy), bf16 on
@@ -79,10 +81,30 @@ def _auto_device(require_gpu: bool) -> tuple[str, bool]:
             "No GPU found (neither CUDA nor Apple MPS) and --require-gpu was given; "
             "install a CUDA-enabled torch or drop --require-gpu to run on the CPU."
         )
-    logger.warning(
-        "No GPU found: running on the CPU, which is much slower (--require-gpu forbids this)."
-    )
+    if _nvidia_hardware_present():
+        logger.warning(
+            "An NVIDIA GPU is present but torch %s cannot use it, so this runs on the CPU "
+            "(much slower); install a CUDA build of torch (--require-gpu makes this an error).",
+            _torch_version(),
+        )
+    else:
+        logger.info(
+            "No GPU found: running on the CPU, which is much slower (--require-gpu forbids this)."
+        )
     return "cpu", True
+
+
+def _nvidia_hardware_present() -> bool:
+    """Whether the NVIDIA kernel driver is loaded, whatever torch thinks (Linux only)."""
+    from pathlib import Path
+
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
 
 
 def _cuda_device(index: int) -> str:

@@ -30,15 +30,20 @@ def test_real_probes_agree_with_torch() -> None:
     assert devices._cuda_count() == expected
 
 
-def test_auto_without_gpu_falls_back_to_cpu_fp32_with_a_visible_warning(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(("hardware", "level"), [(True, logging.WARNING), (False, logging.INFO)])
+def test_auto_without_usable_gpu_falls_back_to_cpu_fp32_visibly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, hardware: bool, level: int
 ) -> None:
+    """A present-but-unusable NVIDIA GPU is a warning; a machine without one gets INFO."""
     _fake_gpus(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="sam_deblur_cli.devices"):
+    monkeypatch.setattr(devices, "_nvidia_hardware_present", lambda: hardware)
+    with caplog.at_level(logging.INFO, logger="sam_deblur_cli.devices"):
         placement = resolve("auto", "auto")
     assert placement == Placement("cpu", "fp32", fell_back=True)
     assert not placement.is_gpu
-    assert any("CPU" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    (record,) = [r for r in caplog.records if "CPU" in r.getMessage()]
+    assert record.levelno == level
+    assert ("torch" in record.getMessage()) is hardware
 
 
 def test_require_gpu_without_gpu_is_a_setup_error(monkeypatch: pytest.MonkeyPatch) -> None:
