@@ -14,8 +14,9 @@ changes:
   ``(W_k x) . q == x . (W_k^T q)``, and softmax rows sum to one, so the value projection
   is applied after the weighted sum: two ``tokens x 4096 x 256`` matmuls per prompt instead
   of projecting 4096 image tokens twice.
-- Image->token attentions use fused attention, and their output projection and residual
-  are one batched matmul.
+- Image->token attentions (4096 queries, 7 keys) fold the query projection into the token
+  keys after layer 0, and the output projection into the token values, so the output and
+  its residual are one batched matmul.
 - The kernel = stride = 2 transposed convolutions of ``output_upscaling`` are per-pixel
   matmuls, done channel-last with LayerNorm and GELU in between, and only the mask tokens
   asked for are applied to the upscaled embedding.
@@ -37,8 +38,9 @@ if TYPE_CHECKING:
     from segment_anything.modeling import Sam
     from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 
-# Prompts per pass through the upscaling stage: its activations are 8 MB per prompt.
-_UPSCALE_CHUNK = 16
+# Prompts per pass: bounds the per-prompt activations (4-8 MB each). Measured on 2 cores:
+# smaller passes save page faults on one thread but pay thread start-up on two.
+_PROMPT_CHUNK = 32
 
 
 @dataclass
@@ -48,7 +50,7 @@ class ImageContext:
     key_pe: Tensor  # 4096 x C: dense positional encoding
     t2i_k: Tensor  # heads x 4096 x d: layer 0 token->image keys
     t2i_v: Tensor  # heads x 4096 x d: layer 0 token->image values
-    i2t_q: Tensor  # heads x 4096 x d: layer 0 image->token queries
+    i2t_q_t: Tensor  # heads x d x 4096: layer 0 image->token queries, transposed
     # 4096 x C: image embedding + no-mask embedding + layer 0's image->token output bias,
     # the residual of that attention
     keys_out_bias: Tensor
@@ -96,22 +98,43 @@ def _folded_token_to_image(attn: Attention, q: Tensor, keys_pe: Tensor, keys: Te
     return attn.out_proj(_merge_heads(values))
 
 
-def _image_to_token(
-    attn: Attention, queries: Tensor, tokens_k: Tensor, tokens_v: Tensor, residual: Tensor
+def _image_to_token_scores(
+    attn: Attention, tokens_k: Tensor, queries_t: Tensor | None, keys_pe: Tensor | None
 ) -> Tensor:
-    """``residual + attn(image queries, tokens_k, tokens_v)`` with fused attention.
+    """Scaled scores of image queries against B x T token keys: B x heads x T x N.
 
-    ``queries``: projected image queries, heads x N x d (shared by all prompts) or
-    B x heads x N x d. ``tokens_*``: B x T x C. ``residual``: N x C or B x N x C, with the
-    output projection's bias already added. Returns B x N x C.
+    Either ``queries_t`` (heads x d x N: projected image queries shared by all prompts) or
+    ``keys_pe`` (B x N x C, per prompt) is given. For the latter the query projection is
+    folded into the T token keys: ``(W_q x + b_q) . k == x . (W_q^T k) + b_q . k``.
     """
-    heads = attn.num_heads
-    k = _heads(attn.k_proj(tokens_k), heads)
-    v = _heads(attn.v_proj(tokens_v), heads)
-    b, n = k.shape[0], queries.shape[-2]
-    out = F.scaled_dot_product_attention(queries.expand(b, heads, n, -1), k, v)
-    merged = _merge_heads(out)  # B x N x (heads*d)
-    return torch.baddbmm(residual, merged, attn.out_proj.weight.T.expand(b, -1, -1))
+    heads, d = attn.num_heads, attn.internal_dim // attn.num_heads
+    kh = _heads(attn.k_proj(tokens_k), heads) * (1.0 / math.sqrt(d))  # B x heads x T x d
+    b, _, t, _ = kh.shape
+    if queries_t is not None:
+        return torch.matmul(kh, queries_t)
+    assert keys_pe is not None
+    w_q = attn.q_proj.weight.view(heads, d, -1)
+    k_img = torch.einsum("bhtd,hdc->bhtc", kh, w_q).flatten(1, 2)  # B x (heads*T) x C
+    bias = torch.einsum("bhtd,hd->bht", kh, attn.q_proj.bias.view(heads, d)).flatten(1)
+    scores = torch.baddbmm(bias[:, :, None], k_img, keys_pe.transpose(1, 2))
+    return scores.view(b, heads, t, -1)
+
+
+def _image_to_token(attn: Attention, scores: Tensor, tokens_v: Tensor, residual: Tensor) -> Tensor:
+    """``residual + attn(image queries, token keys, tokens_v)`` given the scores.
+
+    ``scores``: B x heads x T x N from ``_image_to_token_scores``; the softmax over the T
+    tokens runs along N, which is contiguous. Values go through the output projection first
+    (T rows instead of N), so the output is one B x N x (heads*T) by B x (heads*T) x C
+    product added to ``residual`` (N x C or B x N x C, output bias included).
+    """
+    heads, d = attn.num_heads, attn.internal_dim // attn.num_heads
+    b, _, t, n = scores.shape
+    probs = torch.softmax(scores, dim=2).view(b, heads * t, n)
+    vh = _heads(attn.v_proj(tokens_v), heads)  # B x heads x T x d
+    w_o = attn.out_proj.weight.view(-1, heads, d)  # C x heads x d
+    v_out = torch.einsum("bhtd,chd->bhtc", vh, w_o).flatten(1, 2)  # B x (heads*T) x C
+    return torch.baddbmm(residual, probs.transpose(1, 2), v_out)
 
 
 class FastMaskDecoder:
@@ -143,7 +166,7 @@ class FastMaskDecoder:
             key_pe=key_pe,
             t2i_k=_heads(t2i.k_proj(keys_with_pe), t2i.num_heads).contiguous(),
             t2i_v=_heads(t2i.v_proj(keys), t2i.num_heads).contiguous(),
-            i2t_q=_heads(i2t.q_proj(keys_with_pe), i2t.num_heads).contiguous(),
+            i2t_q_t=_heads(i2t.q_proj(keys_with_pe), i2t.num_heads).transpose(1, 2).contiguous(),
             keys_out_bias=keys + i2t.out_proj.bias,
             grid=(h, w),
         )
@@ -158,6 +181,16 @@ class FastMaskDecoder:
         ``SamPredictor.predict_torch`` takes them.
         """
         sparse, _ = self.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+        parts = [
+            self._predict_chunk(ctx, sparse[i : i + _PROMPT_CHUNK], multimask_output)
+            for i in range(0, sparse.shape[0], _PROMPT_CHUNK)
+        ]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _predict_chunk(
+        self, ctx: ImageContext, sparse: Tensor, multimask_output: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Sparse prompt embeddings B x P x C -> (logits B x M x 4h x 4w, IoU B x M)."""
         dec = self.decoder
         out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.expand(sparse.shape[0], -1, -1), sparse], dim=1)
@@ -204,9 +237,9 @@ class FastMaskDecoder:
         )
         queries = layer.norm3(queries + layer.mlp(queries))
         i2t = layer.cross_attn_image_to_token
-        q_img = _heads(i2t.q_proj(keys_pe), i2t.num_heads)
+        scores = _image_to_token_scores(i2t, queries + tokens, None, keys_pe)
         residual = keys + i2t.out_proj.bias
-        keys = layer.norm4(_image_to_token(i2t, q_img, queries + tokens, queries, residual))
+        keys = layer.norm4(_image_to_token(i2t, scores, queries, residual))
         return queries, keys
 
     def _first_layer(self, ctx: ImageContext, tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -227,21 +260,11 @@ class FastMaskDecoder:
         queries = layer.norm2(queries + t2i.out_proj(_merge_heads(out)))
         queries = layer.norm3(queries + layer.mlp(queries))
         i2t = layer.cross_attn_image_to_token
-        keys = _image_to_token(i2t, ctx.i2t_q, queries + tokens, queries, ctx.keys_out_bias)
+        scores = _image_to_token_scores(i2t, queries + tokens, ctx.i2t_q_t, None)
+        keys = _image_to_token(i2t, scores, queries, ctx.keys_out_bias)
         return queries, layer.norm4(keys)
 
     def _upscale_and_apply(self, keys: Tensor, hyper: Tensor, grid: tuple[int, int]) -> Tensor:
-        """keys B x N x C, hyper B x M x C/8 -> logits B x M x 4h x 4w, in prompt chunks."""
-        return torch.cat(
-            [
-                self._upscale_chunk(
-                    keys[i : i + _UPSCALE_CHUNK], hyper[i : i + _UPSCALE_CHUNK], grid
-                )
-                for i in range(0, keys.shape[0], _UPSCALE_CHUNK)
-            ]
-        )
-
-    def _upscale_chunk(self, keys: Tensor, hyper: Tensor, grid: tuple[int, int]) -> Tensor:
         """output_upscaling + hypernetwork product as channel-last matmuls.
 
         ConvTranspose2d(kernel=stride=2) maps each input pixel to a 2 x 2 block on its own:
