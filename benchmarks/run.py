@@ -15,6 +15,7 @@ everything each component wrote. Modes: full (~20 min on 2 cores), ``--quick`` (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -121,16 +122,25 @@ def run_component(comp: Component, opts: Options, logs: Path) -> dict[str, Any]:
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _end_group(proc)
             error = f"timed out after {timeout:.0f} s"
             return {"status": "timeout", "seconds": timeout, "command": cmd, "error": error}
+        except KeyboardInterrupt:  # Ctrl-C reaches only us: the script is in its own group
+            _end_group(proc)
+            raise
     entry: dict[str, Any] = {"seconds": time.perf_counter() - start, "command": cmd}
     if code != 0 or not out_json.exists():
         entry.update(status="failed", error=_last_line(logs / f"{comp.key}.err", code))
         return entry
     entry.update(status="ok", result=json.loads(out_json.read_text()))
     return entry
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a component started with ``start_new_session`` and every process in its group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _last_line(path: Path, code: int) -> str:
@@ -294,7 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = Options(
         "smoke" if args.smoke else "quick" if args.quick else "full", args.vit_h, args.device
     )
-    data = run_all(opts, args.logs, lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        data = run_all(opts, args.logs, lambda msg: print(msg, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print("interrupted: the running component was stopped, no report", file=sys.stderr)
+        return 130
     report = render(data)
     print(report)
     if args.out_md:
