@@ -504,8 +504,13 @@ def run(
     random: bool = False,
     timeout: float = 1800,
     keep: Path | None = None,
+    partial: Path | None = None,
 ) -> dict[str, Any]:
-    """Set up the models, run every case of ``mode``; the JSON-able result."""
+    """Set up the models, run every case of ``mode``; the JSON-able result.
+
+    ``partial``: rewritten after every case (``"complete": false``), so that a run stopped
+    part-way keeps the cases it finished.
+    """
     import torch
 
     from benchmarks.stock_pipeline import TINY_ARCH
@@ -514,30 +519,31 @@ def run(
     sam_arch = TINY_ARCH if smoke else ("vit_h" if vit_h else "vit_b")
     nets = {MODEL: TINY_NET} if smoke else {MODEL: FULL_NET, SHALLOW: SHALLOW_NET}
     amg = {**STOCK_AMG, "points_per_side": 4} if smoke else STOCK_AMG
-    with tempfile.TemporaryDirectory(prefix="sam-deblur-e2e-") as tmp:
-        work = keep or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        models = prepare_models(work, sam_arch=sam_arch, nets=nets, amg=amg)
-        setup_s = time.perf_counter() - start
-        stock_of: dict[str, dict[str, Any]] = {}
-        rows = [
-            run_case(models, case, work, device, timeout, stock_of)
-            for case in cases_for(mode, device, random=random)
-        ]
-    config = {
+    config: dict[str, Any] = {
         "mode": mode,
         "sam_arch": sam_arch,
         "nets": nets,
         "amg": amg,
         "device": device,
         "tlc": True,
-        "setup_s": setup_s,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "stock_cap_bytes": STOCK_CAP,
     }
-    return {"config": config, "cases": rows}
+    result: dict[str, Any] = {"config": config, "cases": [], "complete": False}
+    with tempfile.TemporaryDirectory(prefix="sam-deblur-e2e-") as tmp:
+        work = keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        models = prepare_models(work, sam_arch=sam_arch, nets=nets, amg=amg)
+        config["setup_s"] = time.perf_counter() - start
+        stock_of: dict[str, dict[str, Any]] = {}
+        for case in cases_for(mode, device, random=random):
+            result["cases"].append(run_case(models, case, work, device, timeout, stock_of))
+            if partial is not None:
+                partial.write_text(json.dumps(result, indent=2) + "\n")
+    result["complete"] = True
+    return result
 
 
 # --------------------------------------------------------------------------- child runner
@@ -596,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         random=args.random,
         timeout=args.timeout,
         keep=args.keep,
+        partial=args.json,
     )
     print(json.dumps(result, indent=2))
     if args.json:

@@ -123,16 +123,19 @@ def run_component(comp: Component, opts: Options, logs: Path) -> dict[str, Any]:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _end_group(proc)
-            error = f"timed out after {timeout:.0f} s"
-            return {"status": "timeout", "seconds": timeout, "command": cmd, "error": error}
+            code = None
         except KeyboardInterrupt:  # Ctrl-C reaches only us: the script is in its own group
             _end_group(proc)
             raise
     entry: dict[str, Any] = {"seconds": time.perf_counter() - start, "command": cmd}
-    if code != 0 or not out_json.exists():
+    if code is None:
+        entry.update(status="timeout", error=f"timed out after {timeout:.0f} s")
+    elif code != 0 or not out_json.exists():
         entry.update(status="failed", error=_last_line(logs / f"{comp.key}.err", code))
-        return entry
-    entry.update(status="ok", result=json.loads(out_json.read_text()))
+    else:
+        entry["status"] = "ok"
+    if out_json.exists():  # a script that writes as it goes leaves its finished part
+        entry["result"] = json.loads(out_json.read_text())
     return entry
 
 
@@ -364,15 +367,18 @@ def render_machine(m: dict[str, Any]) -> str:
 def render_component(key: str, entry: dict[str, Any]) -> str:
     """A component's section: its tables, or its status and last error line."""
     status = entry.get("status", "missing")
-    if status != "ok":
+    if "result" not in entry:
         return f"**{status}**: {entry.get('error', '')}"
+    head = (
+        "" if status == "ok" else f"**{status}**: {entry.get('error', '')}; what it finished:\n\n"
+    )
     renderer = _RENDERERS.get(key, render_generic)
     try:
         body = renderer(entry["result"])
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
         # A script changed its JSON layout: show the values anyway rather than lose the run.
         body = f"(layout not recognised: {exc!r})\n\n" + render_generic(entry["result"])
-    return f"{body}\n\n({entry['seconds']:.0f} s for this section)"
+    return f"{head}{body}\n\n({entry['seconds']:.0f} s for this section)"
 
 
 def render_masks(rows: list[dict[str, Any]]) -> str:
@@ -720,8 +726,7 @@ def _network_target(result: Any) -> list[str]:
 
 
 def _result(comps: dict[str, Any], key: str) -> Any:
-    entry = comps.get(key, {})
-    return entry.get("result") if entry.get("status") == "ok" else None
+    return comps.get(key, {}).get("result")  # a partial result still holds finished cases
 
 
 def _met(ok: bool) -> str:
