@@ -345,7 +345,15 @@ def _process(
         return []
     # SAM only when some image has no mask file (and the model takes masks at all).
     uses_sam = any(job.masks_file is None for job in jobs)
-    deblurrer = Deblurrer(settings, load_sam=uses_sam)
+    from contextlib import nullcontext
+
+    from sam_deblur_cli.cli.weights import download_progress
+
+    # First use downloads weights: a bar on a terminal (a 2.6 GB SAM must not look like a
+    # hang); in logs and pipes the library's own log line says it.
+    bar = not quiet and err_console.is_terminal
+    with download_progress() if bar else nullcontext(None) as fetching:
+        deblurrer = Deblurrer(settings, load_sam=uses_sam, progress=fetching)
     if uses_sam and deblurrer.needs_masks and not quiet:
         _print_departures(deblurrer.departures())
     # A live bar only on a terminal: in logs and pipes it would be noise.
