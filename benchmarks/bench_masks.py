@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer points, no 12 MP case")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--scenario", choices=("vitb", "controlled"), help="run only this scenario (default: all)"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -327,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = []
     for name, scenario, shape, points in _scenarios(args.quick):
+        if args.scenario and scenario != args.scenario:
+            continue
         row = {"name": name, "scenario": scenario, "shape": shape, "points": points}
         for side in ("stock", "ours"):
             row["stock" if side == "stock" else "ours"] = _spawn(side, scenario, shape, points)

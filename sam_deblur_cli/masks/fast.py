@@ -8,9 +8,10 @@ scores, output in NMS keep order. What differs is the cost:
 
 - the decoder shares its per-image work across prompts (``fast_decoder``);
 - candidates are dropped by predicted IoU on their 256 x 256 logits, before any upscaling;
-- stability scores, areas and boxes come from an exact, cheaper evaluation of the stock
-  upscaling chain (``_ExactUpscaler``), a few candidates at a time, never all candidates at
-  full resolution at once;
+- stability scores, areas and boxes of the survivors come from the stock upscaling chain
+  run a few candidates at a time (never all candidates at full resolution at once) or,
+  when the image is upscaled 2x or more, from an exact row-wise evaluation that computes
+  only the pixels near a threshold (``_ExactUpscaler``); both give the stock values;
 - kept masks stay as low-res logits; ``FastMaskSet.iter_masks`` brings them to full
   resolution one at a time, bit-identical to the stock chain.
 
@@ -296,7 +297,8 @@ class _ExactUpscaler:
     not contain a threshold needs no evaluation; only the rest (mask edges) are computed one
     by one. The row taps and the rounding of ``combine`` are read off torch's kernel once per
     image size and checked bit for bit; if the check fails, the full-resolution chain is
-    used instead (same results, slower).
+    used instead (same results, slower). Below a 2x upscale the rows save too little, and
+    the full-resolution chain is used too (``by_rows``).
 
     A "source" is what an output row reads: a pair of adjacent G rows (a, a+1), or a single
     G row (a, a) at the clamped borders. Rows reading the same source are consecutive.
@@ -333,9 +335,7 @@ class _ExactUpscaler:
         dev = self.device
         eye = torch.eye(hi, device=dev)[None, None]
         weights = F.interpolate(eye, (h, hi), mode="bilinear", align_corners=False)[0, 0]
-        cols = torch.arange(hi, device=dev).expand(h, hi)
-        first = torch.where(weights != 0, cols, hi).amin(1).clamp(max=hi - 1)
-        last = torch.where(weights != 0, cols, -1).amax(1).clamp(min=0)
+        first, last = _taps(hi, h, dev)
         rows = torch.arange(h, device=dev)
         self.row_a, self.row_b = first, last
         self.w_a = weights[rows, first]
@@ -402,8 +402,7 @@ class _ExactUpscaler:
         """
         import torch
 
-        lo, hi = torch.aminmax(g.flatten(1), dim=1)
-        margin = (1e-4 + 1e-6 * torch.maximum(lo.abs(), hi.abs())).view(-1, 1, 1)
+        margin = _margin(g.flatten(1)).view(-1, 1, 1)
         high, low = g > top + margin, g > bottom - margin
         singles = self.singles
         above = torch.cat([high[:, :-1] & high[:, 1:], high[:, singles]], dim=1)
@@ -532,6 +531,24 @@ class _BoxBounds:
         boxes = torch.stack([self.left, self.top, self.right, self.bottom], dim=1)
         empty = (self.right < self.left) | (self.bottom < self.top)
         return torch.where(empty[:, None], 0, boxes)
+
+
+def _taps(size_in: int, size_out: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last input index read by each output index of a bilinear resize."""
+    import torch
+    import torch.nn.functional as F
+
+    eye = torch.eye(size_in, device=device)[None, None]
+    weights = F.interpolate(eye, (size_out, size_in), mode="bilinear", align_corners=False)[0, 0]
+    cols = torch.arange(size_in, device=device).expand(size_out, size_in)
+    first = torch.where(weights != 0, cols, size_in).amin(1).clamp(max=size_in - 1)
+    last = torch.where(weights != 0, cols, -1).amax(1).clamp(min=0)
+    return first, last
+
+
+def _margin(values: torch.Tensor) -> torch.Tensor:
+    """Per row of ``values`` (n x ...), a bound on the rounding of a convex combination."""
+    return 1e-4 + 1e-6 * values.abs().amax(dim=1)
 
 
 def _combine(
