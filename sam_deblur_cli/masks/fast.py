@@ -323,7 +323,7 @@ class _ExactUpscaler:
                 "using full-resolution upscaling for mask statistics (slower)."
             )
         # Rows pay off when each source feeds several output rows (an upscale of 2x or more).
-        self.by_rows = self.style is not None and self.max_len >= 3 and bool(self.source_used.all())
+        self.by_rows = self.style is not None and self.max_len >= 3 and self.all_used
         self.chunk = max(1, min(64, 12_000_000 // (input_size[0] * original_size[1])))
 
     def _read_row_taps(self) -> None:
@@ -350,6 +350,7 @@ class _ExactUpscaler:
         start = torch.full((n_sources,), h, device=dev, dtype=torch.long)
         self.source_start = start.scatter_reduce(0, self.row_source, rows, "amin")
         self.source_used = self.source_len > 0
+        self.all_used = bool(self.source_used.all())
         self.max_len = int(self.source_len.max())
 
     def _pick_style(self) -> str | None:
@@ -365,7 +366,7 @@ class _ExactUpscaler:
         cols = torch.linspace(0, self.original_size[1] - 1, 257, device=self.device).long()
         full = self._stock_chain(low)[0][:, cols]
         g = self._rows_source(low)[0][:, cols]
-        for style in ("fma_a", "separate", "fma_b"):
+        for style in ("addcmul", "fma_a", "separate", "fma_b"):
             rows = _combine(
                 g[self.row_a], self.w_a[:, None], g[self.row_b], self.w_b[:, None], style
             )
@@ -393,23 +394,30 @@ class _ExactUpscaler:
         return F.interpolate(up, out_size, mode="bilinear", align_corners=False)[:, 0]
 
     def _classify(
-        self, g: torch.Tensor, top: float, bottom: float
+        self, g: torch.Tensor, margin: torch.Tensor, top: float, bottom: float
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per source and column: surely above ``top`` at every row it feeds (n x S x W bool),
         and the (mask, source, column) entries that may exceed ``bottom`` but are not sure.
 
-        The margin covers the rounding of ``combine`` (an output is a convex combination).
+        ``margin`` (n) covers the rounding of ``combine`` (an output is a convex combination).
         """
         import torch
 
-        margin = _margin(g.flatten(1)).view(-1, 1, 1)
+        margin = margin.view(-1, 1, 1)
         high, low = g > top + margin, g > bottom - margin
-        singles = self.singles
-        above = torch.cat([high[:, :-1] & high[:, 1:], high[:, singles]], dim=1)
-        maybe = torch.cat([low[:, :-1] | low[:, 1:], low[:, singles]], dim=1)
-        above &= self.source_used.view(1, -1, 1)
+        n, pairs, width = g.shape[0], g.shape[1] - 1, g.shape[2]
+        shape = (n, pairs + len(self.singles), width)
+        above = torch.empty(shape, dtype=torch.bool, device=g.device)
+        maybe = torch.empty(shape, dtype=torch.bool, device=g.device)
+        torch.logical_and(high[:, :-1], high[:, 1:], out=above[:, :pairs])
+        torch.logical_or(low[:, :-1], low[:, 1:], out=maybe[:, :pairs])
+        above[:, pairs:], maybe[:, pairs:] = high[:, self.singles], low[:, self.singles]
+        if not self.all_used:
+            above &= self.source_used.view(1, -1, 1)
         maybe &= ~above
         i, s, x = maybe.nonzero(as_tuple=True)
+        if self.all_used:
+            return above, (i, s, x)
         used = self.source_used[s]
         return above, (i[used], s[used], x[used])
 
@@ -444,7 +452,8 @@ class _ExactUpscaler:
 
         thresholds = (t_high, t_low, t_mask)
         g = self._rows_source(low)
-        above, index = self._classify(g, max(thresholds), min(thresholds))
+        # G's values are convex combinations of the low-res logits: bounded by them.
+        above, index = self._classify(g, _margin(low.flatten(1)), max(thresholds), min(thresholds))
         sure = (above.sum(2, dtype=torch.int16) * self.source_len).sum(1)
         counts = [sure.clone() for _ in thresholds]
         box = _BoxBounds(self, above)
@@ -488,7 +497,7 @@ class _ExactUpscaler:
         if not self.by_rows:
             return (self._stock_chain(low[None])[0] > threshold).cpu().numpy()
         g = self._rows_source(low[None])
-        above, index = self._classify(g, threshold, threshold)
+        above, index = self._classify(g, _margin(low.view(1, -1)), threshold, threshold)
         out = above[0].index_select(0, self.row_source)  # H x W: sources surely above
         width = out.shape[1]
         for values, rows, _ in self._exact_rows(g, index):
@@ -554,8 +563,12 @@ def _margin(values: torch.Tensor) -> torch.Tensor:
 def _combine(
     ga: torch.Tensor, wa: torch.Tensor, gb: torch.Tensor, wb: torch.Tensor, style: str
 ) -> torch.Tensor:
-    """One bilinear tap pair in float32 with a given rounding (``fma_*``: fused multiply-add,
-    emulated in float64)."""
+    """One bilinear tap pair in float32 with a given rounding (``addcmul``: torch's, fused on
+    some CPUs; ``fma_*``: fused multiply-add emulated in float64)."""
+    if style == "addcmul":
+        import torch
+
+        return torch.addcmul(gb * wb, ga, wa)
     if style == "separate":
         return ga * wa + gb * wb
     if style == "fma_a":
