@@ -595,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda":
         require_cuda()
+    # A time-out upstream sends SIGTERM: exit normally so that the temporary folder (models
+    # and photos, up to GBs) is removed; the children get the signal too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     result = run(
         "smoke" if args.smoke else "quick" if args.quick else "full",
         vit_h=args.vit_h,

@@ -139,9 +139,14 @@ def run_component(comp: Component, opts: Options, logs: Path) -> dict[str, Any]:
     return entry
 
 
-def _end_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill a component started with ``start_new_session`` and every process in its group."""
+def _end_group(proc: subprocess.Popen[bytes], grace_s: float = 10) -> None:
+    """End a component started with ``start_new_session`` and every process in its group:
+    SIGTERM (time to clean up), then SIGKILL."""
     with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):  # whatever of the group is still there
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
