@@ -194,9 +194,17 @@ class _StageTimer:
         return timed
 
 
-def run_side(side: str, scenario: str, shape: tuple[int, int], points: int) -> dict[str, Any]:
-    """Generate masks once and encode the segmask; return stage times and peak RSS."""
+def run_side(
+    side: str, scenario: str, shape: tuple[int, int], points: int, threads: int = 0
+) -> dict[str, Any]:
+    """Generate masks once and encode the segmask; return stage times and peak RSS.
+
+    ``threads`` > 0 sets torch's intra-op threads (0: torch's default).
+    """
     import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     from sam_deblur_cli.masks.encode import encode_segmask
 
@@ -262,11 +270,15 @@ def _cells(shape: tuple[int, int]) -> int:
 # Driver.
 
 
-def _spawn(side: str, scenario: str, shape: tuple[int, int], points: int) -> dict[str, Any]:
+def _spawn(
+    side: str, scenario: str, shape: tuple[int, int], points: int, threads: int
+) -> dict[str, Any]:
     cmd = [
         sys.executable,
         "-m",
         "benchmarks.bench_masks",
+        "--threads",
+        str(threads),
         "--child",
         side,
         scenario,
@@ -321,12 +333,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--scenario", choices=("vitb", "controlled"), help="run only this scenario (default: all)"
     )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (default: torch's)"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         side, scenario, size, points = args.child
         h, w = (int(v) for v in size.split("x"))
-        print(json.dumps(run_side(side, scenario, (h, w), int(points))))
+        print(json.dumps(run_side(side, scenario, (h, w), int(points), args.threads)))
         return
     results = []
     for name, scenario, shape, points in _scenarios(args.quick):
@@ -334,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         row = {"name": name, "scenario": scenario, "shape": shape, "points": points}
         for side in ("stock", "ours"):
-            row["stock" if side == "stock" else "ours"] = _spawn(side, scenario, shape, points)
+            row[side] = _spawn(side, scenario, shape, points, args.threads)
         results.append(row)
         print(_table([row]), flush=True)
     print()
