@@ -11,7 +11,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -41,8 +41,9 @@ def _randomise_norms(module: torch.nn.Module, gen: torch.Generator) -> None:
     """Give every LayerNorm a non-trivial affine so a skipped or misplaced one shows up."""
     for m in module.modules():
         if isinstance(m, torch.nn.LayerNorm) or type(m).__name__ == "LayerNorm2d":
-            m.weight.data = 0.5 + torch.rand(m.weight.shape, generator=gen)
-            m.bias.data = 0.2 * torch.randn(m.bias.shape, generator=gen)
+            weight, bias = cast(torch.Tensor, m.weight), cast(torch.Tensor, m.bias)
+            weight.data = 0.5 + torch.rand(weight.shape, generator=gen)
+            bias.data = 0.2 * torch.randn(bias.shape, generator=gen)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,8 @@ def test_controlled_logits_reproduce_stock_segmask_at_1mp() -> None:
 
     shape = (1024, 1024)
     sam, image = bench.build_sam("tiny"), bench.test_image(shape)
-    params = {"points_per_side": 10, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
+    params: dict[str, Any] = {"points_per_side": 10, "pred_iou_thresh": 0.88}
+    params["stability_score_thresh"] = 0.95
     stock = SamAutomaticMaskGenerator(sam, **params)
     bench.patch_stock(stock, bench.ControlledLogits(bench.input_size_of(shape), n_cells=70))
     anns = stock.generate(image)
@@ -168,7 +170,8 @@ def test_tiny_sam_end_to_end_gives_stock_masks() -> None:
 
     sam, image = _tiny_sam_with_sharp_masks(), bench.test_image((160, 200))
     # Random masks all span the image, so box NMS is off (1.0) to keep several in play.
-    params = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.2}
+    params: dict[str, Any] = {"points_per_side": 6, "pred_iou_thresh": 0.0}
+    params["stability_score_thresh"] = 0.2
     params["box_nms_thresh"] = 1.0
     anns = SamAutomaticMaskGenerator(sam, **params).generate(image)
     maskset = FastMaskGenerator(sam, **params).generate(image)
@@ -187,7 +190,8 @@ def test_small_region_removal_delegates_to_stock_generator(
     from segment_anything import SamAutomaticMaskGenerator
 
     sam, image = _tiny_sam_with_sharp_masks(), bench.test_image((64, 80))
-    params = {"points_per_side": 3, "min_mask_region_area": 30, "stability_score_thresh": 0.2}
+    params: dict[str, Any] = {"points_per_side": 3, "min_mask_region_area": 30}
+    params["stability_score_thresh"] = 0.2
     params["pred_iou_thresh"] = 0.0
     anns = SamAutomaticMaskGenerator(sam, **params).generate(image)
     with caplog.at_level("INFO", logger="sam_deblur_cli.masks.fast"):
