@@ -9,18 +9,17 @@ fresh cache (``SAM_DEBLUR_HOME``). The stock side is ``stock_pipeline.py`` in a 
 process under an address-space cap, so that its out-of-memory is reported, not a crash.
 Peak RSS and CPU time are the child's own (``os.wait4``); wall time includes start-up.
 
-Regimes: ``controlled`` (every mode): the decoder's output replaced by
-``bench_masks.ControlledLogits`` in both pipelines (~300 realistic survivors), installed
-inside our child by ``--child-cli``, which then runs ``sam_deblur_cli.cli.main`` in-process;
-``random`` (``--random``): SAM's own random decoder, default thresholds, almost no survivor,
-ours run as the unhooked console script.
+Masks: with random SAM weights almost no mask passes the default thresholds, so both
+pipelines get SAM's decoder output replaced by ``bench_masks.ControlledLogits`` (~300
+realistic survivors, the same masks on both sides); in our child ``--child-cli`` installs
+it, then runs ``sam_deblur_cli.cli.main`` in-process (the console script's code path).
 
 Cases: --smoke: tiny SAM and network, 64 x 96; --quick: 720p, shallow network; full: 720p,
 12 MP with default settings (shallow network; the stock side estimated, see ``cases_for``),
 12 MP with ``--tile 1024`` (full network). ``--device cuda`` adds ours in fp16 and bf16.
 
     python -m benchmarks.bench_e2e [--smoke | --quick] [--vit-h] [--device cpu|cuda]
-                                   [--random] [--json PATH] [--keep DIR]
+                                   [--json PATH] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Case:
-    """One photo size and regime; ``ours_args`` are extra CLI options (e.g. tiling).
+    """One photo size; ``ours_args`` are extra CLI options (e.g. tiling).
 
     ``stock``: "run" the stock pipeline, "estimate" its dense-MAP memory from our group
     count instead (when running it would only spend minutes before certainly not fitting),
@@ -79,7 +78,6 @@ class Case:
 
     name: str
     shape: tuple[int, int]  # H, W
-    regime: str  # "random" | "controlled"
     ours_args: tuple[str, ...] = ()
     stock: str = "run"
     precision: str = "fp32"
@@ -293,8 +291,8 @@ def stock_cap_bytes() -> int:
 
 
 def ours_command(models: Models, case: Case, photo: Path, out: Path, device: str) -> list[str]:
-    """`sam-deblur PHOTO -o OUT --model M ...`: the console script itself when nothing is hooked,
-    else the ``--child-cli`` runner (controlled logits or the smoke SAM, then the same CLI)."""
+    """`sam-deblur PHOTO -o OUT --model M ...` through the ``--child-cli`` runner (controlled
+    logits, and the smoke SAM's registration, installed before the CLI runs)."""
     argv = [
         str(photo),
         "-o",
@@ -309,11 +307,9 @@ def ours_command(models: Models, case: Case, photo: Path, out: Path, device: str
         case.precision,
         *case.ours_args,
     ]
-    hooks = [f"--controlled={case.shape[0]}x{case.shape[1]}"] if case.regime == "controlled" else []
-    if not hooks and models.sam_arch in ("vit_b", "vit_h"):
-        return [str(Path(sys.executable).with_name("sam-deblur")), *argv]
     runner = [sys.executable, "-m", "benchmarks.bench_e2e", "--child-cli"]
-    return [*runner, *hooks, f"--sam-arch={models.sam_arch}", "--", *argv]
+    hook = f"--controlled={case.shape[0]}x{case.shape[1]}"
+    return [*runner, hook, f"--sam-arch={models.sam_arch}", "--", *argv]
 
 
 def run_ours(
@@ -360,7 +356,7 @@ def run_stock(
         "tlc": True,
         "amg": models.amg,
         "device": device,
-        "controlled": case.regime == "controlled",
+        "controlled": True,
         "memory_cap_bytes": cap,
     }
     spec_file.write_text(json.dumps(spec))
@@ -424,33 +420,21 @@ def compare_outputs(a: str | None, b: str | None) -> dict[str, float] | None:
 # --------------------------------------------------------------------------- cases
 
 
-def cases_for(mode: str, device: str, *, random: bool = False) -> list[Case]:
+def cases_for(mode: str, device: str) -> list[Case]:
     """The cases of a mode. At 12 MP the stock side is estimated, not run: its mask stage
     alone takes minutes on 2 cores (measured in the mask-stage section) before its dense MAP
     certainly does not fit. The full-depth network runs at 720p and in the tiled 12 MP run;
     the 12 MP default-settings run and --quick use the shallow one (time)."""
     hd, mp12 = (720, 1280), (3000, 4000)
     if mode == "smoke":
-        return [Case("smoke 64x96 controlled", (64, 96), "controlled")]
-    # --random: also the unhooked console script, SAM's own decoder (almost no survivors)
-    cases = [Case("720p random", hd, "random")] if random else []
+        return [Case("smoke 64x96 controlled", (64, 96))]
     if mode == "quick":  # the shallow network keeps --quick within its few minutes
-        cases = [replace(c, model=SHALLOW) for c in cases]
-        cases.append(Case("720p controlled", hd, "controlled", model=SHALLOW))
-        return _with_precisions(cases, device)
-    cases.append(Case("720p controlled", hd, "controlled"))
+        return _with_precisions([Case("720p controlled", hd, model=SHALLOW)], device)
+    cases = [Case("720p controlled", hd)]
     if mode == "full":
         cases += [
-            Case(
-                "12 MP controlled, shallow net", mp12, "controlled", stock="estimate", model=SHALLOW
-            ),
-            Case(
-                "12 MP controlled, --tile 1024",
-                mp12,
-                "controlled",
-                ("--tile", "1024"),
-                stock="skip",
-            ),
+            Case("12 MP controlled, shallow net", mp12, stock="estimate", model=SHALLOW),
+            Case("12 MP controlled, --tile 1024", mp12, ("--tile", "1024"), stock="skip"),
         ]
     return _with_precisions(cases, device)
 
@@ -460,7 +444,7 @@ def _with_precisions(cases: list[Case], device: str) -> list[Case]:
     if device != "cuda":
         return cases
     halves = [
-        Case(f"{c.name}, {p}", c.shape, c.regime, c.ours_args, "skip", p, c.model)
+        Case(f"{c.name}, {p}", c.shape, c.ours_args, "skip", p, c.model)
         for c in cases
         for p in ("fp16", "bf16")
     ]
@@ -475,13 +459,13 @@ def run_case(
     timeout: float,
     stock_of: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """Both sides of one case (a "skip" case shows the stock result of the same photo and
-    regime, if any); ratios are ours / stock, given when both ran the same network."""
+    """Both sides of one case (a "skip" case shows the stock result of the same photo, if
+    any); ratios are ours / stock, given when both ran the same network."""
     photo = work / f"photo-{case.shape[0]}x{case.shape[1]}.png"
     if not photo.exists():
         write_photo(photo, case.shape)
     ours = run_ours(models, case, photo, work, device, timeout)
-    key = f"{case.shape}-{case.regime}"
+    key = str(case.shape)
     if case.stock == "run":
         stock_of[key] = run_stock(models, case, photo, work, device, timeout)
     elif case.stock == "estimate":
@@ -501,7 +485,6 @@ def run(
     *,
     vit_h: bool = False,
     device: str = "cpu",
-    random: bool = False,
     timeout: float = 1800,
     keep: Path | None = None,
     partial: Path | None = None,
@@ -538,7 +521,7 @@ def run(
         models = prepare_models(work, sam_arch=sam_arch, nets=nets, amg=amg)
         config["setup_s"] = time.perf_counter() - start
         stock_of: dict[str, dict[str, Any]] = {}
-        for case in cases_for(mode, device, random=random):
+        for case in cases_for(mode, device):
             result["cases"].append(run_case(models, case, work, device, timeout, stock_of))
             if partial is not None:
                 partial.write_text(json.dumps(result, indent=2) + "\n")
@@ -588,7 +571,6 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--quick", action="store_true", help="720p only")
     parser.add_argument("--vit-h", action="store_true", help="SAM vit_h instead of vit_b")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--random", action="store_true", help="also 720p with SAM's own decoder")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per child run")
     parser.add_argument("--keep", type=Path, help="keep models, photos and outputs here")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -602,7 +584,6 @@ def main(argv: list[str] | None = None) -> int:
         "smoke" if args.smoke else "quick" if args.quick else "full",
         vit_h=args.vit_h,
         device=args.device,
-        random=args.random,
         timeout=args.timeout,
         keep=args.keep,
         partial=args.json,
