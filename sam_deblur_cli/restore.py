@@ -155,14 +155,16 @@ def _tile_runner(
 
 
 def _to_tensor(image: np.ndarray, target: Target) -> Tensor:
-    rgb = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    # from_numpy shares memory and warns on read-only arrays (decoded files, cached masks):
+    # np.require copies only when the array is not already writable, contiguous float32.
+    rgb = torch.from_numpy(np.require(image, np.float32, ("C", "W")))
     return rgb.permute(2, 0, 1)[None].to(device=target.device, dtype=target.dtype)
 
 
 def _segmask_tensor(guide: np.ndarray, target: Target) -> Tensor:
     if guide.dtype != np.uint8:
         raise MaskError(f"A segmask must be uint8 gray values, got {guide.dtype}; reread it.")
-    seg = torch.from_numpy(np.ascontiguousarray(guide))[None, None]
+    seg = torch.from_numpy(np.require(guide, None, ("C", "W")))[None, None]
     return (seg.to(device=target.device, dtype=torch.float32) / 255).to(target.dtype)
 
 
@@ -171,7 +173,7 @@ def _labels_tensor(guide: np.ndarray, device: torch.device) -> Tensor:
         raise MaskError(f"A label map must hold integers, got {guide.dtype}; rebuild the groups.")
     if guide.size and int(guide.min()) < 0:
         raise MaskError("A label map must number groups from 0; rebuild the groups.")
-    return torch.from_numpy(guide.astype(np.int64, copy=False))[None].to(device)
+    return torch.from_numpy(np.require(guide, np.int64, ("C", "W")))[None].to(device)
 
 
 def _pad(x: Tensor, hp: int, wp: int, value: float) -> Tensor:
