@@ -121,11 +121,9 @@ class UpstreamNAFNet(nn.Module):
                 h, w = seen[id(m.sca)]
                 m.sca[0] = UpstreamLocalPool((h * 384 // 256, w * 384 // 256))
 
-    def forward(self, inp: Tensor) -> Tensor:
-        _, _, h, w = inp.shape
-        ph, pw = (-h) % self.padder_size, (-w) % self.padder_size
-        inp = F.pad(inp, (0, pw, 0, ph))
-        x = self.intro(inp)
+    def features(self, x: Tensor, image: Tensor) -> Tensor:
+        """The U-Net on the padded input ``x``; adds the padded ``image`` as the residual."""
+        x = self.intro(x)
         encs = []
         for encoder, down in zip(self.encoders, self.downs, strict=True):
             x = encoder(x)
@@ -134,8 +132,13 @@ class UpstreamNAFNet(nn.Module):
         x = self.middle_blks(x)
         for decoder, up, skip in zip(self.decoders, self.ups, encs[::-1], strict=True):
             x = decoder(up(x) + skip)
-        x = self.ending(x) + inp
-        return x[:, :, :h, :w]
+        return self.ending(x) + image
+
+    def forward(self, inp: Tensor) -> Tensor:
+        _, _, h, w = inp.shape
+        ph, pw = (-h) % self.padder_size, (-w) % self.padder_size
+        inp = F.pad(inp, (0, pw, 0, ph))
+        return self.features(inp, inp)[:, :, :h, :w]
 
 
 def _build(side: str, cfg: dict[str, Any], tlc: bool) -> nn.Module:

@@ -83,19 +83,6 @@ class UpstreamSegNAFNet(UpstreamNAFNet):
         groups = int(labels.max()) + 1
         return dense_map(self.pre_seg_in(self.pre_seg(image)), labels, groups)
 
-    def features(self, x: Tensor, image: Tensor) -> Tensor:
-        """The NAFNet body on the concatenated padded input; adds the image residual."""
-        x = self.intro(x)
-        skips = []
-        for encoder, down in zip(self.encoders, self.downs, strict=True):
-            x = encoder(x)
-            skips.append(x)
-            x = down(x)
-        x = self.middle_blks(x)
-        for decoder, up, skip in zip(self.decoders, self.ups, skips[::-1], strict=True):
-            x = decoder(up(x) + skip)
-        return self.ending(x) + image
-
     def forward(self, inp: Tensor, labels: Tensor | None = None) -> Tensor:
         _, _, h, w = inp.shape
         if labels is None:
