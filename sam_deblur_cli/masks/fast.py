@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -153,8 +154,10 @@ class FastMaskGenerator:
             batch = points[start : start + self.points_per_batch]
             in_points = predictor.transform.apply_coords(batch, (orig_h, orig_w))
             low, iou = self.decode_points(ctx, torch.as_tensor(in_points, device=self.sam.device))
-            batches.append(self._filter_batch(low, iou, torch.as_tensor(batch), upscaler))
-        return self._nms(batches, upscaler)
+            with _one_cpu_thread(self.sam.device):
+                batches.append(self._filter_batch(low, iou, torch.as_tensor(batch), upscaler))
+        with _one_cpu_thread(self.sam.device):
+            return self._nms(batches, upscaler)
 
     def _filter_batch(
         self,
@@ -574,6 +577,27 @@ def _combine(
     if style == "fma_a":
         return (ga.double() * wa.double() + (gb * wb).double()).float()
     return (gb.double() * wb.double() + (ga * wa).double()).float()
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run the post-processing's many small ops on one CPU thread, then restore the count.
+
+    Measured on 2 cores (benchmarks/bench_masks.py): with the whole process on one thread the
+    12 MP post-processing took 41 CPU-s against 173 on two, whose per-op hand-offs outweigh
+    the parallel work; with this scope, 720p controlled post went from 27 to 15 CPU-s.
+    """
+    import torch
+
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _xyxy_to_xywh(box: list[int]) -> tuple[int, int, int, int]:
