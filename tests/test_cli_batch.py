@@ -15,29 +15,20 @@ from tiny_models import (
     TinyEnv,
     TinyEnvFactory,
     console_script,
-    small_photo,
     tiny_checkpoints_fixture,  # noqa: F401
     tiny_env_factory_fixture,  # noqa: F401
     tiny_env_fixture,  # noqa: F401
     tree_hashes,
 )
-
-from sam_deblur_cli.cli import main
+from tiny_models import (
+    run_cli as _run,
+)
+from tiny_models import (
+    save_photo as _photo,
+)
 
 CPU = ["--device", "cpu"]
 PLAIN = ["--model", "nafnet-gopro", "--no-tlc", *CPU]  # TLC set-up costs a 256 x 256 run
-
-
-def _photo(path: Path, name: str = "astronaut") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(small_photo(name)).save(path)
-    return path
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _statuses(stdout: str) -> dict[str, str]:

@@ -28,23 +28,16 @@ from tiny_models import (  # noqa: F401
     tree_hashes,
     write_special_photos,
 )
-
-from sam_deblur_cli.cli import main
+from tiny_models import (
+    run_cli as _run,
+)
+from tiny_models import (
+    save_photo as _photo,
+)
 
 CPU = ["--device", "cpu"]
 NO_TLC = ["--no-tlc", *CPU]  # where TLC is not the point: its set-up costs a 256 x 256 run
 PLAIN = ["--model", "nafnet-gopro", *NO_TLC]
-
-
-def _photo(path: Path, name: str = "astronaut") -> Path:
-    Image.fromarray(small_photo(name)).save(path)
-    return path
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _records(stdout: str) -> list[dict[str, object]]:

@@ -277,3 +277,21 @@ def file_hashes(paths: Iterable[Path]) -> dict[Path, str]:
 def tree_hashes(folder: Path) -> dict[Path, str]:
     """sha256 of every file under ``folder``."""
     return file_hashes(sorted(folder.rglob("*")))
+
+
+def save_photo(path: Path, name: str = "astronaut") -> Path:
+    """A small real photo written to ``path`` (format from the suffix); returns ``path``."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(small_photo(name)).save(path)
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    """``sam-deblur ARGV`` in-process: (exit code, stdout, stderr)."""
+    from sam_deblur_cli.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
