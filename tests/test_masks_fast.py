@@ -16,6 +16,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sam_deblur_cli.errors import InputError
 from sam_deblur_cli.masks.encode import encode_segmask
@@ -118,7 +119,7 @@ def test_upscaler_statistics_equal_full_resolution(shape: tuple[int, int], by_ro
     low = torch.cat([low, torch.full((1, 256, 256), -5.0)])  # an empty mask too
     with torch.inference_mode():
         above, below, area, boxes = up.stats(low, 1.0, -1.0, 0.0)
-        full = up._stock_chain(low)
+        full = _postprocess_masks(low, bench.input_size_of(shape), shape)
     assert torch.equal(above, (full > 1.0).flatten(1).sum(1))
     assert torch.equal(below, (full > -1.0).flatten(1).sum(1))
     assert torch.equal(area, (full > 0.0).flatten(1).sum(1))
@@ -126,6 +127,35 @@ def test_upscaler_statistics_equal_full_resolution(shape: tuple[int, int], by_ro
     assert area[-1] == 0 and boxes[-1].tolist() == [0, 0, 0, 0]
     for k in (0, 4):
         assert np.array_equal(up.mask(low[k], 0.0), (full[k] > 0).numpy())
+
+
+def _postprocess_masks(
+    low: torch.Tensor, input_size: tuple[int, int], shape: tuple[int, int]
+) -> torch.Tensor:
+    """segment_anything's Sam.postprocess_masks for a 1024 encoder, restated: n x H x W."""
+    up = F.interpolate(low[:, None], (1024, 1024), mode="bilinear", align_corners=False)
+    up = up[..., : input_size[0], : input_size[1]]
+    return F.interpolate(up, shape, mode="bilinear", align_corners=False)[:, 0]
+
+
+@pytest.mark.parametrize(
+    ("shape", "crop"),
+    [((720, 1280), (145, 256)), ((2100, 1500), (256, 184)), ((1024, 1024), (256, 256))],
+)
+def test_upscaler_resizes_only_the_low_res_rows_the_crop_reads(
+    shape: tuple[int, int], crop: tuple[int, int]
+) -> None:
+    """The first resize reads only the low-res rows/columns inside the input frame, and its
+    output still equals the verbatim chain bit for bit, near the crop edge included."""
+    up = _ExactUpscaler(bench.input_size_of(shape), shape, 1024, "cpu")
+    assert up._first_crop[:2] == crop
+    low = torch.randn(3, 256, 256, generator=torch.Generator().manual_seed(5)) * 6
+    low[:, crop[0] - 2 :, :] += 40.0  # the rows past the crop must not leak into it
+    low[:, :, crop[1] - 2 :] -= 40.0
+    with torch.inference_mode():
+        assert torch.equal(
+            up._stock_chain(low), _postprocess_masks(low, bench.input_size_of(shape), shape)
+        )
 
 
 def test_controlled_logits_reproduce_stock_segmask_at_1mp() -> None:

@@ -154,9 +154,8 @@ class FastMaskGenerator:
             batch = points[start : start + self.points_per_batch]
             in_points = predictor.transform.apply_coords(batch, (orig_h, orig_w))
             low, iou = self.decode_points(ctx, torch.as_tensor(in_points, device=self.sam.device))
-            with _one_cpu_thread(self.sam.device):
-                batches.append(self._filter_batch(low, iou, torch.as_tensor(batch), upscaler))
-        with _one_cpu_thread(self.sam.device):
+            batches.append(self._filter_batch(low, iou, torch.as_tensor(batch), upscaler))
+        with _one_cpu_thread(self.sam.device):  # small ops only
             return self._nms(batches, upscaler)
 
     def _filter_batch(
@@ -318,6 +317,7 @@ class _ExactUpscaler:
         self.original_size = original_size
         self.img_size = img_size
         self.device = device
+        self._crop_first_resize()
         self._read_row_taps()
         self.style = self._pick_style()
         if self.style is None:
@@ -367,7 +367,7 @@ class _ExactUpscaler:
         low = (torch.randn(1, side, side, generator=gen) * 8).to(self.device)
         # Every output row, on a spread of columns (columns go through torch's own resize).
         cols = torch.linspace(0, self.original_size[1] - 1, 257, device=self.device).long()
-        full = self._stock_chain(low)[0][:, cols]
+        full = self._reference_chain(low)[0][:, cols]
         g = self._rows_source(low)[0][:, cols]
         for style in ("addcmul", "fma_a", "separate", "fma_b"):
             rows = _combine(
@@ -377,8 +377,8 @@ class _ExactUpscaler:
                 return style
         return None
 
-    def _stock_chain(self, low: torch.Tensor) -> torch.Tensor:
-        """n x 256 x 256 -> n x H x W, exactly ``Sam.postprocess_masks``."""
+    def _reference_chain(self, low: torch.Tensor) -> torch.Tensor:
+        """n x 256 x 256 -> n x H x W, ``Sam.postprocess_masks`` verbatim (for the checks)."""
         import torch.nn.functional as F
 
         size = (self.img_size, self.img_size)
@@ -386,13 +386,47 @@ class _ExactUpscaler:
         up = up[..., : self.input_size[0], : self.input_size[1]]
         return F.interpolate(up, self.original_size, mode="bilinear", align_corners=False)[:, 0]
 
+    def _input_frame(self, low: torch.Tensor) -> torch.Tensor:
+        """n x 256 x 256 -> n x 1 x hi x wi: the first resize, cropped to the input size.
+
+        With ``_first_crop`` only the low-res rows and columns the crop reads are resized:
+        r of them to r * 4 keeps the scale (and so every tap and weight) of the full resize;
+        ``__init__`` checks the result against the verbatim chain.
+        """
+        import torch.nn.functional as F
+
+        rows, cols, size = self._first_crop
+        up = F.interpolate(low[:, None, :rows, :cols], size, mode="bilinear", align_corners=False)
+        return up[..., : self.input_size[0], : self.input_size[1]]
+
+    def _crop_first_resize(self) -> None:
+        """Use the cropped first resize if it reproduces the verbatim chain here."""
+        import torch
+
+        side = self.img_size // 4  # SAM's low-res masks are a quarter of its input side
+        self._first_crop = (side, side, (self.img_size, self.img_size))
+        if side * 4 != self.img_size:
+            return
+        rows, cols = (min(side, -(-n // 4) + 1) for n in self.input_size)
+        verbatim = self._first_crop
+        self._first_crop = (rows, cols, (rows * 4, cols * 4))
+        gen = torch.Generator().manual_seed(1)
+        low = (torch.randn(1, side, side, generator=gen) * 8).to(self.device)
+        if not torch.equal(self._stock_chain(low), self._reference_chain(low)):
+            self._first_crop = verbatim
+
+    def _stock_chain(self, low: torch.Tensor) -> torch.Tensor:
+        """n x 256 x 256 -> n x H x W, equal to ``Sam.postprocess_masks``."""
+        import torch.nn.functional as F
+
+        up = self._input_frame(low)
+        return F.interpolate(up, self.original_size, mode="bilinear", align_corners=False)[:, 0]
+
     def _rows_source(self, low: torch.Tensor) -> torch.Tensor:
         """n x 256 x 256 -> G, n x hi x W: the chain with its last resize on columns only."""
         import torch.nn.functional as F
 
-        size = (self.img_size, self.img_size)
-        up = F.interpolate(low[:, None], size, mode="bilinear", align_corners=False)
-        up = up[..., : self.input_size[0], : self.input_size[1]]
+        up = self._input_frame(low)
         out_size = (self.input_size[0], self.original_size[1])
         return F.interpolate(up, out_size, mode="bilinear", align_corners=False)[:, 0]
 
@@ -461,10 +495,11 @@ class _ExactUpscaler:
         counts = [sure.clone() for _ in thresholds]
         box = _BoxBounds(self, above)
         owner, cols = index[0], index[2]
-        for values, rows, valid in self._exact_rows(g, index):
-            for count, t in zip(counts, thresholds, strict=True):
-                count.index_add_(0, owner, (valid & (values > t)).long())
-            box.add(owner, rows, cols, values > t_mask)
+        with _one_cpu_thread(self.device):  # many small ops: see _one_cpu_thread
+            for values, rows, valid in self._exact_rows(g, index):
+                for count, t in zip(counts, thresholds, strict=True):
+                    count.index_add_(0, owner, (valid & (values > t)).long())
+                box.add(owner, rows, cols, values > t_mask)
         return counts[0], counts[1], counts[2], box.result()
 
     def _stats_full(
@@ -503,8 +538,9 @@ class _ExactUpscaler:
         above, index = self._classify(g, _margin(low.view(1, -1)), threshold, threshold)
         out = above[0].index_select(0, self.row_source)  # H x W: sources surely above
         width = out.shape[1]
-        for values, rows, _ in self._exact_rows(g, index):
-            out.view(-1)[rows * width + index[2]] = values > threshold
+        with _one_cpu_thread(self.device):
+            for values, rows, _ in self._exact_rows(g, index):
+                out.view(-1)[rows * width + index[2]] = values > threshold
         return out.cpu().numpy()
 
 
@@ -580,16 +616,16 @@ def _combine(
 
 
 @contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run the post-processing's many small ops on one CPU thread, then restore the count.
+def _one_cpu_thread(device: Any) -> Iterator[None]:
+    """Run a loop of many small ops on one CPU thread, then restore the count.
 
-    Measured on 2 cores (benchmarks/bench_masks.py): with the whole process on one thread the
-    12 MP post-processing took 41 CPU-s against 173 on two, whose per-op hand-offs outweigh
-    the parallel work; with this scope, 720p controlled post went from 27 to 15 CPU-s.
+    The exact-rows loops index a few thousand values per op; on 2 cores, two threads' per-op
+    hand-offs cost more than they gain there (12 MP post-processing with the whole process on
+    one thread: 41 CPU-s against 173 on two). The bulk resizes around them keep every thread.
     """
     import torch
 
-    if device.type != "cpu":
+    if torch.device(device).type != "cpu":
         yield
         return
     previous = torch.get_num_threads()
