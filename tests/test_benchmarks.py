@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,3 +60,53 @@ def test_cuda_refused_clearly_without_gpu(
     assert code == 2
     assert "--device cuda needs a CUDA GPU" in capsys.readouterr().err
     assert not out_json.exists() and not list(tmp_path.iterdir())
+
+
+def _mask_row(scenario: str, shape: list[int], stock_s: float, ours_s: float) -> dict[str, Any]:
+    """One bench_masks result row: in-process totals 1 s apart from the whole-process times."""
+
+    def side(process_s: float, segmask_sum: int) -> dict[str, Any]:
+        stages = {"encoder": 1.0, "decoder": 2.0, "post": process_s - 4.0}
+        seconds = {**stages, "total": process_s - 1.0}
+        return {
+            "seconds": seconds,
+            "cpu_seconds": seconds,
+            "peak_rss_gb": 2.0,
+            "masks": 300,
+            "segmask_sum": segmask_sum,
+            "process_s": process_s,
+        }
+
+    return {
+        "name": scenario,
+        "scenario": scenario,
+        "shape": shape,
+        "points": 32,
+        "stock": side(stock_s, 7),
+        "ours": side(ours_s, 7 if scenario == "vitb" else 8),
+    }
+
+
+def test_mask_targets_judge_whole_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.run import render_masks, render_targets
+
+    rows = [
+        _mask_row("vitb", [720, 1280], stock_s=101.0, ours_s=51.0),  # 1.98x: just misses
+        _mask_row("controlled", [3000, 4000], stock_s=436.0, ours_s=54.0),  # 8.1x
+    ]
+    comps = {"masks": {"status": "ok", "seconds": 600.0, "result": rows}}
+    targets = {
+        line.split(" | ")[0].lstrip("| "): line for line in render_targets(comps).split("\n")
+    }
+    assert (
+        "1.98x (32^2 points, whole process) | NO"
+        in targets["mask stage >= 2x faster than stock, 720p, random weights"]
+    )
+    assert (
+        "8.07x (32^2 points, whole process) | yes"
+        in targets["mask stage >= 5x faster, 12 MP, realistic survivors"]
+    )
+    table = render_masks(rows)
+    assert "101.0 / 51.0 (0.50)" in table and "436.0 / 54.0 (0.12)" in table
+    assert "SEGMASKS DIFFER" in table  # the controlled row's segmasks were made to differ
