@@ -11,10 +11,37 @@ The public API is re-exported here lazily (module ``__getattr__``), so
 
 from __future__ import annotations
 
+import os
+import sys
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def _advise_huge_pages() -> None:
+    """Let torch back large CPU tensors with transparent huge pages (Linux, THP available).
+
+    torch reads ``THP_MEM_ALLOC_ENABLE`` once, at its first CPU allocation, so this only
+    takes effect when sam_deblur_cli is imported before torch (the command line always is);
+    a value the user set is kept. Full-resolution feature maps are fresh allocations of
+    hundreds of MB, and faulting them in 4 KB pages was most of the deblur time: 12 MP
+    through the shallow SegNAFNet on 2 cores, 110 s -> 66 s, the same peak RSS.
+    """
+    if sys.platform != "linux" or "THP_MEM_ALLOC_ENABLE" in os.environ:
+        return
+    try:
+        with open(_THP_SETTING) as f:
+            setting = f.read()
+    except OSError:  # a kernel without THP: torch's madvise would fail with a warning
+        return
+    if "[never]" not in setting:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+
+
+_advise_huge_pages()
 
 if TYPE_CHECKING:
     from sam_deblur_cli.devices import Placement, resolve

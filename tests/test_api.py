@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,40 @@ def test_import_is_lazy_and_names_resolve() -> None:
     assert out.stdout.strip() == sam_deblur_cli.__version__
     with pytest.raises(AttributeError, match="no_such_name"):
         sam_deblur_cli.no_such_name  # noqa: B018
+
+
+def _thp_available() -> bool:
+    try:
+        return "[never]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or not _thp_available(), reason="needs Linux transparent huge pages"
+)
+@pytest.mark.parametrize("preset", [None, "0"])
+def test_import_before_torch_puts_large_tensors_on_their_own_pages(preset: str | None) -> None:
+    """With THP advice on, torch page-aligns large CPU tensors (and madvises them); it is on
+    when sam_deblur_cli came first, unless the user set THP_MEM_ALLOC_ENABLE themselves."""
+    code = (
+        "import os, sam_deblur_cli, torch\n"
+        "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
+        "ts = [torch.empty(8 << 20 | k) for k in range(1, 5)]\n"
+        "print(sum(t.data_ptr() % 4096 == 0 for t in ts))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    setting, aligned = out.stdout.split()
+    if preset is None:
+        assert (setting, aligned) == ("1", "4")
+    else:
+        assert setting == "0" and int(aligned) < 4
 
 
 def test_arrays_and_files_go_through_the_same_pipeline(tiny_env: TinyEnv, tmp_path: Path) -> None:
