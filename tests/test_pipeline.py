@@ -181,9 +181,10 @@ def test_batch_loads_the_model_once_and_decodes_the_next_image_meanwhile(
     overlapped: list[bool] = []
 
     def deblur(rgb: np.ndarray, masks: object = None) -> np.ndarray:
-        # While image n is deblurred, image n + 1 is being decoded: wait for it here.
-        waiting = [event for event in decoded.values() if not event.is_set()]
-        overlapped.append(not waiting or waiting[0].wait(timeout=30))
+        # While image n is deblurred, image n + 1 is decoded: wait for it here (without the
+        # prefetch it would only start after this returns, and the wait would time out).
+        following = list(decoded.values())[len(overlapped) + 1 :]
+        overlapped.append(not following or following[0].wait(timeout=30))
         return real_deblur(rgb, masks)  # type: ignore[arg-type]
 
     monkeypatch.setattr(deblurrer, "deblur", deblur)
