@@ -554,8 +554,6 @@ def child_cli(argv: list[str]) -> int:
     parser.add_argument("--sam-arch", default="vit_b")
     split = argv.index("--") if "--" in argv else len(argv)
     opts = parser.parse_args(argv[:split])
-    # Before torch, as in the console script: the package sets torch's allocator advice.
-    import sam_deblur_cli  # noqa: F401
     from benchmarks.stock_pipeline import TINY_ARCH, controlled_logits, register_tiny_arch
 
     if opts.sam_arch == TINY_ARCH:

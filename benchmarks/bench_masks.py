@@ -201,8 +201,6 @@ def run_side(
 
     ``threads`` > 0 sets torch's intra-op threads (0: torch's default).
     """
-    if side == "ours":  # before torch, as in our command line (torch's allocator advice)
-        import sam_deblur_cli  # noqa: F401
     import torch
 
     if threads > 0:

@@ -211,6 +211,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch_version,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "loadavg_start": _loadavg(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git_commit(),
@@ -356,6 +357,7 @@ def render_machine(m: dict[str, Any]) -> str:
         ["RAM", f"{_gb(m.get('ram_bytes'))} ({_gb(m.get('mem_available_start_bytes'))} free)"],
         ["Python / torch", f"{m['python']} / {m['torch']}"],
         ["torch threads", threads],
+        ["huge-page advice (THP_MEM_ALLOC_ENABLE, both sides)", m.get("thp_mem_alloc") or "-"],
         ["load average (1 min)", f"{_load(start)} at start, {_load(end)} at end"],
         ["date / commit", f"{m['date']} / {m.get('commit')}"],
     ]
