@@ -56,16 +56,17 @@ FULL_NET = {
 }
 SHALLOW_NET = {**FULL_NET, "enc_blk_nums": [1, 1, 1, 1]}
 TINY_NET = {**SHALLOW_NET, "width": 8}
-STOCK_AMG = {
-    "points_per_side": 32,
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "stability_score_offset": 1.0,
-    "box_nms_thresh": 0.7,
-    "crop_n_layers": 0,
-    "min_mask_region_area": 0,
-}
+# The generator settings a recipe names, at segment_anything's own defaults (``stock_amg``).
+AMG_KEYS = (
+    "points_per_side",
+    "points_per_batch",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "stability_score_offset",
+    "box_nms_thresh",
+    "crop_n_layers",
+    "min_mask_region_area",
+)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -137,6 +138,17 @@ class Measured:
 
 
 # --------------------------------------------------------------------------- set-up
+
+
+def stock_amg() -> dict[str, Any]:
+    """``AMG_KEYS`` at the defaults of segment_anything's ``SamAutomaticMaskGenerator``: what
+    a user of the stock generator gets, read from the library rather than restated."""
+    import inspect
+
+    from segment_anything import SamAutomaticMaskGenerator
+
+    params = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
+    return {key: params[key].default for key in AMG_KEYS}
 
 
 def manifest_text(sam_arch: str, nets: dict[str, dict[str, Any]], amg: dict[str, Any]) -> str:
@@ -516,7 +528,7 @@ def run(
     smoke = mode == "smoke"
     sam_arch = TINY_ARCH if smoke else ("vit_h" if vit_h else "vit_b")
     nets = {MODEL: TINY_NET} if smoke else {SHALLOW: SHALLOW_NET}
-    amg = {**STOCK_AMG, "points_per_side": 4} if smoke else STOCK_AMG
+    amg = {**stock_amg(), "points_per_side": 4} if smoke else stock_amg()
     config: dict[str, Any] = {
         "mode": mode,
         "sam_arch": sam_arch,
