@@ -30,13 +30,14 @@ SEG_CHANNELS = 2
 
 
 def dense_map(seg: Tensor, labels: Tensor, groups: int) -> Tensor:
-    """Upstream's form: M boolean masks, M x H x W x C products, uncovered pixels last."""
+    """Upstream's form: M float masks of value 1/255 (its loader divides the boolean slices
+    by 255), M x H x W x C products, and the uncovered remainder as one more mask."""
     feat = seg[0].permute(1, 2, 0)[None]  # 1 x H x W x C
-    masks = torch.stack([labels[0] == g for g in range(groups)])[..., None].float()
+    masks = torch.stack([labels[0] == g for g in range(groups)])[..., None].float() / 255.0
+    rest = 1 - masks.sum(0).clamp(0, 1)
+    masks = torch.cat([masks, rest[None]])
     means = (masks * feat).sum(dim=(1, 2)) / (masks.sum(dim=(1, 2)) + 1e-8)
     out = (masks * means[:, None, None, :]).sum(0)
-    rest = 1 - masks.sum(0)
-    out += rest * ((rest * feat[0]).sum(dim=(0, 1)) / (rest.sum() + 1e-8))
     return out.permute(2, 0, 1)[None]
 
 
@@ -56,9 +57,9 @@ def _inputs(h: int, w: int, groups: int) -> tuple[Tensor, Tensor]:
 
 
 def _op(side: str, seg: Tensor, labels: Tensor, groups: int) -> Tensor:
-    from sam_deblur_cli.nets.map import segment_mean
+    from sam_deblur_cli.nets.map import mask_average
 
-    return segment_mean(seg, labels) if side == "ours" else dense_map(seg, labels, groups)
+    return mask_average(seg, labels) if side == "ours" else dense_map(seg, labels, groups)
 
 
 def stage_time(side: str, h: int, w: int, groups: int, repeat: int) -> dict[str, float]:

@@ -68,7 +68,7 @@ ChannelOrder = Literal["bgr", "rgb"]
 # fmt: off
 _ENTRY_KEYS = frozenset({
     "kind", "arch", "description", "license", "homepage", "sha256", "size", "source",
-    "net", "recipe", "tlc",
+    "net", "recipe", "tlc", "mask_value",
 })
 _HUB_KEYS = frozenset({"hub", "revision", "file"})
 _PAGE_KEYS = frozenset({"page", "file", "note"})
@@ -296,7 +296,7 @@ def _parse_entry(path: Path, name: str, raw: Any, recipes: Mapping[str, Recipe])
 
 
 def _sam_fields(path: Path, where: str, raw: dict[str, Any]) -> dict[str, Any]:
-    for key in ("net", "recipe", "tlc"):
+    for key in ("net", "recipe", "tlc", "mask_value"):
         if key in raw:
             raise _invalid(path, f"{where}.{key}", "only deblur entries take this key")
     # Any segment_anything.sam_model_registry key (tests register tiny ones); the registry
@@ -321,7 +321,23 @@ def _deblur_fields(
     tlc = raw.get("tlc", False)
     if not isinstance(tlc, bool):
         raise _invalid(path, f"{where}.tlc", "expected true or false")
+    if "mask_value" in raw:
+        net = _with_mask_value(path, f"{where}.mask_value", net, raw["mask_value"])
     return {"net": net, "recipe": recipe, "tlc": tlc}
+
+
+def _with_mask_value(path: Path, where: str, net: NetConfig, raw: Any) -> NetConfig:
+    """``net`` with the entry's mask value (map networks only; they default to 1/255)."""
+    from dataclasses import replace
+
+    from sam_deblur_cli.nets import parse_mask_value
+
+    if net.variant != "map":
+        raise _invalid(path, where, "only map networks take a mask value")
+    try:
+        return replace(net, mask_value=parse_mask_value(raw))
+    except ValueError as exc:
+        raise _invalid(path, where, str(exc)) from None
 
 
 def _parse_source(path: Path, where: str, raw: Any) -> HubSource | PageSource:
@@ -337,7 +353,7 @@ def _parse_source(path: Path, where: str, raw: Any) -> HubSource | PageSource:
 def _parse_net(path: Path, where: str, raw: Any) -> NetConfig:
     from sam_deblur_cli.nets import NetConfig
 
-    allowed = {f.name for f in fields(NetConfig)}
+    allowed = {f.name for f in fields(NetConfig)} - {"mask_value"}  # an entry-level key
     _check_keys(path, where, raw, allowed, {"variant", "width"})
     if raw["variant"] not in _VARIANTS:
         raise _invalid(path, f"{where}.variant", f"use one of {', '.join(_VARIANTS)}")

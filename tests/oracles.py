@@ -1,13 +1,14 @@
 """Reference implementations written straight from upstream.md, for parity tests only.
 
 Nothing here is fast or clever on purpose: NCHW tensors, explicit mean/variance, the
-dense M x H x W x C Mask Average Pooling, and a python loop over TLC windows. They take a
+dense M x H x W x C Mask Average Pooling fed masks of value 1/255 as upstream's loader
+fed them, and a python loop over TLC windows. They take a
 plain state dict (upstream key names) and share no code with ``sam_deblur_cli.nets``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,20 +107,43 @@ def pad16(x: Tensor, value: float = 0.0) -> Tensor:
     return F.pad(x, (0, (16 - w % 16) % 16, 0, (16 - h % 16) % 16), value=value)
 
 
-def dense_map(seg: Tensor, masks: Tensor) -> Tensor:
-    """Upstream's MAP by broadcasting: seg 1 x C x H x W, masks M x H x W bool (groups)."""
+def dense_map(
+    seg: Tensor, masks: Tensor, scale: float = 255.0, dropped: Sequence[int] = ()
+) -> Tensor:
+    """Upstream's mask_average by broadcasting (upstream.md 4), fed as its loader fed it.
+
+    seg 1 x C x H x W; masks M x H x W bool (the groups; padding pixels in none), turned
+    into float32 and divided by ``scale`` as the loader does (255: masks of value 1/255;
+    1: value-1 masks). ``dropped``: groups whose masks mask dropout set to 0.
+    """
     feat = seg[0].permute(1, 2, 0)[None]  # 1 x H x W x C
-    m = masks[..., None].to(seg.dtype)  # M x H x W x 1
-    means = (m * feat).sum(dim=(1, 2)) / (m.sum(dim=(1, 2)) + 1e-8)  # M x C
+    m = masks[..., None].float() / scale  # M x H x W x 1
+    for g in dropped:
+        m[g] = 0
+    left = 1 - m.sum(0).clamp(0, 1)  # what no mask covers: every pixel feeds it
+    m = torch.cat([m, left[None]]).to(seg.dtype)
+    means = (m * feat).sum(dim=(1, 2)) / (m.sum(dim=(1, 2)) + 1e-8)  # (M + 1) x C
     out = (m * means[:, None, None, :]).sum(0)  # H x W x C
-    rest = 1 - m.sum(0)  # uncovered pixels
-    rest_mean = (rest * feat[0]).sum(dim=(0, 1)) / (rest.sum() + 1e-8)
-    out = out + rest * rest_mean
     return out.permute(2, 0, 1)[None]
 
 
-def forward(sd: StateDict, variant: str, image: Tensor, guide: Tensor | None, tlc: bool) -> Tensor:
-    """Full reference forward for one image (N = 1); guide as in the nets contract."""
+def label_masks(labels: Tensor) -> Tensor:
+    """M x H x W bool stack of groups 0..max from an H x W label map (-1: in no group)."""
+    return torch.stack([labels == g for g in range(int(labels.max()) + 1)])
+
+
+def forward(
+    sd: StateDict,
+    variant: str,
+    image: Tensor,
+    guide: Tensor | None,
+    tlc: bool,
+    mask_scale: float = 255.0,
+) -> Tensor:
+    """Full reference forward for one image (N = 1); guide as in the nets contract.
+
+    ``mask_scale``: MAP masks are fed as bool / mask_scale (255 as upstream's loader).
+    """
     h, w = image.shape[-2:]
     if variant == "plain":
         x_in = pad16(image)
@@ -131,8 +155,6 @@ def forward(sd: StateDict, variant: str, image: Tensor, guide: Tensor | None, tl
         img = pad16(image)
         seg = F.conv2d(img, sd["pre_seg.weight"], sd["pre_seg.bias"], padding=1)
         seg = F.conv2d(seg, sd["pre_seg_in.weight"], sd["pre_seg_in.bias"])
-        groups = int(guide.max()) + 1
         labels = pad16(guide[:, None].double(), value=-1.0)[0, 0]
-        masks = torch.stack([labels == g for g in range(groups)])
-        x_in = torch.cat([img, dense_map(seg, masks)], 1)
+        x_in = torch.cat([img, dense_map(seg, label_masks(labels), mask_scale)], 1)
     return nafnet_body(sd, x_in, tlc)[..., :h, :w]

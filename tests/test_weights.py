@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import hub_server
+import numpy as np
 import pytest
 from hub_server import COMMIT, FakeHub, Published, tiny_state_dict, torch_bytes
 
@@ -22,7 +23,7 @@ from sam_deblur_cli.errors import (
     UsageError,
     WeightsNotFoundError,
 )
-from sam_deblur_cli.nets import NetConfig
+from sam_deblur_cli.nets import MASK_VALUE_UPSTREAM, NetConfig
 
 hub = hub_server.hub  # fixtures
 published = hub_server.published
@@ -172,6 +173,55 @@ def test_the_good_test_manifest_is_valid_and_recipes_must_name_a_sam_entry(tmp_p
         + _GOOD.replace('"plain"', '"cat"').replace("net =", 'recipe = "r"\nnet =')
     )
     with pytest.raises(SetupError, match=r"recipes\.r\.sam: 'm' is not a SAM entry"):
+        weights.load_manifest(path)
+
+
+def test_published_map_entries_feed_masks_at_1_255() -> None:
+    """upstream.md 4: the checkpoints learned on masks divided by 255; the file says so."""
+    manifest = weights.load_manifest()
+    raw = weights.tomllib.loads(weights.manifest_path().read_text())["models"]
+    for name in ("segnafnet-gopro", "segnafnet-nodropout-gopro"):
+        assert raw[name]["mask_value"] == "1/255"
+        assert manifest.get(name).net_config().mask_value == MASK_VALUE_UPSTREAM
+    assert float(np.float32(1) / np.float32(255)) == MASK_VALUE_UPSTREAM
+    others = [e for e in raw.values() if e.get("net", {}).get("variant") != "map"]
+    assert others and all("mask_value" not in entry for entry in others)
+
+
+_MAP = (
+    '[recipes.r]\nsam = "s"\nchannel_order = "bgr"\n'
+    '[models.s]\nkind = "sam"\narch = "vit_b"\nlicense = "x"\nhomepage = "y"\n'
+    'source = { page = "p", file = "s.pth" }\n'
+    '[models.m]\nkind = "deblur"\nlicense = "x"\nhomepage = "y"\nrecipe = "r"\n'
+    'source = { page = "p", file = "m.pth" }\nnet = { variant = "map", width = 8 }\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [("", MASK_VALUE_UPSTREAM), ('mask_value = "1/255"', MASK_VALUE_UPSTREAM),
+     ('mask_value = "1"', 1.0), ("mask_value = 1", 1.0)],
+)  # fmt: skip
+def test_mask_value_of_a_map_entry(tmp_path: Path, line: str, expected: float) -> None:
+    path = tmp_path / "weights.toml"
+    path.write_text(_MAP.replace('recipe = "r"', f'recipe = "r"\n{line}'))
+    config = weights.load_manifest(path).get("m").net_config()
+    assert config.mask_value == expected and config.variant == "map"
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (_MAP.replace('recipe = "r"', 'recipe = "r"\nmask_value = "1/256"'), "use 1/255 or 1"),
+        (_MAP.replace('recipe = "r"', 'recipe = "r"\nmask_value = 0'), r"\(0, 1\]"),
+        (_GOOD.replace("net =", 'mask_value = "1"\nnet ='), "only map networks take a mask value"),
+        (_MAP.replace("width = 8 }", 'width = 8, mask_value = "1" }'), r"net: unknown key"),
+    ],
+)
+def test_bad_mask_values_are_refused(tmp_path: Path, manifest: str, message: str) -> None:
+    path = tmp_path / "weights.toml"
+    path.write_text(manifest)
+    with pytest.raises(SetupError, match=message):
         weights.load_manifest(path)
 
 
