@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sam_deblur_cli.errors import DeviceError, UsageError
@@ -152,6 +154,38 @@ def resolve(
         raise UsageError(f"Unknown precision {precision!r}; use one of auto, fp32, fp16, bf16.")
     dev, fell_back = resolve_device(device, require_gpu=require_gpu)
     return Placement(dev, resolve_precision(dev, precision), fell_back)
+
+
+@contextmanager
+def tf32_mode(enabled: bool | None) -> Iterator[None]:
+    """Allow (True) or forbid (False) TF32 in CUDA float32 convolutions and matmuls inside
+    the block, restoring torch's settings after; None leaves them alone.
+
+    cuDNN convolutions use TF32 by default on Ampere and newer GPUs: about 10 mantissa bits,
+    so "fp32" results differ from a true float32 run. Upstream's numbers are true fp32.
+    """
+    if enabled is None:
+        yield
+        return
+    import torch
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    conv = getattr(cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        # torch >= 2.9: the fp32_precision API; mixing it with allow_tf32 is an error there
+        saved = (conv.fp32_precision, matmul.fp32_precision)
+        conv.fp32_precision = matmul.fp32_precision = "tf32" if enabled else "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, matmul.fp32_precision = saved
+        return
+    legacy = (cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.allow_tf32 = matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = legacy
 
 
 def _cuda_count() -> int:

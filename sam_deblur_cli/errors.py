@@ -42,6 +42,10 @@ class MaskError(InputError):
     """A mask file is unusable or does not fit the image or the model."""
 
 
+class TooLargeError(InputError):
+    """One image does not fit the device's memory in the run's settings (no tiling)."""
+
+
 class SetupError(SamDeblurError):
     """The run cannot start: fix the command line or the installation first."""
 

@@ -6,9 +6,13 @@ stem) or two folders of blurred and sharp images. Every pair is read once and ev
 model runs on it in the same pass; models whose ``recipe_key`` is equal share one SAM
 mask set per image, and dataset mask files, when used, are read once per image for all.
 
-Metrics follow upstream.md 7 (see ``metrics``). Problems with single inputs (a missing
-counterpart, a size mismatch, an unreadable image or mask file) become ``Issue`` records
-and the run goes on; only set-up problems raise.
+Metrics follow upstream.md 7 (see ``metrics``). By default the networks run as upstream
+evaluated them: float32 with TF32 off, whole images (an image that does not fit is skipped,
+never tiled unless asked), TLC as the model entry or ``tlc`` says, masks at each model's
+mask value. The :class:`Protocol` actually used travels with the result into every report.
+Problems with single inputs (a missing counterpart, a size mismatch, an unreadable image or
+mask file, an image too large for the device) become ``Issue`` records and the run goes
+on; only set-up problems raise.
 """
 
 from __future__ import annotations
@@ -104,6 +108,30 @@ class ModelSummary:
     skipped: int
     identical: int
     tlc: bool | None  # None: not known (result built by hand)
+    mask_value: str | None = None  # MAP models: "1/255" or "1"; None for the others
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The settings of a run that move the numbers, as resolved (stated in every report).
+
+    ``tile`` None: whole images; ``tf32`` only matters for fp32 on CUDA GPUs.
+    """
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    tf32: bool = False
+    tile: int | str | None = None
+
+    @property
+    def is_papers(self) -> bool:
+        """Whether the networks ran as upstream evaluated them (fp32, no TF32, no tiling)."""
+        return self.precision == "fp32" and not self.tf32 and self.tile is None
+
+    def describe(self) -> str:
+        tiling = "whole images" if self.tile is None else f"tiles {self.tile}"
+        tf32 = "TF32 on" if self.tf32 else "TF32 off"
+        return f"{self.precision}, {tf32}, {tiling}, on {self.device}"
 
 
 @dataclass
@@ -117,6 +145,8 @@ class EvalResult:
     tlc: dict[str, bool] = field(default_factory=dict)  # whether each model ran with TLC
     masks_from: Literal["dataset", "sam"] | None = None  # None: no model takes masks
     ssim: SsimVariant = "3d"
+    protocol: Protocol = field(default_factory=Protocol)
+    mask_values: dict[str, float] = field(default_factory=dict)  # MAP models only
 
     @property
     def complete(self) -> bool:
@@ -140,12 +170,25 @@ class EvalResult:
             skipped=self.pairs - len(rows),
             identical=sum(math.isinf(row.psnr) for row in rows),
             tlc=self.tlc.get(model),
+            mask_value=self.mask_value_name(model),
         )
+
+    def mask_value_name(self, model: str) -> str | None:
+        """How ``model``'s masks were fed to its MAP unit ("1/255", "1"); None: no MAP unit."""
+        from sam_deblur_cli.nets import format_mask_value
+
+        value = self.mask_values.get(model)
+        return None if value is None else format_mask_value(value)
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """What to run. ``tlc`` None keeps each model's manifest default; ``tile`` as in pipeline."""
+    """What to run; the defaults are the paper's protocol.
+
+    ``tlc`` None keeps each model's manifest default; ``tile`` None never tiles (an image
+    that does not fit is skipped), "auto" or a size as in pipeline; ``mask_value`` overrides
+    the MAP models' entry (1/255 or 1.0), to settle which convention a checkpoint learned.
+    """
 
     models: tuple[str, ...] = ("segnafnet-gopro",)
     masks_from: MasksFrom = "auto"
@@ -154,10 +197,26 @@ class EvalSettings:
     save_dir: Path | None = None
     ssim: SsimVariant = "3d"
     device: str = "auto"
-    precision: str = "auto"
-    tile: int | str | None = "auto"
+    precision: str = "fp32"
+    tile: int | str | None = None
+    tf32: bool = False
+    mask_value: float | None = None
     fast_masks: bool = True
     offline: bool = False
+
+
+def resolve_protocol(settings: EvalSettings) -> Protocol:
+    """The device, precision, TF32 and tiling a run of ``settings`` uses (no model loaded)."""
+    from sam_deblur_cli.devices import resolve
+    from sam_deblur_cli.pipeline import normalize_tile
+
+    placement = resolve(settings.device, settings.precision)
+    return Protocol(
+        device=placement.device,
+        precision=placement.precision,
+        tf32=settings.tf32,
+        tile=normalize_tile(settings.tile),
+    )
 
 
 def open_dataset(source: Path, sharp: Path | None = None) -> Dataset:
@@ -214,14 +273,25 @@ def evaluate(
     weights, unavailable device) through; per-input problems end up in ``issues``.
     """
     masks_from = _check_settings(settings, dataset)
+    protocol = resolve_protocol(settings)
     pairs, issues = list_pairs(dataset)
     if settings.limit is not None:
         pairs = pairs[: settings.limit]
-    models = _load_models(settings, manifest)
+    models = _load_models(settings, protocol, manifest)
     tlc = {name: bool(model.tlc) for name, model in models.items()}
+    mask_values = {
+        name: value for name, model in models.items() if (value := model.mask_value) is not None
+    }
     used = masks_from if any(model.needs_masks for model in models.values()) else None
     result = EvalResult(
-        list(models), len(pairs), issues=issues, tlc=tlc, masks_from=used, ssim=settings.ssim
+        list(models),
+        len(pairs),
+        issues=issues,
+        tlc=tlc,
+        masks_from=used,
+        ssim=settings.ssim,
+        protocol=protocol,
+        mask_values=mask_values,
     )
     runner = _PairRunner(models, settings, use_dataset_masks=masks_from == "dataset")
     for done, pair in enumerate(pairs, start=1):
@@ -335,13 +405,16 @@ class _PairRunner:
 
 
 def write_csv(result: EvalResult, path: Path) -> None:
-    """Per-image rows as CSV (name, model, psnr, ssim, psnr_input, collapsed); ``inf`` kept."""
-    fields = ["name", "model", "psnr", "ssim", "psnr_input", "collapsed"]
+    """Per-image rows as CSV (name, model, psnr, ssim, psnr_input, collapsed), each followed
+    by the protocol it was measured under (tlc, mask_value, precision, tf32, tile,
+    masks_from, ssim); ``inf`` kept, empty cells for what does not apply."""
+    fields = ["name", "model", "psnr", "ssim", "psnr_input", "collapsed", *_PROTOCOL_COLUMNS]
 
     def write(handle: Any) -> None:
         writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(asdict(row) for row in result.rows)
+        for row in result.rows:
+            writer.writerow({**asdict(row), **_protocol_columns(result, row.model)})
 
     _write_text(path, write)
 
@@ -350,6 +423,7 @@ def write_json(result: EvalResult, path: Path) -> None:
     """Summaries, per-image rows and issues as JSON; non-finite numbers become null."""
     record = {
         "settings": {"ssim": result.ssim, "masks_from": result.masks_from},
+        "protocol": {**asdict(result.protocol), "papers": result.protocol.is_papers},
         "models": [_finite(asdict(s)) for s in result.summaries()],
         "images": [_finite(asdict(row)) for row in result.rows],
         "issues": [asdict(issue) for issue in result.issues],
@@ -360,6 +434,22 @@ def write_json(result: EvalResult, path: Path) -> None:
         handle.write("\n")
 
     _write_text(path, write)
+
+
+_PROTOCOL_COLUMNS = ("tlc", "mask_value", "precision", "tf32", "tile", "masks_from", "ssim_variant")
+
+
+def _protocol_columns(result: EvalResult, model: str) -> dict[str, Any]:
+    protocol = result.protocol
+    return {
+        "tlc": result.tlc.get(model, ""),
+        "mask_value": result.mask_value_name(model) or "",
+        "precision": protocol.precision,
+        "tf32": protocol.tf32,
+        "tile": protocol.tile or "",
+        "masks_from": result.masks_from or "",
+        "ssim_variant": result.ssim,
+    }
 
 
 def check_writable(path: Path, *, folder: bool = False) -> None:
@@ -399,21 +489,32 @@ def _check_settings(settings: EvalSettings, dataset: Dataset) -> Literal["datase
     return settings.masks_from
 
 
-def _load_models(settings: EvalSettings, manifest: Manifest | None) -> dict[str, Deblurrer]:
-    """One Deblurrer per model. SAM is built lazily, on the first image that needs it,
-    and only by the first model of each recipe (the one whose masks the others reuse)."""
+def _load_models(
+    settings: EvalSettings, protocol: Protocol, manifest: Manifest | None
+) -> dict[str, Deblurrer]:
+    """One Deblurrer per model, all run under ``protocol``. SAM is built lazily, on the first
+    image that needs it, and only by the first model of each recipe (the one whose masks
+    the others reuse). A mask value override reaches the MAP models only."""
+    from sam_deblur_cli import weights
     from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
 
+    manifest = manifest if manifest is not None else weights.load_manifest()
+    is_map = {name: manifest.get(name).net_config().variant == "map" for name in settings.models}
+    if settings.mask_value is not None and not any(is_map.values()):
+        raise UsageError("A mask value applies to MAP models only and none is evaluated; drop it.")
     models: dict[str, Deblurrer] = {}
     for name in settings.models:
         deblur_settings = DeblurSettings(
             model=name,
             fast_masks=settings.fast_masks,
-            device=settings.device,
-            precision=settings.precision,
-            tile=settings.tile,
+            device=protocol.device,
+            precision=protocol.precision,
+            tile=protocol.tile,
             tlc=settings.tlc,
             offline=settings.offline,
+            mask_value=settings.mask_value if is_map[name] else None,
+            tf32=protocol.tf32,
+            tile_on_oom=protocol.tile is not None,
         )
         models[name] = Deblurrer(deblur_settings, manifest=manifest, load_sam=False)
     return models

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from sam_deblur_cli.imageio import Picture
     from sam_deblur_cli.masks import MaskGenerator, MaskResult
+    from sam_deblur_cli.nets import NetConfig
     from sam_deblur_cli.weights import Entry, Manifest
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class DeblurSettings:
     tile: int | str | None = "auto"  # "auto", a tile size in pixels, or None / 0 for never
     tlc: bool | None = None  # None: the model entry's default
     offline: bool = False
+    mask_value: float | None = None  # MAP only; None: the model entry's (upstream.md 4)
+    tf32: bool | None = None  # TF32 in CUDA fp32; None: torch's default
+    tile_on_oom: bool = True  # False: an image that does not fit fails instead of tiling
 
 
 @dataclass(frozen=True)
@@ -152,12 +156,30 @@ class Deblurrer:
 
         return recipe_departures(self.entry.recipe, self.recipe, model=self.entry.name)
 
+    @property
+    def net_config(self) -> NetConfig:
+        """The entry's network with this run's mask value (MAP only; UsageError otherwise)."""
+        config = self.entry.net_config()
+        if self.settings.mask_value is None:
+            return config
+        if config.variant != "map":
+            raise UsageError(
+                f"{self.entry.name} has no MAP unit, so a mask value does not apply; drop it."
+            )
+        return dataclasses.replace(config, mask_value=self.settings.mask_value)
+
+    @property
+    def mask_value(self) -> float | None:
+        """The value MAP masks are fed at (None for models without a MAP unit)."""
+        config = self.net_config
+        return config.mask_value if config.variant == "map" else None
+
     def _load_network(self, checkpoint: Path) -> Any:
         from sam_deblur_cli.checkpoints import load_strict, read_state_dict
         from sam_deblur_cli.nets import build_network
         from sam_deblur_cli.nets.tlc import set_tlc
 
-        net = build_network(self.entry.net_config())
+        net = build_network(self.net_config)
         load_strict(net, read_state_dict(checkpoint))
         set_tlc(net, self.tlc)
         logger.info(
@@ -208,9 +230,16 @@ class Deblurrer:
             if masks is None:
                 masks = self.compute_masks(as_uint8_rgb(rgb))
             guide = self._guide(masks, image.shape[:2])
-        p = self.placement
+        p, s = self.placement, self.settings
         return restore(
-            self.net, image, guide, device=p.device, precision=p.precision, tile=self.tile
+            self.net,
+            image,
+            guide,
+            device=p.device,
+            precision=p.precision,
+            tile=self.tile,
+            tile_on_oom=s.tile_on_oom,
+            tf32=s.tf32,
         )
 
     def _guide(self, masks: MaskResult, shape: tuple[int, ...]) -> np.ndarray:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam_deblur_cli.errors import DeviceError, MaskError, UsageError
+from sam_deblur_cli.errors import DeviceError, MaskError, TooLargeError, UsageError
 
 if TYPE_CHECKING:
     from sam_deblur_cli.nets.map import SegNAFNet
@@ -67,6 +67,8 @@ def restore(
     tile: Tile = None,
     tile_overlap: int = DEFAULT_OVERLAP,
     progress: Progress | None = None,
+    tile_on_oom: bool = True,
+    tf32: bool | None = None,
 ) -> np.ndarray:
     """Deblur ``image`` (H x W x 3 float32 RGB in [0, 1]) with ``net``.
 
@@ -74,17 +76,21 @@ def restore(
     label map (groups 0..G-1) for MAP. ``device`` is a resolved device ("cpu", "cuda:1",
     "mps" or a torch.device); ``precision`` fp32, fp16 or bf16. ``tile``: None runs the
     whole image, an int tiles with that size (rounded down to a multiple of 16), "auto"
-    tiles only when the estimated peak memory would not fit. The network is moved to the
-    device and precision in place. Returns H x W x 3 float32 clamped to [0, 1].
+    tiles only when the estimated peak memory would not fit; ``tile_on_oom`` False turns the
+    out-of-memory back-off into a TooLargeError (a run that must not tile). ``tf32``: allow or
+    forbid TF32 in CUDA fp32 (None: torch's setting). The network is moved to the device and
+    precision in place. Returns H x W x 3 float32 clamped to [0, 1].
     """
+    from sam_deblur_cli.devices import tf32_mode
+
     target = make_target(device, precision)
     h, w = _check_image(image)
-    with torch.inference_mode():
+    with torch.inference_mode(), tf32_mode(tf32):
         run, hp, wp = _tile_runner(
             net.to(device=target.device, dtype=target.dtype).eval(), image, guide, target
         )
         size = _plan(h, w, tile, _net_width(net), target)
-        out = _run_with_backoff(run, hp, wp, size, tile_overlap, target, progress)
+        out = _run_with_backoff(run, hp, wp, size, tile_overlap, target, progress, tile_on_oom)
         result = out[0, :, :h, :w].clamp_(0, 1).permute(1, 2, 0)
     return np.ascontiguousarray(result.numpy(), dtype=np.float32)
 
@@ -259,8 +265,10 @@ def _run_with_backoff(
     overlap: int,
     target: Target,
     progress: Progress | None,
+    tile_on_oom: bool = True,
 ) -> Tensor:
-    """Run whole or tiled; on out-of-memory halve the tile down to MIN_TILE, then give up."""
+    """Run whole or tiled; on out-of-memory halve the tile down to MIN_TILE, then give up
+    (at once, with TooLargeError, when ``tile_on_oom`` is False)."""
     while True:
         try:
             if size is None or (size >= hp and size >= wp):
@@ -272,6 +280,11 @@ def _run_with_backoff(
         except _OOM:
             if target.device.type == "cuda":
                 torch.cuda.empty_cache()
+            if not tile_on_oom:
+                raise TooLargeError(
+                    f"A {wp} x {hp} image (padded) does not fit in memory on {target.device} "
+                    "without tiling; tile it (--tile auto or a size) or use a larger device."
+                ) from None
             current = size if size is not None else max(hp, wp)
             size = (current // 2) - (current // 2) % _ALIGN
             if size < MIN_TILE:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,16 @@ from sam_deblur_cli.evaluate import (
     EvalSettings,
     ImageRow,
     Issue,
+    Protocol,
     check_writable,
     evaluate,
     list_pairs,
     open_dataset,
+    resolve_protocol,
     write_csv,
     write_json,
 )
+from sam_deblur_cli.nets import MASK_VALUE_UPSTREAM
 
 
 def _png(path: Path, rgb: np.ndarray) -> Path:
@@ -366,3 +370,96 @@ def test_unwritable_places_are_refused_before_the_run(tmp_path: Path) -> None:
         evaluate(Dataset(tmp_path, tmp_path), EvalSettings(save_dir=blocker / "out"))
     check_writable(tmp_path / "new" / "rows.json")
     assert (tmp_path / "new").is_dir() and not list((tmp_path / "new").iterdir())
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def test_eval_resolves_to_the_papers_protocol_on_a_gpu_where_deblur_would_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a (simulated) bf16-capable GPU: eval runs fp32, TF32 off, whole images."""
+    from sam_deblur_cli import devices
+    from sam_deblur_cli.pipeline import DeblurSettings
+
+    monkeypatch.setattr(devices, "_cuda_count", lambda: 1)
+    monkeypatch.setattr(devices, "_cuda_bf16", lambda device: True)
+    protocol = resolve_protocol(EvalSettings())
+    assert protocol == Protocol(device="cuda:0", precision="fp32", tf32=False, tile=None)
+    assert protocol.is_papers
+    assert protocol.describe() == "fp32, TF32 off, whole images, on cuda:0"
+    photo = DeblurSettings()  # the photo command's defaults favour speed on the same GPU
+    assert devices.resolve(photo.device, photo.precision).precision == "bf16"
+    assert photo.tile == "auto"
+    asked = resolve_protocol(EvalSettings(precision="bf16", tile="auto", tf32=True))
+    assert (asked.precision, asked.tile, asked.tf32) == ("bf16", "auto", True)
+    assert not asked.is_papers
+
+
+def test_reports_state_the_protocol_and_mask_value(tiny_env: TinyEnv, paired: Path) -> None:
+    result = evaluate(open_dataset(paired), EvalSettings(models=ALL_THREE, device="cpu", tlc=False))
+    assert result.protocol == Protocol(device="cpu", precision="fp32", tf32=False, tile=None)
+    assert result.mask_values == {"segnafnet-gopro": MASK_VALUE_UPSTREAM}  # the entry's default
+    assert [s.mask_value for s in result.summaries()] == ["1/255", None, None]
+    out = paired.parent / "reports"
+    write_csv(result, out / "rows.csv")
+    write_json(result, out / "rows.json")
+    record = json.loads((out / "rows.json").read_text())
+    assert record["protocol"] == {
+        "device": "cpu", "precision": "fp32", "tf32": False, "tile": None, "papers": True,
+    }  # fmt: skip
+    assert {m["model"]: m["mask_value"] for m in record["models"]} == {
+        "segnafnet-gopro": "1/255", "masknafnet-gopro": None, "nafnet-gopro": None,
+    }  # fmt: skip
+    rows = list(csv.DictReader((out / "rows.csv").open(newline="")))
+    first = next(r for r in rows if r["model"] == "segnafnet-gopro")
+    assert {k: first[k] for k in ("tlc", "mask_value", "precision", "tf32", "tile")} == {
+        "tlc": "False", "mask_value": "1/255", "precision": "fp32", "tf32": "False", "tile": "",
+    }  # fmt: skip
+    assert first["masks_from"] == "sam" and first["ssim_variant"] == "3d"
+
+
+def test_mask_value_override_reaches_map_models_only(tiny_env: TinyEnv, paired: Path) -> None:
+    base = EvalSettings(models=("segnafnet-gopro", "nafnet-gopro"), device="cpu", tlc=False)
+    default = evaluate(open_dataset(paired), base)
+    ones = evaluate(open_dataset(paired), replace(base, mask_value=1.0))
+    assert ones.mask_values == {"segnafnet-gopro": 1.0}
+    psnr = {(r.name, r.model): r.psnr for r in default.rows}
+    changed = [r.psnr != psnr[r.name, r.model] for r in ones.rows if r.model == "segnafnet-gopro"]
+    unchanged = [r.psnr == psnr[r.name, r.model] for r in ones.rows if r.model == "nafnet-gopro"]
+    assert all(changed) and changed and all(unchanged) and unchanged
+    with pytest.raises(UsageError, match="MAP models only"):
+        evaluate(open_dataset(paired), replace(base, models=("nafnet-gopro",), mask_value=1.0))
+
+
+def test_an_image_that_does_not_fit_is_skipped_not_tiled(
+    tiny_env: TinyEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole images by default: out of memory skips the pair; tiling only when asked."""
+    import torch
+
+    from sam_deblur_cli import pipeline
+
+    sizes: list[tuple[int, ...]] = []
+    real_load = pipeline.Deblurrer._load_network
+
+    def small_memory(self: pipeline.Deblurrer, checkpoint: Path) -> Any:
+        net = real_load(self, checkpoint)
+        real_forward = net.forward
+
+        def forward(image: torch.Tensor, guide: Any = None) -> torch.Tensor:
+            sizes.append(tuple(image.shape[-2:]))
+            if image.shape[-1] * image.shape[-2] > 40 * 40:
+                raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+            return real_forward(image, guide)
+
+        net.forward = forward
+        return net
+
+    monkeypatch.setattr(pipeline.Deblurrer, "_load_network", small_memory)
+    _write_pairs(tmp_path / "set")
+    base = EvalSettings(models=("nafnet-gopro",), device="cpu", tlc=False)
+    result = evaluate(open_dataset(tmp_path / "set"), base)
+    assert result.rows == [] and len(result.issues) == result.pairs == 2
+    assert all("does not fit in memory" in issue.reason for issue in result.issues)
+    assert set(sizes) == {(48, 64)}  # never a tile

@@ -10,7 +10,7 @@ from skimage import data
 from torch import Tensor, nn
 
 from sam_deblur_cli import restore as restore_mod
-from sam_deblur_cli.errors import DeviceError, MaskError, UsageError
+from sam_deblur_cli.errors import DeviceError, MaskError, TooLargeError, UsageError
 from sam_deblur_cli.nets import NetConfig, build_network
 from sam_deblur_cli.nets.tlc import set_tlc
 from sam_deblur_cli.restore import estimate_peak_bytes, plan_tile, restore
@@ -133,6 +133,7 @@ def test_small_tiles_agree_with_the_whole_image(variant: str) -> None:
 def test_map_tiles_see_the_whole_image_group_means() -> None:
     """A group spanning several tiles keeps one mean: tiling must not average per tile."""
     net = random_net("map", spread=0.0)  # blocks off: the output follows the group means
+    net.mask_value = 1.0  # each pixel gets its group's mean, undiluted by the rest (R)
     image = np.zeros((64, 320, 3), np.float32)
     image[:, 160:] = 1.0  # dark on the left, bright on the right
     one_group = np.zeros((64, 320), np.int64)
@@ -245,3 +246,47 @@ def test_out_of_memory_halves_the_tile_then_gives_up() -> None:
     np.testing.assert_allclose(out, restore(net.inner, image, tile=192), atol=1e-6)
     with pytest.raises(DeviceError, match="Out of memory"):
         restore(_SmallMemoryNet(random_net("plain"), limit=100), image)
+
+
+def test_a_run_that_must_not_tile_fails_alone_when_out_of_memory() -> None:
+    net = _SmallMemoryNet(random_net("plain"), limit=200 * 200)
+    image = np.random.default_rng(5).random((190, 390, 3), dtype=np.float32)
+    with pytest.raises(TooLargeError, match="does not fit in memory on cpu without tiling"):
+        restore(net, image, tile_on_oom=False)
+    assert net.sizes == [(192, 400)]  # the whole image only: no tile was tried
+    assert TooLargeError.exit_code == 1  # an input error: a batch or eval goes on
+
+
+def test_tf32_is_set_inside_the_run_and_restored_after() -> None:
+    """TF32 state as torch reports it during the forward; no CUDA needed to read the flags."""
+    seen: list[tuple[object, object]] = []
+
+    class Spy(nn.Module):
+        guide_kind = "none"
+
+        def forward(self, image: Tensor, guide: Tensor | None = None) -> Tensor:
+            seen.append(_tf32_flags())
+            return image
+
+    before = _tf32_flags()
+    image = np.zeros((16, 16, 3), dtype=np.float32)
+    for allowed in (False, True, None):
+        restore(Spy(), image, tf32=allowed)
+        assert _tf32_flags() == before
+    assert seen[0] == _tf32_expected(False) and seen[1] == _tf32_expected(True)
+    assert seen[2] == before
+
+
+def _tf32_flags() -> tuple[object, object]:
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        return conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+def _tf32_expected(allowed: bool) -> tuple[object, object]:
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        value = "tf32" if allowed else "ieee"
+        return value, value
+    return allowed, allowed

@@ -65,10 +65,25 @@ def eval_command(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: Literal["auto", "fp32", "fp16", "bf16"] = typer.Option(
-        "auto", "--precision", help="Network precision (fp32 on CPU)."
+        "fp32", "--precision", help="Network precision; fp32 is the paper's protocol."
     ),
     tile: str = typer.Option(
-        "auto", "--tile", help="Tile size in pixels, auto (only when needed) or 0 (never)."
+        "0",
+        "--tile",
+        help="0: whole images, as the paper (an image that does not fit is skipped); "
+        "auto: tile only when needed; or a tile size in pixels.",
+    ),
+    tf32: bool = typer.Option(
+        False,
+        "--tf32/--no-tf32",
+        help="Allow TF32 in fp32 convolutions on CUDA GPUs (faster, not the paper's protocol).",
+    ),
+    mask_value: str | None = typer.Option(
+        None,
+        "--mask-value",
+        help="Feed MAP models masks of this value instead of their entry's: 1/255 (as "
+        "upstream's loader) or 1. To check which convention a checkpoint learned.",
+        show_default=False,
     ),
     fast_masks: bool = typer.Option(
         True, "--fast-masks/--stock-masks", help="Fast or stock SAM mask generator."
@@ -85,6 +100,7 @@ def eval_command(
     )
     from sam_deblur_cli.pipeline import normalize_tile
 
+    value = _parse_mask_value(mask_value)
     dataset = open_dataset(source, sharp)
     for report in (csv_path, json_path):
         if report is not None:
@@ -99,6 +115,8 @@ def eval_command(
         device=device,
         precision=precision,
         tile=normalize_tile(tile),
+        tf32=tf32,
+        mask_value=value,
         fast_masks=fast_masks,
         offline=offline,
     )
@@ -115,6 +133,19 @@ def eval_command(
         write_json(result, json_path)
     if not result.complete:
         raise typer.Exit(EXIT_INPUT)
+
+
+def _parse_mask_value(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from sam_deblur_cli.nets import parse_mask_value
+
+    try:
+        return parse_mask_value(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a mask value; use 1/255 or 1.", param_hint="--mask-value"
+        ) from None
 
 
 def _run_with_progress(dataset: Dataset, settings: EvalSettings) -> EvalResult:
@@ -150,17 +181,26 @@ def _table(result: EvalResult, title: str) -> Table:
 
     ssim = {"3d": "3-D SSIM (NAFNet's, as in the paper)", "classic": "classic per-channel SSIM"}
     masks = {"dataset": "the dataset's mask files", "sam": "SAM, once per image and recipe"}
-    parts = [ssim[result.ssim], "MCR: share losing > 3 dB against the blurred input"]
+    protocol = result.protocol
+    papers = "the paper's protocol" if protocol.is_papers else "NOT the paper's protocol"
+    parts = [
+        f"{protocol.describe()} ({papers})",
+        ssim[result.ssim],
+        "MCR: share losing > 3 dB against the blurred input",
+    ]
     if result.masks_from is not None:
         parts.insert(1, f"masks from {masks[result.masks_from]}")
+    if result.mask_values:
+        parts.insert(2, "Masks: the value MAP masks were fed at")
     caption = "; ".join(parts)
     table = Table(title=title, caption=caption)
-    for header in ("Model", "TLC", "PSNR", "SSIM", "MCR", "Images", "Skipped"):
+    for header in ("Model", "TLC", "Masks", "PSNR", "SSIM", "MCR", "Images", "Skipped"):
         table.add_column(header, justify="left" if header == "Model" else "right")
     for s in result.summaries():
         table.add_row(
             s.model,
             {True: "on", False: "off", None: "-"}[s.tlc],
+            s.mask_value or "-",
             _number(s.psnr, "{:.2f}"),
             _number(s.ssim, "{:.3f}"),
             _number(s.mcr * 100.0, "{:.2f}%"),

@@ -1,0 +1,136 @@
+"""The CUDA paths, run only where a CUDA GPU is present (skipped elsewhere, CI included).
+
+Each check compares the GPU against the CPU run of the same tiny real models: the MAP
+unit, whole networks in fp32 (TF32 off), bf16 and fp16, tiling with the out-of-memory
+back-off, the fast mask generator, and `eval`'s protocol.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_models import (  # noqa: F401  (fixtures)
+    TinyEnv,
+    small_photo,
+    tiny_checkpoints_fixture,
+    tiny_env_factory_fixture,
+    tiny_env_fixture,
+)
+
+from sam_deblur_cli.nets import NetConfig, build_network
+from sam_deblur_cli.nets.map import mask_average
+from sam_deblur_cli.nets.tlc import set_tlc
+from sam_deblur_cli.restore import restore
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+TINY = {"width": 8, "enc_blk_nums": (1, 1, 1, 2), "middle_blk_num": 1, "dec_blk_nums": (1, 1, 1, 1)}
+
+
+def _net(variant: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = build_network(NetConfig(variant=variant, **TINY))  # type: ignore[arg-type]
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                param.normal_(0.0, 0.3)
+    return net
+
+
+def _inputs(variant: str) -> tuple[np.ndarray, np.ndarray | None]:
+    rgb = small_photo("astronaut", 1)[:300, :420].astype(np.float32) / 255
+    rng = np.random.default_rng(1)
+    if variant == "plain":
+        return rgb, None
+    if variant == "cat":
+        return rgb, rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    return rgb, rng.integers(0, 40, rgb.shape[:2]).astype(np.int64)
+
+
+def test_mask_average_on_the_gpu_equals_the_cpu() -> None:
+    gen = torch.Generator().manual_seed(3)
+    seg = torch.randn(2, 2, 300, 417, generator=gen)
+    labels = torch.randint(0, 200, (2, 300, 417), generator=gen)
+    labels[:, :, -9:] = -1
+    cpu = mask_average(seg, labels)
+    gpu = mask_average(seg.cuda(), labels.cuda()).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("tlc", [False, True], ids=["global", "tlc"])
+@pytest.mark.parametrize("variant", ["plain", "cat", "map"])
+def test_fp32_on_the_gpu_equals_the_cpu(variant: str, tlc: bool) -> None:
+    net = _net(variant)
+    set_tlc(net, tlc)
+    image, guide = _inputs(variant)
+    cpu = restore(net, image, guide, device="cpu")
+    gpu = restore(net, image, guide, device="cuda", precision="fp32", tf32=False)
+    assert np.abs(gpu - cpu).max() < 1e-4
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precisions_stay_close_to_fp32(precision: str) -> None:
+    net = _net("map")
+    image, guide = _inputs("map")
+    ref = restore(net, image, guide, device="cuda", precision="fp32", tf32=False)
+    half = restore(_net("map"), image, guide, device="cuda", precision=precision)
+    assert np.isfinite(half).all()
+    assert np.abs(half - ref).mean() < 4 / 255
+
+
+def test_tiles_on_the_gpu_agree_with_the_whole_image() -> None:
+    net = _net("map")
+    set_tlc(net, True)
+    image, guide = _inputs("map")
+    whole = restore(net, image, guide, device="cuda", precision="fp32", tf32=False)
+    tiled = restore(net, image, guide, device="cuda", precision="fp32", tf32=False, tile=256)
+    assert np.abs(tiled - whole).mean() < 2 / 255
+
+
+def test_fast_masks_on_the_gpu_match_the_cpu(tiny_env: TinyEnv) -> None:
+    from sam_deblur_cli import weights
+    from sam_deblur_cli.masks import MaskGenerator
+    from sam_deblur_cli.masks.sam import override_recipe
+
+    manifest = weights.load_manifest()
+    recipe = manifest.get("segnafnet-gopro").recipe
+    assert recipe is not None
+    recipe = override_recipe(recipe, sam=None, channel_order=None, amg={"points_per_side": 8})
+    photo = small_photo("coffee", 2)
+    results = [
+        MaskGenerator(recipe.sam, recipe, manifest=manifest, device=dev, cache=False)(photo)
+        for dev in ("cpu", "cuda")
+    ]
+    cpu, gpu = results
+    assert cpu.count > 0
+    assert abs(cpu.count - gpu.count) <= 1
+    assert (cpu.segmask == gpu.segmask).mean() > 0.99
+
+
+def test_eval_on_the_gpu_runs_the_papers_protocol(tiny_env: TinyEnv, tmp_path: Path) -> None:
+    from sam_deblur_cli.evaluate import EvalSettings, evaluate, open_dataset
+
+    for name in ("astronaut", "chelsea"):
+        sharp = small_photo(name, 4)[:96, :128]
+        blurred = np.asarray(Image.fromarray(sharp).filter(_box()))
+        for folder, rgb in (("input", blurred), ("target", sharp)):
+            (tmp_path / "set" / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(tmp_path / "set" / folder / f"{name}.png")
+    settings = {"models": ("segnafnet-gopro", "nafnet-gopro"), "tlc": False}
+    gpu = evaluate(open_dataset(tmp_path / "set"), EvalSettings(device="cuda", **settings))  # type: ignore[arg-type]
+    cpu = evaluate(open_dataset(tmp_path / "set"), EvalSettings(device="cpu", **settings))  # type: ignore[arg-type]
+    assert gpu.protocol.device == "cuda:0" and gpu.protocol.precision == "fp32"
+    assert gpu.protocol.is_papers and gpu.complete
+    for g, c in zip(gpu.rows, cpu.rows, strict=True):
+        assert (g.name, g.model) == (c.name, c.model)
+        assert g.psnr == pytest.approx(c.psnr, abs=0.01)
+
+
+def _box() -> object:
+    from PIL import ImageFilter
+
+    return ImageFilter.BoxBlur(2)
