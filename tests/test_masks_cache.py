@@ -57,6 +57,25 @@ def test_pixels_and_shape_change_the_key_but_spelled_out_defaults_do_not() -> No
     assert cache_key(RGB, **spelled) == cache_key(RGB, **BASE)
 
 
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({}, "fed3b32581515e74d42ce43b0b3813654d136fa707e56c7e1777ddb6ea22c5c3"),
+        (
+            {"amg": {}, "generator": "stock"},
+            "7f15c800eeb0b47acec30b406ff2fcb46dc46bef0038a1b4958b3e349d46b0ac",
+        ),
+        (
+            {"amg": {"crop_overlap_ratio": 0.25, "pred_iou_thresh": 1}},
+            "a242476ca128268decdd09acc557e3c49690deeacec7ff3250a61f3437ac7f11",
+        ),
+    ],
+)
+def test_keys_are_those_of_existing_caches(change: dict[str, Any], key: str) -> None:
+    """Keys written by earlier versions (defaults filled in from the parameter table) still hit."""
+    assert cache_key(RGB, **{**BASE, **change}) == key
+
+
 def test_put_then_get_gives_the_segmask_its_groups_and_count(tmp_path: Path) -> None:
     cache = MaskCache(tmp_path)
     segmask = a_segmask()
