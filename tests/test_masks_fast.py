@@ -7,35 +7,17 @@ replaced by controlled logits in both paths (the harness the benchmark also uses
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from mask_bench import bench
 
 from sam_deblur_cli.errors import InputError
 from sam_deblur_cli.masks.encode import encode_segmask
-from sam_deblur_cli.masks.fast import FastMaskGenerator, _ExactUpscaler
+from sam_deblur_cli.masks.fast import FastMaskGenerator
 from sam_deblur_cli.masks.fast_decoder import FastMaskDecoder
-
-
-def _load_bench() -> ModuleType:
-    """benchmarks/bench_masks.py holds the controlled-logits harness shared with the benchmark."""
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_masks.py"
-    spec = importlib.util.spec_from_file_location("bench_masks_for_tests", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
 
 
 def _randomise_norms(module: torch.nn.Module, gen: torch.Generator) -> None:
@@ -102,60 +84,6 @@ def test_decoder_matches_stock_forward_for_one_prompt(vit_b_decoder: Any, multim
     assert logits.shape == masks.shape == (1, 3 if multimask else 1, 256, 256)
     assert torch.allclose(logits, masks, rtol=0, atol=1e-3)
     assert torch.allclose(iou_pred, iou, rtol=0, atol=1e-4)
-
-
-@pytest.mark.parametrize("shape", [(720, 1280), (2100, 1500), (300, 400), (1024, 1024)])
-@pytest.mark.parametrize("by_rows", [True, False])
-def test_upscaler_statistics_equal_full_resolution(shape: tuple[int, int], by_rows: bool) -> None:
-    """Counts, boxes and masks equal those of Sam.postprocess_masks output, bit for bit."""
-    from segment_anything.utils.amg import batched_mask_to_box
-
-    up = _ExactUpscaler(bench.input_size_of(shape), shape, 1024, "cpu")
-    assert up.style is not None  # torch's kernel was reproduced on this machine
-    up.by_rows = by_rows
-    controlled = bench.ControlledLogits(bench.input_size_of(shape), n_cells=12, seed=3)
-    points = torch.tensor([[100.0, 80.0], [400.0, 300.0], [900.0, 500.0]])
-    low = controlled(points)[0].flatten(0, 1)
-    low = torch.cat([low, torch.full((1, 256, 256), -5.0)])  # an empty mask too
-    with torch.inference_mode():
-        above, below, area, boxes = up.stats(low, 1.0, -1.0, 0.0)
-        full = _postprocess_masks(low, bench.input_size_of(shape), shape)
-    assert torch.equal(above, (full > 1.0).flatten(1).sum(1))
-    assert torch.equal(below, (full > -1.0).flatten(1).sum(1))
-    assert torch.equal(area, (full > 0.0).flatten(1).sum(1))
-    assert torch.equal(boxes, batched_mask_to_box(full > 0.0))
-    assert area[-1] == 0 and boxes[-1].tolist() == [0, 0, 0, 0]
-    for k in (0, 4):
-        assert np.array_equal(up.mask(low[k], 0.0), (full[k] > 0).numpy())
-
-
-def _postprocess_masks(
-    low: torch.Tensor, input_size: tuple[int, int], shape: tuple[int, int]
-) -> torch.Tensor:
-    """segment_anything's Sam.postprocess_masks for a 1024 encoder, restated: n x H x W."""
-    up = F.interpolate(low[:, None], (1024, 1024), mode="bilinear", align_corners=False)
-    up = up[..., : input_size[0], : input_size[1]]
-    return F.interpolate(up, shape, mode="bilinear", align_corners=False)[:, 0]
-
-
-@pytest.mark.parametrize(
-    ("shape", "crop"),
-    [((720, 1280), (145, 256)), ((2100, 1500), (256, 184)), ((1024, 1024), (256, 256))],
-)
-def test_upscaler_resizes_only_the_low_res_rows_the_crop_reads(
-    shape: tuple[int, int], crop: tuple[int, int]
-) -> None:
-    """The first resize reads only the low-res rows/columns inside the input frame, and its
-    output still equals the verbatim chain bit for bit, near the crop edge included."""
-    up = _ExactUpscaler(bench.input_size_of(shape), shape, 1024, "cpu")
-    assert up._first_crop[:2] == crop
-    low = torch.randn(3, 256, 256, generator=torch.Generator().manual_seed(5)) * 6
-    low[:, crop[0] - 2 :, :] += 40.0  # the rows past the crop must not leak into it
-    low[:, :, crop[1] - 2 :] -= 40.0
-    with torch.inference_mode():
-        assert torch.equal(
-            up._stock_chain(low), _postprocess_masks(low, bench.input_size_of(shape), shape)
-        )
 
 
 def test_controlled_logits_reproduce_stock_segmask_at_1mp() -> None:
