@@ -56,17 +56,6 @@ FULL_NET = {
 }
 SHALLOW_NET = {**FULL_NET, "enc_blk_nums": [1, 1, 1, 1]}
 TINY_NET = {**SHALLOW_NET, "width": 8}
-# The generator settings a recipe names, at segment_anything's own defaults (``stock_amg``).
-AMG_KEYS = (
-    "points_per_side",
-    "points_per_batch",
-    "pred_iou_thresh",
-    "stability_score_thresh",
-    "stability_score_offset",
-    "box_nms_thresh",
-    "crop_n_layers",
-    "min_mask_region_area",
-)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -141,14 +130,19 @@ class Measured:
 
 
 def stock_amg() -> dict[str, Any]:
-    """``AMG_KEYS`` at the defaults of segment_anything's ``SamAutomaticMaskGenerator``: what
-    a user of the stock generator gets, read from the library rather than restated."""
+    """The generator settings the shipped ``MODEL``'s recipe names, at the defaults of
+    segment_anything's ``SamAutomaticMaskGenerator``: what a user of the stock generator
+    gets, read from the library rather than restated."""
     import inspect
 
     from segment_anything import SamAutomaticMaskGenerator
 
+    from sam_deblur_cli.weights import load_manifest
+
+    recipe = load_manifest(REPO / "weights.toml").get(MODEL).recipe
+    assert recipe is not None
     params = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
-    return {key: params[key].default for key in AMG_KEYS}
+    return {key: params[key].default for key in recipe.amg}
 
 
 def manifest_text(sam_arch: str, nets: dict[str, dict[str, Any]], amg: dict[str, Any]) -> str:

@@ -232,8 +232,9 @@ def run_side(
         masks = iter([a["segmentation"] for a in anns])
     else:
         from sam_deblur_cli.masks.fast import FastMaskGenerator
+        from sam_deblur_cli.masks.recipe import AmgParams
 
-        fast = FastMaskGenerator(sam, points_per_side=points)
+        fast = FastMaskGenerator(sam, AmgParams(points_per_side=points))
         if controlled is not None:
             patch_fast(fast, timer.wrap("decoder", controlled))
         else:

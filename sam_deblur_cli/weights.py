@@ -40,6 +40,7 @@ from sam_deblur_cli.errors import (
     WeightsError,
     WeightsNotFoundError,
 )
+from sam_deblur_cli.masks.recipe import AMG_KEYS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,12 +74,6 @@ _ENTRY_KEYS = frozenset({
 _HUB_KEYS = frozenset({"hub", "revision", "file"})
 _PAGE_KEYS = frozenset({"page", "file", "note"})
 _RECIPE_KEYS = frozenset({"sam", "channel_order", "amg"})
-# Keyword arguments of segment_anything.SamAutomaticMaskGenerator that a recipe may set.
-_AMG_KEYS = frozenset({
-    "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-    "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh",
-    "crop_overlap_ratio", "crop_n_points_downscale_factor", "min_mask_region_area",
-})
 # fmt: on
 _SAM_ARCHS = ("vit_b", "vit_l", "vit_h")
 _VARIANTS = ("plain", "cat", "map")
@@ -255,7 +250,7 @@ def _parse_recipe(path: Path, name: str, raw: Any) -> Recipe:
     if raw["channel_order"] not in ("bgr", "rgb"):
         raise _invalid(path, f"{where}.channel_order", "use 'bgr' or 'rgb'")
     amg = raw.get("amg", {})
-    _check_keys(path, f"{where}.amg", amg, _AMG_KEYS, set())
+    _check_keys(path, f"{where}.amg", amg, AMG_KEYS, set())
     for key, value in amg.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _invalid(path, f"{where}.amg.{key}", "expected a number")

@@ -18,6 +18,13 @@ from sam_deblur_cli.errors import InputError
 from sam_deblur_cli.masks.encode import encode_segmask
 from sam_deblur_cli.masks.fast import FastMaskGenerator
 from sam_deblur_cli.masks.fast_decoder import FastMaskDecoder
+from sam_deblur_cli.masks.recipe import AmgParams
+
+
+def fast_generator(sam: Any, **settings: Any) -> FastMaskGenerator:
+    """FastMaskGenerator with stock-style keyword settings (``point_grids`` among them)."""
+    point_grids = settings.pop("point_grids", None)
+    return FastMaskGenerator(sam, AmgParams(**settings), point_grids=point_grids)
 
 
 def _randomise_norms(module: torch.nn.Module, gen: torch.Generator) -> None:
@@ -97,7 +104,7 @@ def test_controlled_logits_reproduce_stock_segmask_at_1mp() -> None:
     stock = SamAutomaticMaskGenerator(sam, **params)
     bench.patch_stock(stock, bench.ControlledLogits(bench.input_size_of(shape), n_cells=70))
     anns = stock.generate(image)
-    fast = FastMaskGenerator(sam, **params)
+    fast = fast_generator(sam, **params)
     bench.patch_fast(fast, bench.ControlledLogits(bench.input_size_of(shape), n_cells=70))
     maskset = fast.generate(image)
 
@@ -132,7 +139,7 @@ def test_tiny_sam_end_to_end_gives_stock_masks() -> None:
     params["stability_score_thresh"] = 0.2
     params["box_nms_thresh"] = 1.0
     anns = SamAutomaticMaskGenerator(sam, **params).generate(image)
-    maskset = FastMaskGenerator(sam, **params).generate(image)
+    maskset = fast_generator(sam, **params).generate(image)
     assert len(anns) >= 3 and len(maskset) == len(anns)
     assert maskset.shape == (160, 200)
     for ann, rec, mask in zip(anns, maskset.records, maskset.iter_masks(), strict=True):
@@ -153,7 +160,7 @@ def test_small_region_removal_delegates_to_stock_generator(
     params["pred_iou_thresh"] = 0.0
     anns = SamAutomaticMaskGenerator(sam, **params).generate(image)
     with caplog.at_level("INFO", logger="sam_deblur_cli.masks.fast"):
-        maskset = FastMaskGenerator(sam, **params).generate(image)
+        maskset = fast_generator(sam, **params).generate(image)
     assert "min_mask_region_area" in caplog.text
     assert len(maskset) == len(anns) > 0
     for ann, rec, mask in zip(anns, maskset.records, maskset.iter_masks(), strict=True):
@@ -170,7 +177,7 @@ def test_small_region_removal_delegates_to_stock_generator(
     ],
 )
 def test_settings_outside_the_fast_path_are_named(settings: dict[str, Any], reason: str) -> None:
-    generator = FastMaskGenerator(bench.build_sam("tiny"), **settings)
+    generator = fast_generator(bench.build_sam("tiny"), **settings)
     assert (reason in generator.delegate_reason) and (
         bool(generator.delegate_reason) == bool(reason)
     )

@@ -24,10 +24,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sam_deblur_cli.errors import InputError
-from sam_deblur_cli.masks.maskset import ListMaskSet, MaskRecord, MaskSet
+from sam_deblur_cli.masks.maskset import MaskRecord, MaskSet
+from sam_deblur_cli.masks.recipe import AmgParams
+from sam_deblur_cli.masks.sam import StockMaskGenerator
 from sam_deblur_cli.masks.upscale import ExactUpscaler, one_cpu_thread
 
 if TYPE_CHECKING:
@@ -53,51 +55,26 @@ class _Candidates:
 
 
 class FastMaskGenerator:
-    """Drop-in for ``SamAutomaticMaskGenerator(sam, ...)`` whose ``generate`` returns a MaskSet.
-
-    Parameters mirror the stock generator's, with the same meanings and defaults.
+    """``SamAutomaticMaskGenerator(sam, **params.as_kwargs())`` whose ``generate`` returns a
+    MaskSet. ``params``: the stock generator's parameters (``recipe.AmgParams``, defaults
+    when None), with the same meanings; ``point_grids`` as the stock generator's (then
+    ``params.points_per_side`` must be None).
     """
 
     def __init__(
         self,
         sam: Sam,
-        points_per_side: int | None = 32,
-        points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
-        box_nms_thresh: float = 0.7,
-        crop_n_layers: int = 0,
-        crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
-        crop_n_points_downscale_factor: int = 1,
+        params: AmgParams | None = None,
+        *,
         point_grids: list[np.ndarray] | None = None,
-        min_mask_region_area: int = 0,
     ) -> None:
-        if (points_per_side is None) == (point_grids is None):
+        params = AmgParams() if params is None else params
+        if (params.points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
         self.sam = sam
-        self.points_per_side = points_per_side
-        self.points_per_batch = points_per_batch
-        self.pred_iou_thresh = pred_iou_thresh
-        self.stability_score_thresh = stability_score_thresh
-        self.stability_score_offset = stability_score_offset
-        self.box_nms_thresh = box_nms_thresh
-        self._stock_params: dict[str, Any] = {
-            "points_per_side": points_per_side,
-            "points_per_batch": points_per_batch,
-            "pred_iou_thresh": pred_iou_thresh,
-            "stability_score_thresh": stability_score_thresh,
-            "stability_score_offset": stability_score_offset,
-            "box_nms_thresh": box_nms_thresh,
-            "crop_n_layers": crop_n_layers,
-            "crop_nms_thresh": crop_nms_thresh,
-            "crop_overlap_ratio": crop_overlap_ratio,
-            "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
-            "point_grids": point_grids,
-            "min_mask_region_area": min_mask_region_area,
-        }
-        self.delegate_reason = _delegate_reason(crop_n_layers, min_mask_region_area, point_grids)
+        self.params = params
+        self.point_grids = point_grids
+        self.delegate_reason = _delegate_reason(params, point_grids)
         self._decoder: FastMaskDecoder | None = None
 
     def generate(self, image: np.ndarray) -> MaskSet:
@@ -147,11 +124,11 @@ class FastMaskGenerator:
             self.sam.image_encoder.img_size,
             self.sam.device,
         )
-        assert self.points_per_side is not None
-        points = build_point_grid(self.points_per_side) * np.array([[orig_w, orig_h]])
+        assert self.params.points_per_side is not None
+        points = build_point_grid(self.params.points_per_side) * np.array([[orig_w, orig_h]])
         batches = []
-        for start in range(0, len(points), self.points_per_batch):
-            batch = points[start : start + self.points_per_batch]
+        for start in range(0, len(points), self.params.points_per_batch):
+            batch = points[start : start + self.params.points_per_batch]
             in_points = predictor.transform.apply_coords(batch, (orig_h, orig_w))
             low, iou = self.decode_points(ctx, torch.as_tensor(in_points, device=self.sam.device))
             batches.append(self._filter_batch(low, iou, torch.as_tensor(batch), upscaler))
@@ -171,11 +148,11 @@ class FastMaskGenerator:
         low, iou = low.flatten(0, 1), iou.flatten(0, 1)
         # Points stay float64 on the CPU, as in segment_anything (some devices lack float64).
         points = points.repeat_interleave(low.shape[0] // len(points), dim=0)
-        if self.pred_iou_thresh > 0.0:
-            keep = iou > self.pred_iou_thresh
+        if self.params.pred_iou_thresh > 0.0:
+            keep = iou > self.params.pred_iou_thresh
             low, iou, points = low[keep], iou[keep], points[keep.cpu()]
         threshold = self.sam.mask_threshold
-        offset = self.stability_score_offset
+        offset = self.params.stability_score_offset
         chunk = upscaler.chunk
         stats = [
             upscaler.stats(low[i : i + chunk], threshold + offset, threshold - offset, threshold)
@@ -189,8 +166,8 @@ class FastMaskGenerator:
         # int32 / int32 as in segment_anything's calculate_stability_score (0/0 gives NaN).
         stability = inter.to(torch.int32) / union.to(torch.int32)
         keep = torch.ones_like(iou, dtype=torch.bool)
-        if self.stability_score_thresh > 0.0:
-            keep = stability >= self.stability_score_thresh
+        if self.params.stability_score_thresh > 0.0:
+            keep = stability >= self.params.stability_score_thresh
         return _Candidates(
             logits=low[keep],
             iou=iou[keep],
@@ -212,7 +189,7 @@ class FastMaskGenerator:
             cand.boxes.float(),
             cand.iou,
             torch.zeros(len(cand.boxes), device=cand.iou.device),
-            self.box_nms_thresh,
+            self.params.box_nms_thresh,
         )
         h, w = upscaler.original_size
         kept = keep.cpu()
@@ -238,26 +215,7 @@ class FastMaskGenerator:
         return FastMaskSet(records, cand.logits[keep], upscaler, self.sam.mask_threshold)
 
     def _generate_stock(self, image: np.ndarray) -> MaskSet:
-        from segment_anything import SamAutomaticMaskGenerator
-
-        anns = SamAutomaticMaskGenerator(self.sam, **self._stock_params).generate(image)
-        records = [
-            MaskRecord(
-                area=int(a["area"]),
-                bbox=(int(a["bbox"][0]), int(a["bbox"][1]), int(a["bbox"][2]), int(a["bbox"][3])),
-                predicted_iou=float(a["predicted_iou"]),
-                stability_score=float(a["stability_score"]),
-                point_coords=(float(a["point_coords"][0][0]), float(a["point_coords"][0][1])),
-                crop_box=(
-                    int(a["crop_box"][0]),
-                    int(a["crop_box"][1]),
-                    int(a["crop_box"][2]),
-                    int(a["crop_box"][3]),
-                ),
-            )
-            for a in anns
-        ]
-        return ListMaskSet(image.shape[:2], [a["segmentation"] for a in anns], records)
+        return StockMaskGenerator(self.sam, self.params, point_grids=self.point_grids)(image)
 
 
 class FastMaskSet:
@@ -292,12 +250,12 @@ def _xyxy_to_xywh(box: list[int]) -> tuple[int, int, int, int]:
     return (box[0], box[1], box[2] - box[0], box[3] - box[1])
 
 
-def _delegate_reason(crop_n_layers: int, min_mask_region_area: int, point_grids: Any) -> str:
+def _delegate_reason(params: AmgParams, point_grids: list[np.ndarray] | None) -> str:
     """Why these settings go to the stock generator ('' when the fast path handles them)."""
     reasons = []
-    if crop_n_layers > 0:
+    if params.crop_n_layers > 0:
         reasons.append("crop_n_layers > 0")
-    if min_mask_region_area > 0:
+    if params.min_mask_region_area > 0:
         reasons.append("min_mask_region_area > 0")
     if point_grids is not None:
         reasons.append("explicit point_grids")

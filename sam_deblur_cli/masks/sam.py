@@ -5,10 +5,13 @@
   ``torch.load``.
 - :func:`to_sam_input` applies the recipe's channel order: the published checkpoints were
   trained on masks of images handed to SAM in BGR order (upstream.md 5.2).
-- :func:`make_generator` returns the fast generator or segment-anything's stock one; both
-  map an H x W x 3 uint8 image to a :class:`MaskSet` in generator order.
+- :func:`make_generator` returns the fast generator or segment-anything's stock one
+  (:class:`StockMaskGenerator`, also the fast generator's fallback); both map an
+  H x W x 3 uint8 image to a :class:`MaskSet` in generator order.
 - :func:`override_recipe` / :func:`recipe_departures` apply user overrides and describe,
   in sentences, how a run's masks differ from those the model was trained on.
+
+The generator parameters, their types and defaults are ``masks.recipe``'s table.
 
 torch and segment_anything are imported inside the functions that need them.
 """
@@ -24,6 +27,7 @@ import numpy as np
 
 from sam_deblur_cli.errors import CheckpointError, UsageError
 from sam_deblur_cli.masks.maskset import ListMaskSet, MaskRecord, MaskSet
+from sam_deblur_cli.masks.recipe import AMG_DEFAULTS, AmgParams, amg_params, effective_amg
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -32,21 +36,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# segment_anything.SamAutomaticMaskGenerator's defaults: the values a recipe that leaves a
-# parameter out gets (and what upstream.md 5.1 says upstream used).
-AMG_DEFAULTS: dict[str, float | int] = {
-    "points_per_side": 32,
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.88,
-    "stability_score_thresh": 0.95,
-    "stability_score_offset": 1.0,
-    "box_nms_thresh": 0.7,
-    "crop_n_layers": 0,
-    "crop_nms_thresh": 0.7,
-    "crop_overlap_ratio": 512 / 1500,
-    "crop_n_points_downscale_factor": 1,
-    "min_mask_region_area": 0,
-}
 CHANNEL_ORDERS = ("bgr", "rgb")
 
 MaskSetGenerator = Callable[[np.ndarray], MaskSet]
@@ -66,17 +55,6 @@ class RecipeLike(Protocol):
 
 
 # --- recipe ----------------------------------------------------------------------------
-
-
-def effective_amg(amg: Mapping[str, float | int]) -> dict[str, float | int]:
-    """All generator parameters: the recipe's values over segment-anything's defaults."""
-    unknown = sorted(set(amg) - set(AMG_DEFAULTS))
-    if unknown:
-        raise UsageError(
-            f"Unknown mask generator parameter(s) {', '.join(unknown)}; use "
-            f"{', '.join(AMG_DEFAULTS)}."
-        )
-    return {**AMG_DEFAULTS, **amg}
 
 
 def override_recipe(
@@ -174,12 +152,19 @@ def entry_sha256(entry: Entry, *, offline: bool = False) -> str:
 
 
 class StockMaskGenerator:
-    """segment-anything's ``SamAutomaticMaskGenerator``, returning a :class:`ListMaskSet`."""
+    """segment-anything's ``SamAutomaticMaskGenerator``, returning a :class:`ListMaskSet`.
 
-    def __init__(self, sam: Sam, **amg: Any) -> None:
+    The one stock path: ``make_generator(fast=False)`` and the fast generator's fallback.
+    """
+
+    def __init__(
+        self, sam: Sam, params: AmgParams, *, point_grids: list[np.ndarray] | None = None
+    ) -> None:
         from segment_anything import SamAutomaticMaskGenerator
 
-        self._amg = SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **amg)
+        self._amg = SamAutomaticMaskGenerator(
+            sam, point_grids=point_grids, output_mode="binary_mask", **params.as_kwargs()
+        )
 
     def __call__(self, image: np.ndarray) -> ListMaskSet:
         """Masks of an H x W x 3 uint8 image, handed to SAM exactly as given."""
@@ -205,12 +190,12 @@ def _record(ann: dict[str, Any]) -> MaskRecord:
 
 def make_generator(sam: Sam, amg: Mapping[str, float | int], *, fast: bool) -> MaskSetGenerator:
     """A function from an H x W x 3 uint8 image (already in SAM's channel order) to masks."""
-    params: dict[str, Any] = effective_amg(amg)
+    params = amg_params(amg)
     if fast:
         from sam_deblur_cli.masks.fast import FastMaskGenerator
 
-        return FastMaskGenerator(sam, **params).generate
-    return StockMaskGenerator(sam, **params)
+        return FastMaskGenerator(sam, params).generate
+    return StockMaskGenerator(sam, params)
 
 
 def generate(
