@@ -22,7 +22,7 @@ import numpy as np
 
 from sam_deblur_cli.errors import ImageWriteError, MaskError
 from sam_deblur_cli.masks.formats import atomic_write, read_segmask_png, write_segmask_png
-from sam_deblur_cli.masks.sam import effective_amg
+from sam_deblur_cli.masks.recipe import effective_amg
 
 if TYPE_CHECKING:
     from sam_deblur_cli.masks import MaskResult
