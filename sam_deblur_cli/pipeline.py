@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from sam_deblur_cli.errors import InputError, MaskError, SetupError, UsageError
+from sam_deblur_cli.errors import InputError, SetupError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -229,7 +229,7 @@ class Deblurrer:
         if self.needs_masks:
             if masks is None:
                 masks = self.compute_masks(as_uint8_rgb(rgb))
-            guide = self._guide(masks, image.shape[:2])
+            guide = self._guide(masks)
         p, s = self.placement, self.settings
         return restore(
             self.net,
@@ -242,22 +242,16 @@ class Deblurrer:
             tf32=s.tf32,
         )
 
-    def _guide(self, masks: MaskResult, shape: tuple[int, ...]) -> np.ndarray:
-        if masks.labels.shape != tuple(shape):
-            raise MaskError(
-                f"The masks are {masks.labels.shape[1]}x{masks.labels.shape[0]} but the image is "
-                f"{shape[1]}x{shape[0]}; use masks made from this image."
-            )
-        guide = masks.guide(self.guide_kind)
-        assert guide is not None  # only plain networks take no guide
-        return guide
+    def _guide(self, masks: MaskResult) -> np.ndarray | None:
+        """The network's guide from ``masks`` (restore checks it against the image)."""
+        return masks.guide(self.guide_kind)
 
     def load_masks(self, masks_file: Path, shape: tuple[int, int]) -> MaskResult:
         """Masks from a segmask PNG or a groups .npz (MaskError if unusable for this image)."""
         from sam_deblur_cli.masks import load_mask_file
 
         result = load_mask_file(Path(masks_file), shape)
-        self._guide(result, shape)  # a CAT model cannot use groups: fail before deblurring
+        self._guide(result)  # a CAT model cannot use groups: fail before deblurring
         return result
 
     def deblur_file(

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam_deblur_cli.errors import DeviceError, MaskError, TooLargeError, UsageError
+from sam_deblur_cli.errors import DeviceError, TooLargeError, UsageError
 
 if TYPE_CHECKING:
+    from sam_deblur_cli.masks import GuideKind
     from sam_deblur_cli.nets.map import SegNAFNet
 
 logger = logging.getLogger(__name__)
@@ -135,21 +136,15 @@ def _tile_runner(
     net: nn.Module, image: np.ndarray, guide: np.ndarray | None, target: Target
 ) -> tuple[TileRun, int, int]:
     """A function running ``net`` on any window of the padded image, and the padded size."""
-    kind = getattr(net, "guide_kind", "none")
+    from sam_deblur_cli.masks import check_guide
+
+    kind: GuideKind = getattr(net, "guide_kind", "none")
+    check_guide(kind, guide, image.shape)
     x = _to_tensor(image, target)
     hp, wp = x.shape[-2] + (-x.shape[-2] % _ALIGN), x.shape[-1] + (-x.shape[-1] % _ALIGN)
     x = _pad(x, hp, wp, 0.0)
-    if kind == "none":
-        if guide is not None:
-            raise UsageError("This model uses no masks; run it without a mask.")
-        return (lambda ys, xs: net(x[..., ys, xs])), hp, wp
     if guide is None:
-        raise UsageError("This model needs SAM masks; compute masks or pass a mask file.")
-    if guide.shape != image.shape[:2]:
-        raise MaskError(
-            f"The mask is {guide.shape[1]}x{guide.shape[0]} but the image is "
-            f"{image.shape[1]}x{image.shape[0]}; use masks made from this image."
-        )
+        return (lambda ys, xs: net(x[..., ys, xs])), hp, wp
     if kind == "segmask":
         seg = _pad(_segmask_tensor(guide, target), hp, wp, 0.0)
         return (lambda ys, xs: net(x[..., ys, xs], seg[..., ys, xs])), hp, wp
@@ -168,17 +163,11 @@ def _to_tensor(image: np.ndarray, target: Target) -> Tensor:
 
 
 def _segmask_tensor(guide: np.ndarray, target: Target) -> Tensor:
-    if guide.dtype != np.uint8:
-        raise MaskError(f"A segmask must be uint8 gray values, got {guide.dtype}; reread it.")
     seg = torch.from_numpy(np.require(guide, None, ("C", "W")))[None, None]
     return (seg.to(device=target.device, dtype=torch.float32) / 255).to(target.dtype)
 
 
 def _labels_tensor(guide: np.ndarray, device: torch.device) -> Tensor:
-    if not np.issubdtype(guide.dtype, np.integer):
-        raise MaskError(f"A label map must hold integers, got {guide.dtype}; rebuild the groups.")
-    if guide.size and int(guide.min()) < 0:
-        raise MaskError("A label map must number groups from 0; rebuild the groups.")
     return torch.from_numpy(np.require(guide, np.int64, ("C", "W")))[None].to(device)
 
 

@@ -10,7 +10,6 @@ import oracles
 import pytest
 import torch
 
-from sam_deblur_cli.errors import UsageError
 from sam_deblur_cli.nets import MASK_VALUE_UPSTREAM, NetConfig, build_network
 from sam_deblur_cli.nets.map import SegNAFNet, mask_average, sample_dropped
 from sam_deblur_cli.nets.tlc import set_tlc
@@ -223,18 +222,19 @@ def test_mask_average_passes_gradients() -> None:
 
 
 def test_guide_kinds_and_wrong_guides_are_refused() -> None:
+    """Plain ValueErrors: a wrong guide here is a caller's bug (restore checks users' masks)."""
     image = torch.rand(1, 3, 16, 16)
     nets = {v: random_net(v) for v in ("plain", "cat", "map")}
     assert [n.guide_kind for n in nets.values()] == ["none", "segmask", "labels"]
-    with pytest.raises(UsageError, match="no masks"):
+    with pytest.raises(ValueError, match="no masks"):
         nets["plain"](image, torch.zeros(1, 1, 16, 16))
-    with pytest.raises(UsageError, match="segmask"):
+    with pytest.raises(ValueError, match="segmask"):
         nets["cat"](image)
-    with pytest.raises(UsageError, match="SAM masks"):
+    with pytest.raises(ValueError, match="SAM masks"):
         nets["map"](image)
-    with pytest.raises(UsageError, match="integer"):
+    with pytest.raises(ValueError, match="integer"):
         nets["map"](image, torch.zeros(1, 16, 16))
-    with pytest.raises(UsageError, match="make masks for this image"):
+    with pytest.raises(ValueError, match="make masks for this image"):
         nets["map"](image, torch.zeros(1, 16, 17, dtype=torch.long))
 
 

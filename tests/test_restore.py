@@ -290,3 +290,20 @@ def _tf32_expected(allowed: bool) -> tuple[object, object]:
         value = "tf32" if allowed else "ieee"
         return value, value
     return allowed, allowed
+
+
+def test_label_maps_with_gaps_pool_the_gaps_like_upstream() -> None:
+    """-1 (no group, from a groups .npz with gaps) is upstream's leftover mask, as padding is."""
+    import oracles
+
+    net = random_net("map")
+    rng = np.random.default_rng(8)
+    image = rng.random((20, 37, 3), dtype=np.float32)
+    labels = rng.integers(0, 4, (20, 37))
+    labels[5:9, 10:30] = -1
+    ours = restore(net, image, labels)
+    with torch.inference_mode():
+        x = torch.from_numpy(image).permute(2, 0, 1)[None]
+        ref = oracles.forward(net.state_dict(), "map", x, torch.from_numpy(labels)[None], False)
+    expected = ref[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from sam_deblur_cli.errors import MaskError
+from sam_deblur_cli.errors import MaskError, UsageError
 from sam_deblur_cli.masks.maskset import ListMaskSet, MaskRecord, MaskSet
 
 if TYPE_CHECKING:
@@ -33,9 +33,12 @@ __all__ = [
     "MaskRecord",
     "MaskResult",
     "MaskSet",
+    "check_guide",
     "load_mask_file",
     "result_from_maskset",
 ]
+
+GuideKind = Literal["none", "segmask", "labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ class MaskResult:
         height, width = self.labels.shape
         return int(height), int(width)
 
-    def guide(self, kind: Literal["none", "segmask", "labels"]) -> np.ndarray | None:
+    def guide(self, kind: GuideKind) -> np.ndarray | None:
         """The guide a network with ``guide_kind == kind`` takes (docs/DESIGN.md, nets)."""
         if kind == "none":
             return None
@@ -74,6 +77,42 @@ class MaskResult:
                 "keep; pass a segmask PNG instead."
             )
         return self.segmask
+
+
+def check_guide(kind: GuideKind, guide: np.ndarray | None, shape: tuple[int, ...]) -> None:
+    """The one check of a network's mask guide against its image of ``shape`` (H, W, ...).
+
+    A bad mask (wrong size, a segmask that is not uint8, a label map that is not integers
+    from -1 up or has no group at all) is that input's problem: MaskError, exit 1, a batch
+    goes on. Masks for a model without a MAP or CAT input, or none for one that needs them,
+    is how the run was set up: UsageError, exit 2. The networks assume a checked guide.
+    """
+    import numpy as np
+
+    if kind == "none":
+        if guide is not None:
+            raise UsageError("This model uses no masks; run it without a mask.")
+        return
+    if guide is None:
+        raise UsageError("This model needs SAM masks; compute masks or pass a mask file.")
+    if guide.shape != tuple(shape[:2]):
+        raise MaskError(
+            f"The mask is {guide.shape[1]}x{guide.shape[0]} but the image is "
+            f"{shape[1]}x{shape[0]}; use masks made from this image."
+        )
+    if kind == "segmask" and guide.dtype != np.uint8:
+        raise MaskError(f"A segmask must be uint8 gray values, got {guide.dtype}; reread it.")
+    if kind == "labels":
+        if not np.issubdtype(guide.dtype, np.integer):
+            raise MaskError(
+                f"A label map must hold integers, got {guide.dtype}; rebuild the groups."
+            )
+        # -1 marks pixels in no group (a groups .npz with gaps): upstream pools them with
+        # the padding, and so does the MAP unit; a map without any group is no masks at all
+        if guide.size and (int(guide.min()) < -1 or int(guide.max()) < 0):
+            raise MaskError(
+                "A label map must number groups from 0 (-1: in no group); rebuild the groups."
+            )
 
 
 def result_from_maskset(maskset: MaskSet) -> MaskResult:

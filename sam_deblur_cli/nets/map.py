@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from sam_deblur_cli.errors import UsageError
 from sam_deblur_cli.nets import MASK_VALUE_UPSTREAM
 from sam_deblur_cli.nets.nafnet import GuideKind, NAFNet, pad_to_multiple
 
@@ -148,15 +147,18 @@ class SegNAFNet(NAFNet):
 
 
 def check_labels(image: Tensor, guide: Tensor | None) -> Tensor:
-    """Validate a label-map guide for ``image`` and return it as int64."""
+    """The label-map guide for ``image`` as int64; ValueError if it cannot be one.
+
+    A caller bug, not a user error: ``restore`` checks masks from users first.
+    """
     if guide is None:
-        raise UsageError(
+        raise ValueError(
             "This model needs SAM masks (a label map); pass masks or pick a model without SAM."
         )
     if guide.dtype.is_floating_point or guide.dtype == torch.bool:
-        raise UsageError("The label map must hold integer group indices 0..G-1; convert it.")
+        raise ValueError("The label map must hold integer group indices 0..G-1; convert it.")
     if guide.shape != (image.shape[0], *image.shape[-2:]):
-        raise UsageError(
+        raise ValueError(
             f"The label map is {tuple(guide.shape)} but the image needs N x H x W = "
             f"{(image.shape[0], *image.shape[-2:])}; make masks for this image."
         )

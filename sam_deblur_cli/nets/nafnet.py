@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam_deblur_cli.errors import UsageError
-
 GuideKind = Literal["none", "segmask", "labels"]
 
 
@@ -138,7 +136,7 @@ class NAFNet(nn.Module):
     def forward(self, image: Tensor, guide: Tensor | None = None) -> Tensor:
         """``image``: N x 3 x H x W float RGB in [0, 1]; a plain NAFNet takes no guide."""
         if guide is not None:
-            raise UsageError("This model uses no masks; run it without a mask (guide=None).")
+            raise ValueError("This model uses no masks; run it without a mask (guide=None).")
         h, w = image.shape[-2:]
         return self.forward_features(pad_to_multiple(image, self.pad_multiple))[..., :h, :w]
 
@@ -156,9 +154,9 @@ class CatNAFNet(NAFNet):
 
     def forward(self, image: Tensor, guide: Tensor | None = None) -> Tensor:
         if guide is None or guide.dim() != 4 or guide.shape[1] != 1:
-            raise UsageError("This model needs a segmask guide of shape N x 1 x H x W; pass one.")
+            raise ValueError("This model needs a segmask guide of shape N x 1 x H x W; pass one.")
         if guide.shape[-2:] != image.shape[-2:] or guide.shape[0] != image.shape[0]:
-            raise UsageError("The segmask and the image differ in size; make masks for this image.")
+            raise ValueError("The segmask and the image differ in size; make masks for this image.")
         h, w = image.shape[-2:]
         x_in = pad_to_multiple(torch.cat([image, guide.to(image.dtype)], dim=1), self.pad_multiple)
         return self.forward_features(x_in)[..., :h, :w]
