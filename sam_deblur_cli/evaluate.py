@@ -21,7 +21,6 @@ import csv
 import json
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -557,16 +556,12 @@ def _finite(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_text(path: Path, write: Callable[[Any], None]) -> None:
-    """Write a text file atomically (temporary file beside it, then rename)."""
+    """Write a text file atomically (``files.atomic_text_file``); its folder is created."""
+    from sam_deblur_cli.files import atomic_text_file
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                write(handle)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_text_file(path, newline="") as handle:
+            write(handle)
     except OSError as exc:
         raise UsageError(f"Could not write {path} ({exc.strerror}); choose another path.") from exc

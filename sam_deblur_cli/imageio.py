@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import secrets
 import struct
 import threading
 import zlib
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from sam_deblur_cli.errors import ImageReadError, ImageWriteError, UsageError
+from sam_deblur_cli.files import atomic_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -862,46 +862,20 @@ def _tiff_with_icc(tiff: bytes, icc: bytes) -> bytes:
 
 
 def _write_atomically(dst: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write through a temporary file in ``dst``'s folder, fsync, rename over ``dst``.
+    """Write ``dst`` through ``files.atomic_file``; its folder is created first.
 
-    On any failure (Ctrl-C included) the temporary file is removed and an existing ``dst``
-    is untouched. OSError and encoder ValueError become ImageWriteError.
+    On any failure (Ctrl-C included) an existing ``dst`` is untouched. OSError and encoder
+    ValueError become ImageWriteError.
     """
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ImageWriteError(f"{dst}: cannot create its folder ({exc.strerror or exc}).") from exc
-    temporary = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
     try:
-        # 0o666 so the umask applies as for any new file (mkstemp would force 0o600).
-        fd = os.open(
-            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666
-        )
-        with os.fdopen(fd, "wb") as file:
+        with atomic_file(dst) as file:
             write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, dst)
-    except BaseException as exc:
-        temporary.unlink(missing_ok=True)
-        if isinstance(exc, (OSError, ValueError)):
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ImageWriteError(
-                f"{dst}: could not be written ({reason}); check free space and permissions."
-            ) from exc
-        raise
-    _fsync_folder(dst.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable; some platforms (Windows) cannot open a folder for this."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        logger.debug("fsync of folder %s is not supported here.", folder)
-    finally:
-        os.close(fd)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ImageWriteError(
+            f"{dst}: could not be written ({reason}); check free space and permissions."
+        ) from exc

@@ -23,12 +23,11 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Set
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from sam_deblur_cli import __version__
 from sam_deblur_cli.errors import (
@@ -40,6 +39,7 @@ from sam_deblur_cli.errors import (
     WeightsError,
     WeightsNotFoundError,
 )
+from sam_deblur_cli.files import atomic_file, atomic_text_file
 from sam_deblur_cli.masks.recipe import AMG_KEYS
 
 if sys.version_info >= (3, 11):
@@ -408,14 +408,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_text_file(path) as f:
+        json.dump(data, f, indent=1, sort_keys=True)
 
 
 def _verified_path() -> Path:
@@ -746,12 +740,12 @@ def _skeleton(entry: Entry) -> torch.nn.Module:
     return build_network(entry.net_config())
 
 
-def _copy_hashing(src: Path, dst: Path, progress: ProgressCallback | None, label: str) -> str:
-    """Copy ``src`` to ``dst`` and return the sha256 of the bytes written."""
+def _copy_hashing(src: Path, fout: BinaryIO, progress: ProgressCallback | None, label: str) -> str:
+    """Copy ``src`` into the open file ``fout`` and return the sha256 of the bytes written."""
     digest = hashlib.sha256()
     total = src.stat().st_size
     done = 0
-    with src.open("rb") as fin, dst.open("wb") as fout:
+    with src.open("rb") as fin:
         while chunk := fin.read(_CHUNK):
             digest.update(chunk)
             fout.write(chunk)
@@ -774,25 +768,21 @@ def import_weights(
         raise UsageError(f"{src} is not a file; pass the path of the downloaded weights file.")
     folder = cache_root() / "imported" / entry.name
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".import.", suffix=src.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        actual = _copy_hashing(src, tmp, progress, f"import {entry.name}")
+    dest = folder / src.name
+    with atomic_file(dest) as fout:  # replaces ``dest`` only once every check has passed
+        actual = _copy_hashing(src, fout, progress, f"import {entry.name}")
         if entry.sha256 and actual != entry.sha256:
             raise ChecksumError(
                 f"{src} has sha256 {actual}, but the manifest pins {entry.sha256} for "
                 f"{entry.name}; it is a different file, so it was not imported."
             )
+        fout.flush()
+        tmp = Path(fout.name)
         try:
             check_architecture(entry, tmp)  # the copy, so what was checked is what is kept
         except CheckpointError as exc:
             detail = str(exc).replace(str(tmp), str(src))
             raise CheckpointError(f"{src} cannot be imported as {entry.name}: {detail}") from exc
-        dest = folder / src.name
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     _record_import(entry, src, dest, actual)
     return dest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +16,6 @@ from sam_deblur_cli.masks import MaskResult, load_mask_file, result_from_maskset
 from sam_deblur_cli.masks.encode import labels_from_segmask
 from sam_deblur_cli.masks.formats import (
     METADATA_HEADER,
-    atomic_write,
     decode_rle_string,
     encode_rle_string,
     read_coco_json,
@@ -225,18 +224,6 @@ def test_rewriting_a_mask_folder_leaves_no_stale_masks(tmp_path: Path) -> None:
         "0.png", "1.png", "2.png", "metadata.csv",
     ]  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
-
-
-def test_a_failed_write_leaves_neither_target_nor_temp_file(tmp_path: Path) -> None:
-    def broken(handle: IO[bytes]) -> None:
-        handle.write(b"half")
-        raise RuntimeError("disk vanished")
-
-    (tmp_path / "keep.png").write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        atomic_write(tmp_path / "keep.png", broken)
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
-    assert (tmp_path / "keep.png").read_bytes() == b"old"
 
 
 def test_overlay_tints_groups_keeps_uncovered_pixels_and_draws_boundaries() -> None:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sam_deblur_cli.errors import ImageWriteError, MaskError
-from sam_deblur_cli.masks.formats import atomic_write, read_segmask_png, write_segmask_png
+from sam_deblur_cli.files import write_bytes
+from sam_deblur_cli.masks.formats import read_segmask_png, write_segmask_png
 from sam_deblur_cli.masks.recipe import effective_amg
 
 if TYPE_CHECKING:
@@ -114,6 +115,6 @@ class MaskCache:
         try:
             png.parent.mkdir(parents=True, exist_ok=True)
             write_segmask_png(png, segmask, compress_level=1)  # speed over size
-            atomic_write(meta, lambda handle: handle.write(text))
+            write_bytes(meta, text)
         except (OSError, ImageWriteError) as exc:
             logger.warning("could not write the mask cache entry %s (%s)", meta, exc)

@@ -1,4 +1,4 @@
-"""Mask files in and out. Every write is atomic (temp file in the same folder + os.replace).
+"""Mask files in and out. Every write is atomic (``files.atomic_file``).
 
 Formats (``H x W`` is the image size):
 
@@ -14,12 +14,8 @@ Formats (``H x W`` is the image size):
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -27,6 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from sam_deblur_cli.errors import ImageWriteError, MaskError
+from sam_deblur_cli.files import atomic_file, atomic_folder
 from sam_deblur_cli.masks.encode import (
     count_groups,
     groups_from_labels,
@@ -43,36 +40,24 @@ METADATA_HEADER = (
 )
 
 
-# --- atomic writes -------------------------------------------------------------------
+# --- writes (through files.atomic_file) ----------------------------------------------
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Write ``path`` through ``write(file)`` into a temp file beside it, then os.replace."""
+def _write_file(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Write ``path`` atomically through ``write(file)``; OSError becomes ImageWriteError."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
+        with atomic_file(path) as handle:
+            write(handle)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         raise ImageWriteError(
             f"Could not write {path}: {exc.strerror}; check that the folder exists and is writable."
         ) from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
     except OSError as exc:
-        _remove_quietly(Path(tmp))
         raise ImageWriteError(
             f"Could not write {path}: {exc.strerror or exc}; check the free space and permissions."
         ) from exc
-    except BaseException:
-        _remove_quietly(Path(tmp))
-        raise
     return path
-
-
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
 
 
 def _png_writer(gray_or_rgb: np.ndarray, compress_level: int = 6) -> Callable[[IO[bytes]], None]:
@@ -91,7 +76,7 @@ def write_segmask_png(path: str | Path, segmask: np.ndarray, *, compress_level: 
     """Save a segmask (uint8 H x W) as an 8-bit gray PNG."""
     if segmask.dtype != np.uint8 or segmask.ndim != 2:
         raise ValueError(f"segmask must be uint8 H x W, got {segmask.dtype} {segmask.shape}")
-    return atomic_write(path, _png_writer(segmask, compress_level))
+    return _write_file(path, _png_writer(segmask, compress_level))
 
 
 def read_segmask_png(path: str | Path) -> np.ndarray:
@@ -126,7 +111,7 @@ def write_groups_npz(path: str | Path, labels: np.ndarray) -> Path:
     def write(handle: IO[bytes]) -> None:
         np.savez_compressed(handle, masks=stack)
 
-    return atomic_write(path, write)
+    return _write_file(path, write)
 
 
 def read_groups_npz(path: str | Path) -> np.ndarray:
@@ -231,7 +216,7 @@ def write_overlay_png(
     if result.segmask is not None and not result.segmask.all():
         plain = 0  # gray value 0 is the smallest, so its group is label 0
     overlay = render_overlay(rgb_uint8, result.labels, plain_label=plain, alpha=alpha)
-    return atomic_write(path, _png_writer(overlay))
+    return _write_file(path, _png_writer(overlay))
 
 
 # --- per-mask PNGs + metadata.csv (segment-anything scripts/amg.py) ---------------------
@@ -254,46 +239,31 @@ def _metadata_row(i: int, rec: MaskRecord) -> str:
 def write_mask_folder(folder: str | Path, maskset: MaskSet) -> Path:
     """Write ``i.png`` (0/255 gray) per mask and ``metadata.csv``, replacing the folder whole.
 
-    The files go to a temp folder beside ``folder`` that then takes its place, so a reader
-    never sees a mix of two runs.
+    The files go to a staging folder beside ``folder`` that then takes its place
+    (``files.atomic_folder``), so a reader never sees a mix of two runs.
     """
     folder = Path(folder)
     try:
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    except OSError as exc:
+        with atomic_folder(folder) as staging:
+            rows = [METADATA_HEADER]
+            masks = zip(maskset.iter_masks(), maskset.records, strict=True)
+            for i, (mask, rec) in enumerate(masks):
+                png = _png_writer(np.where(mask, np.uint8(255), np.uint8(0)))
+                _write_file(staging / f"{i}.png", png)
+                rows.append(_metadata_row(i, rec))
+            text = "\n".join(rows).encode()  # amg.py: no newline after the last row
+            _write_file(staging / "metadata.csv", lambda handle: handle.write(text))
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         raise ImageWriteError(
             f"Could not write {folder}: {exc.strerror}; check that {folder.parent} exists and "
             "is writable."
         ) from exc
-    try:
-        rows = [METADATA_HEADER]
-        for i, (mask, rec) in enumerate(zip(maskset.iter_masks(), maskset.records, strict=True)):
-            png = _png_writer(np.where(mask, np.uint8(255), np.uint8(0)))
-            atomic_write(staging / f"{i}.png", png)
-            rows.append(_metadata_row(i, rec))
-        text = "\n".join(rows).encode()  # amg.py: no newline after the last row
-        atomic_write(staging / "metadata.csv", lambda handle: handle.write(text))
-        _swap_in(staging, folder)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
         raise ImageWriteError(
             f"Could not write {folder}: {exc.strerror or exc}; check the free space and "
             "permissions."
         ) from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
-
-
-def _swap_in(staging: Path, folder: Path) -> None:
-    old = None
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
-        os.replace(folder, old / folder.name)
-    os.replace(staging, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_mask_folder(folder: str | Path) -> ListMaskSet:
@@ -413,7 +383,7 @@ def write_coco_json(path: str | Path, maskset: MaskSet) -> Path:
         for chunk in _coco_chunks(maskset):
             handle.write(chunk.encode())
 
-    return atomic_write(path, write)
+    return _write_file(path, write)
 
 
 def read_coco_json(path: str | Path) -> ListMaskSet:
