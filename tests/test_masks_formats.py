@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,13 @@ from pycocotools import mask as coco_mask
 
 from sam_deblur_cli.errors import ImageWriteError, MaskError
 from sam_deblur_cli.masks import MaskResult, load_mask_file, result_from_maskset
-from sam_deblur_cli.masks.encode import labels_from_segmask
+from sam_deblur_cli.masks.encode import groups_from_labels, labels_from_segmask
 from sam_deblur_cli.masks.formats import (
     METADATA_HEADER,
+    _boundaries,
     decode_rle_string,
     encode_rle_string,
+    group_colours,
     read_coco_json,
     read_groups_npz,
     read_mask_folder,
@@ -102,6 +105,27 @@ def test_npz_round_trip_gives_the_same_groups(tmp_path: Path) -> None:
     assert (loaded.groups, loaded.count, loaded.segmask) == (result.groups, 0, None)
     with pytest.raises(MaskError, match="pass a segmask PNG"):
         loaded.guide("segmask")
+
+
+@pytest.mark.parametrize(("groups", "unused"), [(0, None), (1, None), (40, 17)])
+def test_npz_written_slice_by_slice_is_what_np_savez_compressed_wrote(
+    tmp_path: Path, groups: int, unused: int | None
+) -> None:
+    # Labels with uncovered (-1) pixels, and an unused label (an empty slice) in the middle.
+    labels = np.random.default_rng(groups).integers(-1, groups, size=SHAPE)
+    labels[labels == unused] = -1
+    path = write_groups_npz(tmp_path / "new.npz", labels)
+    np.savez_compressed(tmp_path / "old.npz", masks=groups_from_labels(labels))
+    with zipfile.ZipFile(path) as new, zipfile.ZipFile(tmp_path / "old.npz") as old:
+        assert new.namelist() == old.namelist() == ["masks.npy"]
+        [ours], [theirs] = new.infolist(), old.infolist()
+        assert ours.compress_type == theirs.compress_type == zipfile.ZIP_DEFLATED
+        assert new.read("masks.npy") == old.read("masks.npy")  # header and every byte
+    with np.load(path) as ours_npz, np.load(tmp_path / "old.npz") as theirs_npz:
+        stack, expected = ours_npz["masks"], theirs_npz["masks"]
+    assert stack.dtype == expected.dtype == np.bool_
+    assert stack.shape == expected.shape == (groups, 1, *SHAPE)
+    np.testing.assert_array_equal(stack, expected)
 
 
 def test_npz_without_the_masks_key_is_a_mask_error(tmp_path: Path) -> None:
@@ -239,6 +263,25 @@ def test_overlay_tints_groups_keeps_uncovered_pixels_and_draws_boundaries() -> N
     np.testing.assert_array_equal(out[3, 4:], 255)  # boundary between the two right groups
     top, bottom = out[0, 6], out[5, 6]
     assert not (top == 100).all() and not (top == bottom).all()
+
+
+@pytest.mark.parametrize("band_rows", [1, 5, 256])
+def test_overlay_in_bands_equals_the_whole_image_blend(band_rows: int) -> None:
+    # Whole-image arithmetic, as the overlay was first written: the bands must not change it.
+    rng = np.random.default_rng(band_rows)
+    rgb = rng.integers(0, 256, (*SHAPE, 3), dtype=np.uint8)
+    segmask = result_from_maskset(blob_maskset()).segmask
+    assert segmask is not None
+    labels = labels_from_segmask(segmask)
+    labels[rng.random(SHAPE) < 0.05] = -1
+    colours = group_colours(int(labels.max()) + 1).astype(np.float32)
+    tinted = (labels >= 0) & (labels != 0)
+    expected = rgb.astype(np.float32)
+    expected[tinted] = expected[tinted] * 0.6 + colours[labels[tinted]] * 0.4
+    expected[_boundaries(labels)] = 255.0
+    expected = np.round(expected).astype(np.uint8)
+    out = render_overlay(rgb, labels, plain_label=0, alpha=0.4, band_rows=band_rows)
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_overlay_png_is_written_at_image_size(tmp_path: Path) -> None:

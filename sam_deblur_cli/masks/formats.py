@@ -24,11 +24,7 @@ import numpy as np
 
 from sam_deblur_cli.errors import ImageWriteError, MaskError
 from sam_deblur_cli.files import atomic_file, atomic_folder
-from sam_deblur_cli.masks.encode import (
-    count_groups,
-    groups_from_labels,
-    labels_from_groups,
-)
+from sam_deblur_cli.masks.encode import count_groups, labels_from_groups
 from sam_deblur_cli.masks.maskset import ListMaskSet, MaskRecord, MaskSet
 
 if TYPE_CHECKING:
@@ -105,13 +101,38 @@ def read_segmask_png(path: str | Path) -> np.ndarray:
 
 
 def write_groups_npz(path: str | Path, labels: np.ndarray) -> Path:
-    """Save a label map as the upstream groups file (key ``masks``, bool G x 1 x H x W)."""
-    stack = groups_from_labels(labels)
+    """Save a label map as the upstream groups file (key ``masks``, bool G x 1 x H x W).
 
-    def write(handle: IO[bytes]) -> None:
-        np.savez_compressed(handle, masks=stack)
+    The file is what ``np.savez_compressed(file, masks=groups_from_labels(labels))`` writes
+    (one deflated ``masks.npy`` member, zip64), but the slices are made and compressed one
+    at a time: the G x H x W stack (3 GB for 256 groups at 12 MP) never exists in memory.
+    """
+    return _write_file(path, lambda handle: _write_groups(handle, labels))
 
-    return _write_file(path, write)
+
+def _write_groups(handle: IO[bytes], labels: np.ndarray) -> None:
+    import zipfile
+
+    count = count_groups(labels)
+    height, width = labels.shape
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.bool_)),
+        "fortran_order": False,
+        "shape": (count, 1, height, width),
+    }
+    # A narrower copy when it fits: each slice is one pass over the labels.
+    narrow = np.int16 if count <= np.iinfo(np.int16).max else labels.dtype
+    compact = labels.astype(narrow, copy=False)
+    group = np.empty((height, width), dtype=np.bool_)
+    row_bytes = group.reshape(-1).view(np.uint8).data  # 1-D bytes view of one slice
+    with (
+        zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf,
+        zf.open("masks.npy", "w", force_zip64=True) as member,  # as numpy does (gh-10776)
+    ):
+        np.lib.format.write_array_header_1_0(member, header)
+        for label in range(count):
+            np.equal(compact, label, out=group)
+            member.write(row_bytes)
 
 
 def read_groups_npz(path: str | Path) -> np.ndarray:
@@ -178,21 +199,34 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def render_overlay(
-    rgb_uint8: np.ndarray, labels: np.ndarray, *, plain_label: int | None = None, alpha: float = 0.5
+    rgb_uint8: np.ndarray,
+    labels: np.ndarray,
+    *,
+    plain_label: int | None = None,
+    alpha: float = 0.5,
+    band_rows: int = 256,
 ) -> np.ndarray:
     """The photo (RGB uint8 H x W x 3) with one colour per group and white group boundaries.
 
     ``plain_label`` is left uncoloured (the segmask's value-0 group: pixels no SAM mask
-    covers); so are uncovered (-1) pixels. Returns RGB uint8 H x W x 3.
+    covers); so are uncovered (-1) pixels. Returns RGB uint8 H x W x 3. The float blend runs
+    ``band_rows`` rows at a time (the same values as whole-image arithmetic): at 12 MP a
+    whole-image float32 copy and its temporaries would take most of a gigabyte.
     """
     colours = group_colours(count_groups(labels)).astype(np.float32)
-    tinted = labels >= 0
-    if plain_label is not None:
-        tinted &= labels != plain_label
-    out = rgb_uint8.astype(np.float32)
-    out[tinted] = out[tinted] * (1.0 - alpha) + colours[labels[tinted]] * alpha
-    out[_boundaries(labels)] = 255.0
-    return np.round(out).astype(np.uint8)
+    edge = _boundaries(labels)
+    out = np.empty_like(rgb_uint8)
+    for top in range(0, labels.shape[0], band_rows):
+        rows = slice(top, top + band_rows)
+        band = labels[rows]
+        tinted = band >= 0
+        if plain_label is not None:
+            tinted &= band != plain_label
+        blend = rgb_uint8[rows].astype(np.float32)
+        blend[tinted] = blend[tinted] * (1.0 - alpha) + colours[band[tinted]] * alpha
+        blend[edge[rows]] = 255.0
+        out[rows] = np.round(blend)
+    return out
 
 
 def _boundaries(labels: np.ndarray) -> np.ndarray:
