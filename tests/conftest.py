@@ -1,10 +1,18 @@
-"""Shared fixtures. Tests never touch the internet; tiny real models are built at run time."""
+"""Shared fixtures. Tests never touch the internet; tiny real models are built at run time.
+
+The fixtures of ``tiny_models`` (``tiny_checkpoints``, ``tiny_env_factory``, ``tiny_env``) and
+``hub_server`` (``hub``, ``published``) are registered here as plugins, so test modules just
+name them as parameters. These helper modules sit beside the tests and are imported as
+top-level modules: pytest puts this folder on ``sys.path`` when it loads this conftest.
+"""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+pytest_plugins = ["tiny_models", "hub_server"]
 
 # Never let a test reach the real Hub, whatever the developer's environment says.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -13,8 +13,8 @@ Two ``ThreadingHTTPServer``s on 127.0.0.1 (ports chosen by the OS):
 ``hub.cut_next_get = n`` makes the next ``n`` body downloads stop after ``hub.cut_at`` bytes
 (default: half the body) and drop the connection. Every request is logged in ``hub.requests``.
 
-Tests use the ``hub`` fixture (``from hub_server import hub``), which also points
-``HF_ENDPOINT`` at the server.
+Tests use the ``hub`` fixture (registered by ``conftest.py`` through ``pytest_plugins``),
+which also points ``HF_ENDPOINT`` at the server.
 """
 
 from __future__ import annotations

@@ -13,9 +13,6 @@ from PIL import Image
 from tiny_models import (
     TinyEnv,
     small_photo,
-    tiny_checkpoints_fixture,  # noqa: F401
-    tiny_env_factory_fixture,  # noqa: F401
-    tiny_env_fixture,  # noqa: F401
 )
 
 import sam_deblur_cli

@@ -15,9 +15,6 @@ from tiny_models import (
     TinyEnv,
     TinyEnvFactory,
     console_script,
-    tiny_checkpoints_fixture,  # noqa: F401
-    tiny_env_factory_fixture,  # noqa: F401
-    tiny_env_fixture,  # noqa: F401
     tree_hashes,
 )
 from tiny_models import (

@@ -15,16 +15,12 @@ import numpy as np
 import pytest
 from broken_inputs import write_broken_inputs
 from PIL import Image
-from tiny_models import (  # noqa: F401
+from tiny_models import (
     SAM_NAME,
     TinyEnv,
     TinyEnvFactory,
     console_script,
     file_hashes,
-    small_photo,
-    tiny_checkpoints_fixture,
-    tiny_env_factory_fixture,
-    tiny_env_fixture,
     tree_hashes,
     write_special_photos,
 )

@@ -11,13 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import (  # noqa: F401  (fixtures)
-    TinyEnv,
-    TinyEnvFactory,
-    tiny_checkpoints_fixture,
-    tiny_env_factory_fixture,
-    tiny_env_fixture,
-)
+from tiny_models import TinyEnv, TinyEnvFactory
 
 from sam_deblur_cli.cli import main
 

@@ -7,15 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import hub_server
 import pytest
 from hub_server import FakeHub, Published, tiny_state_dict, torch_bytes
 
 from sam_deblur_cli import weights
 from sam_deblur_cli.cli import main
-
-hub = hub_server.hub  # fixtures
-published = hub_server.published
 
 
 @pytest.fixture(autouse=True)

@@ -12,12 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import (  # noqa: F401  (fixtures)
-    TinyEnv,
-    tiny_checkpoints_fixture,
-    tiny_env_factory_fixture,
-    tiny_env_fixture,
-)
+from tiny_models import TinyEnv
 
 from sam_deblur_cli import metrics
 from sam_deblur_cli.errors import UsageError

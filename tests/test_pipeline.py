@@ -10,9 +10,6 @@ import pytest
 from tiny_models import (
     TinyEnv,
     small_photo,
-    tiny_checkpoints_fixture,  # noqa: F401
-    tiny_env_factory_fixture,  # noqa: F401
-    tiny_env_fixture,  # noqa: F401
 )
 
 from sam_deblur_cli.errors import InputError, UsageError

@@ -9,7 +9,6 @@ import os
 import re
 from pathlib import Path
 
-import hub_server
 import numpy as np
 import pytest
 from hub_server import COMMIT, FakeHub, Published, tiny_state_dict, torch_bytes
@@ -24,9 +23,6 @@ from sam_deblur_cli.errors import (
     WeightsNotFoundError,
 )
 from sam_deblur_cli.nets import MASK_VALUE_UPSTREAM, NetConfig
-
-hub = hub_server.hub  # fixtures
-published = hub_server.published
 
 
 class Recorder:

@@ -9,14 +9,10 @@ with a 2 x 2 point grid and thresholds at 0 so that a random SAM still yields ma
 Files reach the cache through ``weights.import_weights``, the code path of
 ``sam-deblur weights import``, never by writing into the cache directly.
 
-Use in a test module (all three fixtures: ``tiny_env`` builds on the other two)::
+The fixtures (``tiny_env`` builds on the other two) are registered for every test module by
+``conftest.py`` (``pytest_plugins``); a test names them and imports only the types::
 
-    from tiny_models import (
-        TinyEnv,
-        tiny_checkpoints_fixture,  # noqa: F401
-        tiny_env_factory_fixture,  # noqa: F401
-        tiny_env_fixture,  # noqa: F401
-    )
+    from tiny_models import TinyEnv, TinyEnvFactory
 
     def test_x(tiny_env: TinyEnv) -> None: ...          # every model imported
     def test_y(tiny_env_factory: TinyEnvFactory) -> None:
@@ -178,8 +174,8 @@ def console_script() -> Path:
     return script
 
 
-# Fixtures carry their names in ``name=`` so that a test module can import them (conftest
-# belongs to the lead) without its test parameters shadowing the imported functions.
+# Fixtures carry their names in ``name=`` (pytest's advice for fixtures in an importable
+# module): the functions never collide with the test parameters that receive their values.
 @pytest.fixture(scope="session", name="tiny_checkpoints")
 def tiny_checkpoints_fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny checkpoint files, built once per session (read-only for tests)."""
