@@ -5,28 +5,39 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from sam_deblur_cli import __version__
 from sam_deblur_cli.cli import main
 
+DEBLUR_OPTIONS = ("--masks", "--require-gpu", "--tlc", "--overlay", "--json", "--points-per-side")
 
-def test_version_is_printed_without_importing_torch() -> None:
+
+# ``expected``: a string is the whole output (stripped); a tuple lists text the output contains.
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param(["--version"], f"sam-deblur {__version__}", id="version"),
+        pytest.param(["--help"], ("Usage",), id="help"),
+        pytest.param(
+            ["photo.jpg", "--help"], ("sam-deblur deblur", *DEBLUR_OPTIONS), id="deblur-help"
+        ),
+        pytest.param(["batch", "--help"], ("sam-deblur batch", "--recursive"), id="batch-help"),
+        pytest.param(["weights", "list"], ("sam-vit-h",), id="weights-list"),
+    ],
+)
+def test_answers_without_importing_torch(argv: list[str], expected: str | tuple[str, ...]) -> None:
     code = (
-        "import sys; from sam_deblur_cli.cli import main; rc = main(['--version']);"
+        f"import sys; from sam_deblur_cli.cli import main; rc = main({argv!r});"
         "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == f"sam-deblur {__version__}"
-
-
-def test_help_lists_commands_without_importing_torch() -> None:
-    code = (
-        "import sys; from sam_deblur_cli.cli import main; rc = main(['--help']);"
-        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-    assert "Usage" in out.stdout
+    if isinstance(expected, str):
+        assert out.stdout.strip() == expected
+    else:
+        for text in expected:
+            assert text in out.stdout
 
 
 def test_unknown_option_is_a_usage_error() -> None:

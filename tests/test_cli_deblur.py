@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +37,6 @@ PLAIN = ["--model", "nafnet-gopro", *NO_TLC]
 
 def _records(stdout: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
-def test_default_command_help_answers_without_importing_torch() -> None:
-    code = (
-        "import sys; from sam_deblur_cli.cli import main; rc = main(['photo.jpg', '--help']);"
-        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-    assert "sam-deblur deblur" in out.stdout
-    for option in ("--masks", "--require-gpu", "--tlc", "--overlay", "--json", "--points-per-side"):
-        assert option in out.stdout
 
 
 def test_one_photo_with_sam_masks_lands_beside_it_rotated_with_its_profile_and_a_note(

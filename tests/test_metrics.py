@@ -84,27 +84,33 @@ def test_ssim_falls_as_noise_grows(variant: metrics.SsimVariant) -> None:
     assert scores[0] < 1.0
 
 
-def test_ssim_3d_matches_a_voxel_by_voxel_evaluation() -> None:
-    image = data.astronaut()[200:216, 180:196]
-    noisy = _noisy(image, 20.0)
-    assert metrics.ssim_3d(noisy, image) == pytest.approx(_slow_ssim_3d(noisy, image), abs=1e-12)
-
-
-def test_ssim_3d_strips_match_the_whole_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Odd sizes and strips of 4 rows put strip seams everywhere, including within 5 rows
-    # of the edges, where the halo and the replicate padding meet.
-    image = data.rocket()[100:123, 200:217]
-    noisy = _noisy(image, 15.0, seed=3)
-    monkeypatch.setattr(metrics, "_STRIP_ROWS", 4)
-    assert metrics.ssim_3d(noisy, image) == pytest.approx(_slow_ssim_3d(noisy, image), abs=1e-12)
-
-
-@pytest.mark.parametrize("channels", [1, 5])
-def test_ssim_3d_handles_other_channel_counts(channels: int) -> None:
-    base = data.chelsea()[50:62, 60:72, :1]
-    image = np.repeat(base, channels, axis=2)
+def _channels(count: int) -> np.ndarray:
+    image = np.repeat(data.chelsea()[50:62, 60:72, :1], count, axis=2)
     image[..., -1] //= 2  # make the channels differ so the channel window matters
-    noisy = _noisy(image, 12.0)
+    return image
+
+
+@pytest.mark.parametrize(
+    ("image", "sigma", "seed", "strip_rows"),
+    [
+        pytest.param(data.astronaut()[200:216, 180:196], 20.0, 0, None, id="rgb"),
+        # Odd sizes and strips of 4 rows put strip seams everywhere, including within 5 rows
+        # of the edges, where the halo and the replicate padding meet.
+        pytest.param(data.rocket()[100:123, 200:217], 15.0, 3, 4, id="strips"),
+        pytest.param(_channels(1), 12.0, 0, None, id="1-channel"),
+        pytest.param(_channels(5), 12.0, 0, None, id="5-channels"),
+    ],
+)
+def test_ssim_3d_matches_a_voxel_by_voxel_evaluation(
+    monkeypatch: pytest.MonkeyPatch,
+    image: np.ndarray,
+    sigma: float,
+    seed: int,
+    strip_rows: int | None,
+) -> None:
+    if strip_rows is not None:
+        monkeypatch.setattr(metrics, "_STRIP_ROWS", strip_rows)
+    noisy = _noisy(image, sigma, seed)
     assert metrics.ssim_3d(noisy, image) == pytest.approx(_slow_ssim_3d(noisy, image), abs=1e-12)
 
 
