@@ -29,6 +29,7 @@ def _segmask_png(path: Path, shape: tuple[int, int]) -> Path:
     return write_segmask_png(path, segmask)
 
 
+@pytest.mark.subprocess
 def test_import_is_lazy_and_names_resolve() -> None:
     code = (
         "import sys, sam_deblur_cli as s\n"
@@ -52,6 +53,7 @@ def _thp_available() -> bool:
         return False
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(
     sys.platform != "linux" or not _thp_available(), reason="needs Linux transparent huge pages"
 )
@@ -124,6 +126,7 @@ def test_overrides_are_departures_and_change_the_recipe_key(tiny_env: TinyEnv) -
     assert Deblurrer(PLAIN).departures() == []
 
 
+@pytest.mark.subprocess
 def test_runs_that_need_no_sam_never_import_segment_anything(
     tiny_env: TinyEnv, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.subprocess
 def test_smoke_run_writes_report_and_json(tmp_path: Path) -> None:
     out_json, out_md = tmp_path / "bench.json", tmp_path / "bench.md"
     proc = _bench(tmp_path, "--smoke", "--json", str(out_json), "--out-md", str(out_md))

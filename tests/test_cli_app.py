@@ -14,6 +14,7 @@ DEBLUR_OPTIONS = ("--masks", "--require-gpu", "--tlc", "--overlay", "--json", "-
 
 
 # ``expected``: a string is the whole output (stripped); a tuple lists text the output contains.
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [

@@ -58,6 +58,7 @@ def test_recursive_batch_mirrors_the_tree_and_never_merges_two_inputs(
     assert Image.open(tmp_path / "flat" / "a.jpg").format == "JPEG"
 
 
+@pytest.mark.subprocess
 def test_batch_resumes_and_overwrite_redoes(
     tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

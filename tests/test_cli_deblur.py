@@ -248,6 +248,7 @@ def test_a_failure_mid_write_leaves_no_partial_file(
     assert leftovers == []
 
 
+@pytest.mark.subprocess
 def test_console_script_runs_with_json(tiny_env: TinyEnv, tmp_path: Path) -> None:
     photo = _photo(tmp_path / "a.jpg")
     # Options before the image: still the default command; a plain model needs no tiny SAM.

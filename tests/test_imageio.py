@@ -753,6 +753,7 @@ def test_picture_with_keeps_everything_but_the_pixels(tmp_path: Path) -> None:
         picture_with(picture.rgb[:10], like=picture)
 
 
+@pytest.mark.subprocess
 def test_imageio_import_stays_light() -> None:
     code = (
         "import sys, sam_deblur_cli.imageio\n"
