@@ -7,7 +7,11 @@ also checks the key layout). Each side runs in its own process: a warm-up on a s
 crop, then full-size forwards timed, the first with its peak memory; the outputs are
 compared in the parent.
 
-    python -m benchmarks.bench_network [--quick] [--json PATH]
+    python -m benchmarks.bench_network [--quick] [--device cpu|cuda] [--json PATH]
+
+On CUDA both sides run float32 with TF32 off and then bf16 autocast-free casts of the same
+modules; time is taken after a device synchronise and memory is the growth of torch's
+peak allocation over the forward (RSS on the CPU).
 """
 
 from __future__ import annotations
@@ -172,65 +176,99 @@ def _image(h: int, w: int) -> Tensor:
 
 
 def stage_run(
-    side: str, cfg: dict[str, Any], tlc: bool, h: int, w: int, repeat: int
+    side: str,
+    cfg: dict[str, Any],
+    tlc: bool,
+    h: int,
+    w: int,
+    repeat: int,
+    device: str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """One side in its own process: warm up on a 64 x 64 crop (kernels, allocator), then
-    ``repeat`` full-size forwards; best and median wall time, peak RSS growth of the first
-    full-size forward, and the output (for the difference between the sides)."""
-    net, x = _build(side, cfg, tlc), _image(h, w)
+    ``repeat`` full-size forwards; best and median wall time, peak memory growth of the
+    first full-size forward, and the output (for the difference between the sides)."""
+    from sam_deblur_cli.devices import tf32_mode
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    net = _build(side, cfg, tlc).to(device=device, dtype=dtype)
+    x = _image(h, w).to(device=device, dtype=dtype)
+    cuda = device.startswith("cuda")
+
+    def forward() -> tuple[Tensor, float]:
+        start = time.perf_counter()
+        out = net(x)
+        if cuda:
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - start
+
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), tf32_mode(False if cuda else None):
         net(x[..., :64, :64])
-        with peak_rss() as meter:
-            start = time.perf_counter()
-            out = net(x)
-            times.append(time.perf_counter() - start)
+        forward()  # full-size warm-up on the GPU: cuDNN picks its kernels here
+        if cuda:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            out, seconds = forward()
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            with peak_rss() as meter:
+                out, seconds = forward()
+            peak = meter.peak_bytes
+        times.append(seconds)
         for _ in range(repeat - 1):
-            start = time.perf_counter()
-            net(x)
-            times.append(time.perf_counter() - start)
+            times.append(forward()[1])
     return {
         "time": {"best_s": min(times), "median_s": statistics.median(times)},
-        "peak_bytes": meter.peak_bytes,
+        "peak_bytes": peak,
         # numpy, not a tensor: a tensor would cross by a shared-memory handle that dies
         # with this process
-        "output": out.numpy(),
+        "output": out.float().cpu().numpy(),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small image, fewer blocks")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    precisions = ["fp32", "bf16"] if args.device == "cuda" else ["fp32"]
     if args.quick:
         cfg: dict[str, Any] = {"width": 32, "enc_blk_nums": (1, 1, 1, 4)}
         h, w, repeat = 360, 640, 3  # sub-second forwards: one run alone is noise
     else:
         cfg = {"width": 32, "enc_blk_nums": (1, 1, 1, 28)}
         h, w, repeat = 720, 1280, 1  # a run takes seconds; the ratio is what matters
-    results: dict[str, Any] = {"config": {**cfg, "height": h, "width_px": w}, "runs": {}}
+    if args.device == "cuda":
+        repeat = max(repeat, 10)  # milliseconds on a GPU
+    config = {**cfg, "height": h, "width_px": w, "device": args.device}
+    results: dict[str, Any] = {"config": config, "runs": {}}
     rows = []
-    for tlc in (False, True):
-        up = in_child(stage_run, "upstream", cfg, tlc, h, w, repeat)
-        ours = in_child(stage_run, "ours", cfg, tlc, h, w, repeat)
+    for precision, tlc in [(p, t) for p in precisions for t in (False, True)]:
+        run = (args.device, precision)
+        up = in_child(stage_run, "upstream", cfg, tlc, h, w, repeat, *run)
+        ours = in_child(stage_run, "ours", cfg, tlc, h, w, repeat, *run)
         t_up, t_ours = up["time"], ours["time"]
         m_up, m_ours = up["peak_bytes"], ours["peak_bytes"]
         diff = float(np.abs(up["output"] - ours["output"]).max())
         ratio = t_ours["best_s"] / t_up["best_s"]
-        results["runs"]["tlc" if tlc else "global"] = {
+        name = ("tlc" if tlc else "global") + ("" if precision == "fp32" else f" {precision}")
+        results["runs"][name] = {
             "upstream_time": t_up, "ours_time": t_ours, "time_ratio": ratio,
             "upstream_peak_bytes": m_up, "ours_peak_bytes": m_ours,
             "max_abs_diff": diff,
         }  # fmt: skip
         rows.append([
-            "TLC" if tlc else "global pool",
+            name,
             f"{t_up['best_s']:.2f} s", f"{t_ours['best_s']:.2f} s", f"{ratio:.2f}",
             f"{m_up / MB:.0f} MB", f"{m_ours / MB:.0f} MB", f"{m_ours / max(m_up, 1):.2f}",
             f"{diff:.1e}",
         ])  # fmt: skip
-    print(f"NAFNet width {cfg['width']} enc {list(cfg['enc_blk_nums'])}, {w}x{h}, CPU "
-          f"({torch.get_num_threads()} threads), best of {repeat}")  # fmt: skip
+    where = "CUDA" if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"NAFNet width {cfg['width']} enc {list(cfg['enc_blk_nums'])}, {w}x{h}, {where}, "
+          f"best of {repeat}")  # fmt: skip
     headers = ["pooling", "upstream", "ours", "time ours/up", "upstream peak", "ours peak",
                "mem ours/up", "max |diff|"]  # fmt: skip
     print(markdown_table(headers, rows))

@@ -62,6 +62,11 @@ def _quick_flag(opts: Options) -> list[str] | None:
     return None if opts.mode == "smoke" else (["--quick"] if opts.mode == "quick" else [])
 
 
+def _device_args(opts: Options) -> list[str] | None:
+    flags = _quick_flag(opts)
+    return None if flags is None else [*flags, "--device", opts.device]
+
+
 def _e2e_args(opts: Options) -> list[str]:
     flags = {"smoke": ["--smoke"], "quick": ["--quick"], "full": []}[opts.mode]
     return [*flags, "--device", opts.device, *(["--vit-h"] if opts.vit_h else [])]
@@ -77,9 +82,21 @@ COMPONENTS = (
     Component(
         "masks", "Mask stage", "benchmarks.bench_masks", _quick_flag, {"quick": 600, "full": 1800}
     ),
-    Component("map", "MAP", "benchmarks.bench_map", _quick_flag, {"quick": 300, "full": 900}),
     Component(
-        "network", "Network", "benchmarks.bench_network", _quick_flag, {"quick": 600, "full": 1200}
+        "map",
+        "MAP",
+        "benchmarks.bench_map",
+        _device_args,
+        {"quick": 300, "full": 900},
+        takes_device=True,
+    ),
+    Component(
+        "network",
+        "Network",
+        "benchmarks.bench_network",
+        _device_args,
+        {"quick": 600, "full": 1200},
+        takes_device=True,
     ),
     Component(
         "e2e",
@@ -460,7 +477,7 @@ def render_map(result: dict[str, Any]) -> str:
         f"{dense / ours:.0f}x",
         f"{t['max_abs_diff']:.1e}",
     ]
-    text = markdown_table(
+    text = f"Device: {result.get('device', 'cpu')}.\n\n" + markdown_table(
         ["time", "dense (stock)", "ours", "ours/stock", "speed-up", "max abs diff"], [time_row]
     )
     rows = []
@@ -517,7 +534,7 @@ def render_network(result: dict[str, Any]) -> str:
     ]
     title = (
         f"NAFNet width {cfg['width']}, enc {list(cfg['enc_blk_nums'])}, "
-        f"{cfg['width_px']}x{cfg['height']}, best wall time."
+        f"{cfg['width_px']}x{cfg['height']}, {cfg.get('device', 'cpu')}, best wall time."
     )
     return title + "\n\n" + markdown_table(head, rows)
 

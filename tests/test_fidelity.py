@@ -16,14 +16,7 @@ import numpy as np
 import oracles
 import pytest
 import torch
-from tiny_models import (  # noqa: F401  (fixtures)
-    TinyEnvFactory,
-    run_cli,
-    small_photo,
-    tiny_checkpoints_fixture,
-    tiny_env_factory_fixture,
-    tiny_net_config,
-)
+from tiny_models import TinyEnvFactory, run_cli, small_photo, tiny_net_config
 
 from sam_deblur_cli.masks.encode import encode_segmask
 from sam_deblur_cli.nets import build_network

@@ -11,14 +11,7 @@ from typing import IO
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import (  # noqa: F401  (fixtures)
-    SAM_NAME,
-    TinyEnvFactory,
-    run_cli,
-    save_photo,
-    tiny_checkpoints_fixture,
-    tiny_env_factory_fixture,
-)
+from tiny_models import SAM_NAME, TinyEnvFactory, run_cli, save_photo
 
 from sam_deblur_cli.files import (
     atomic_file,

@@ -13,13 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import (  # noqa: F401  (fixtures)
-    TinyEnv,
-    small_photo,
-    tiny_checkpoints_fixture,
-    tiny_env_factory_fixture,
-    tiny_env_fixture,
-)
+from tiny_models import TinyEnv, small_photo
 
 from sam_deblur_cli.nets import NetConfig, build_network
 from sam_deblur_cli.nets.map import mask_average

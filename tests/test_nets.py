@@ -339,6 +339,7 @@ print(extra / seg.nbytes)
 """
 
 
+@pytest.mark.subprocess
 def test_mask_average_at_12mp_with_200_groups_stays_lean() -> None:
     """4000 x 3000, 200 groups: upstream's broadcast would need ~19 GB; ours a few maps."""
     if not os.access("/proc/self/clear_refs", os.W_OK):
