@@ -16,7 +16,7 @@ import sys
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from sam_deblur_cli._version import __version__
 
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 

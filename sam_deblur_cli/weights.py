@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from sam_deblur_cli import __version__
+from sam_deblur_cli._version import __version__
 from sam_deblur_cli.errors import (
     CheckpointError,
     ChecksumError,

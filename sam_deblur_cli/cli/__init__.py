@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from sam_deblur_cli import __version__
+from sam_deblur_cli._version import __version__
 from sam_deblur_cli.cli.app import app, fail
 from sam_deblur_cli.errors import EXIT_INTERRUPTED, SamDeblurError
 
