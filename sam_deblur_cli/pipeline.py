@@ -175,12 +175,10 @@ class Deblurrer:
         return config.mask_value if config.variant == "map" else None
 
     def _load_network(self, checkpoint: Path) -> Any:
-        from sam_deblur_cli.checkpoints import load_strict, read_state_dict
-        from sam_deblur_cli.nets import build_network
         from sam_deblur_cli.nets.tlc import set_tlc
+        from sam_deblur_cli.weights import models
 
-        net = build_network(self.net_config)
-        load_strict(net, read_state_dict(checkpoint))
+        net = models.load(self.entry, checkpoint, config=self.net_config)
         set_tlc(net, self.tlc)
         logger.info(
             "loaded %s (TLC %s) from %s", self.entry.name, "on" if self.tlc else "off", checkpoint

@@ -1,8 +1,8 @@
 """Segment Anything masks as the deblurring networks consume them.
 
-The only package that imports segment_anything. Importing it stays light (no numpy, no
-torch): the pipeline and the CLI import it at start-up; the work happens in sub-modules
-loaded on first use.
+With ``weights.models`` (which builds SAM), the only code that imports segment_anything.
+Importing it stays light (no numpy, no torch): the pipeline and the CLI import it at
+start-up; the work happens in sub-modules loaded on first use.
 
 - :class:`MaskResult`: one image's masks as segmask + label map (what the networks take);
 - :func:`result_from_maskset`: encode generated masks the upstream way;

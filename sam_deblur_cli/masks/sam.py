@@ -1,7 +1,7 @@
 """Segment Anything as SAM-Deblur used it: safe loading, the recipe's channel order, generators.
 
-- :func:`load_sam` builds the entry's architecture weightless and loads the checkpoint
-  through our safe reader (``weights_only``, strict keys), never segment_anything's own
+- :func:`load_sam` builds the entry's architecture and loads the checkpoint through
+  ``weights.models`` (``weights_only``, strict keys), never segment_anything's own
   ``torch.load``.
 - :func:`to_sam_input` applies the recipe's channel order: the published checkpoints were
   trained on masks of images handed to SAM in BGR order (upstream.md 5.2).
@@ -21,11 +21,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
-from sam_deblur_cli.errors import CheckpointError, UsageError
+from sam_deblur_cli.errors import UsageError
 from sam_deblur_cli.masks.maskset import ListMaskSet, MaskRecord, MaskSet
 from sam_deblur_cli.masks.recipe import AMG_DEFAULTS, AmgParams, amg_params, effective_amg
 
@@ -118,24 +118,16 @@ def to_sam_input(rgb_uint8: np.ndarray, channel_order: str) -> np.ndarray:
 
 def load_sam(entry: Entry, *, device: str = "cpu", offline: bool = False) -> Sam:
     """The SAM of a manifest entry (``kind = "sam"``), weights loaded safely, in eval mode."""
-    from segment_anything import sam_model_registry
-
-    from sam_deblur_cli.checkpoints import load_strict, read_state_dict
-    from sam_deblur_cli.weights import ensure_weights
+    from sam_deblur_cli.weights import ensure_weights, models
 
     if entry.kind != "sam":
         raise UsageError(
             f"{entry.name} is not a Segment Anything model; pick a SAM entry for --sam "
             "(see `sam-deblur weights list`)."
         )
-    if entry.arch not in sam_model_registry:
-        raise CheckpointError(
-            f"{entry.name} names the SAM architecture {entry.arch!r}, which segment_anything "
-            f"does not have; fix the manifest to use one of {', '.join(sam_model_registry)}."
-        )
+    models.sam_builder(entry)  # an architecture segment_anything lacks fails before a download
     path = ensure_weights(entry, offline=offline)
-    model = sam_model_registry[entry.arch](checkpoint=None)
-    load_strict(model, read_state_dict(path))
+    model = cast("Sam", models.load(entry, path))
     logger.info("loaded %s (%s) from %s on %s", entry.name, entry.arch, path, device)
     return model.to(device).eval()
 
