@@ -1,0 +1,143 @@
+"""The package's seams, read from its source: one version, one Hub caller, one model builder,
+no import back up into the package ``__init__``, every third-party import declared."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import sam_deblur_cli
+from sam_deblur_cli._version import __version__
+from sam_deblur_cli.weights import tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "sam_deblur_cli"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def modules() -> Iterator[tuple[str, ast.Module]]:
+    """(path relative to the repository, parsed source) of every library module."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path.relative_to(ROOT).as_posix(), ast.parse(path.read_text(encoding="utf-8"))
+
+
+def imported_modules(tree: ast.Module) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+
+
+def where(predicate: Callable[[ast.AST], bool]) -> set[str]:
+    """The library modules with at least one syntax node that satisfies ``predicate``."""
+    return {name for name, tree in modules() if any(predicate(n) for n in ast.walk(tree))}
+
+
+def test_the_version_is_written_in_one_place() -> None:
+    assigned = where(
+        lambda n: (
+            isinstance(n, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "__version__" for t in n.targets)
+        )
+    )
+    assert assigned == {"sam_deblur_cli/_version.py"}
+    project = PYPROJECT["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert PYPROJECT["tool"]["hatch"]["version"]["path"] == "sam_deblur_cli/_version.py"
+    assert sam_deblur_cli.__version__ == __version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+([.-]?\w+)*", __version__)
+
+
+HUB = "sam_deblur_cli/weights/hub.py"
+
+
+@pytest.mark.parametrize(
+    ("top_level", "allowed"),
+    [
+        ("huggingface_hub", (HUB,)),
+        ("httpx2", (HUB,)),
+        ("tqdm", (HUB,)),
+        ("segment_anything", ("sam_deblur_cli/masks/", "sam_deblur_cli/weights/models.py")),
+    ],
+)
+def test_only_their_rooms_import_the_hub_client_and_segment_anything(
+    top_level: str, allowed: tuple[str, ...]
+) -> None:
+    importers = {
+        name
+        for name, tree in modules()
+        if any(m.split(".")[0] == top_level for m in imported_modules(tree))
+    }
+    assert importers and {name for name in importers if not name.startswith(allowed)} == set()
+    assert HUB not in allowed or importers == {HUB}
+
+
+def test_networks_are_built_from_entries_in_one_place() -> None:
+    calls = where(
+        lambda n: (
+            isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Name | ast.Attribute)
+            and (n.func.id if isinstance(n.func, ast.Name) else n.func.attr) == "build_network"
+        )
+    )
+    registry = where(
+        lambda n: (
+            isinstance(n, ast.Subscript)
+            and isinstance(n.value, ast.Name)
+            and n.value.id == "sam_model_registry"
+        )
+    )
+    assert calls == registry == {"sam_deblur_cli/weights/models.py"}
+
+
+def _absolute(name: str, node: ast.ImportFrom) -> str:
+    """The module ``node`` imports from, a relative import resolved against file ``name``."""
+    if node.level == 0:
+        return node.module or ""
+    package = Path(name).parent.parts  # the package a module (or an __init__.py) belongs to
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def test_no_module_imports_a_name_from_the_package_init() -> None:
+    offenders = []
+    for name, tree in modules():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or _absolute(name, node) != "sam_deblur_cli":
+                continue
+            for alias in node.names:
+                submodule = PACKAGE / alias.name
+                if not (submodule.with_suffix(".py").is_file() or submodule.is_dir()):
+                    offenders.append(f"{name}: from sam_deblur_cli import {alias.name}")
+    assert offenders == []
+
+
+def _distribution(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
+    assert match, requirement
+    return re.sub(r"[-_.]+", "-", match.group(0)).lower()
+
+
+def test_every_third_party_import_is_a_declared_dependency() -> None:
+    project = PYPROJECT["project"]
+    extras = project.get("optional-dependencies", {})
+    runtime_extras = [r for extra, reqs in extras.items() if extra != "test" for r in reqs]
+    declared = {_distribution(r) for r in [*project["dependencies"], *runtime_extras]}
+    providers = importlib.metadata.packages_distributions()
+    missing = set()
+    for name, tree in modules():
+        for module in imported_modules(tree):
+            top = module.split(".")[0]
+            if top in sys.stdlib_module_names or top == "sam_deblur_cli":
+                continue
+            dists = {_distribution(d) for d in providers.get(top, [top])}
+            if not dists & declared:
+                missing.add(f"{top} ({name})")
+    assert sorted(missing) == []
