@@ -1,4 +1,4 @@
-"""Image -> masks -> network -> output, for one array, one file and a folder.
+"""Image -> masks -> network -> output, for one array and one file.
 
 Data contracts:
 - arrays are H x W x 3 RGB, either uint8 [0, 255] or float32 [0, 1]; results are float32
@@ -10,6 +10,9 @@ Data contracts:
 Only what a run needs is loaded: a model without a mask guide never builds SAM, and a
 run whose masks come from files builds it only if an image without a mask file shows up.
 Heavy modules (torch, the networks, SAM) are imported inside the functions that use them.
+
+Planning outputs and running many files live in ``sam_deblur_cli.batch``; their public
+names are re-exported here (``from sam_deblur_cli.pipeline import plan_batch, run_batch``).
 """
 
 from __future__ import annotations
@@ -17,15 +20,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from sam_deblur_cli.errors import InputError, SetupError, UsageError
+from sam_deblur_cli.batch.local import BatchCallbacks, run_batch
+from sam_deblur_cli.batch.plan import (
+    Job,
+    check_jobs,
+    default_output,
+    output_suffix,
+    overlay_path,
+    plan_batch,
+    plan_files,
+    scan_folder,
+)
+from sam_deblur_cli.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,6 +45,29 @@ if TYPE_CHECKING:
     from sam_deblur_cli.masks import MaskGenerator, MaskResult
     from sam_deblur_cli.nets import NetConfig
     from sam_deblur_cli.weights import Entry, Manifest
+
+__all__ = [  # the planning and batch names are re-exports from sam_deblur_cli.batch
+    "STAGES",
+    "BatchCallbacks",
+    "DeblurSettings",
+    "Deblurrer",
+    "FileOptions",
+    "Job",
+    "Record",
+    "as_float_rgb",
+    "as_uint8_rgb",
+    "check_jobs",
+    "deblur_array",
+    "deblur_file",
+    "default_output",
+    "normalize_tile",
+    "output_suffix",
+    "overlay_path",
+    "plan_batch",
+    "plan_files",
+    "run_batch",
+    "scan_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +105,10 @@ class FileOptions:
     max_pixels: int | None = None  # None: imageio's default guard
     overwrite: bool = False
     overlay: bool = False  # also write the mask overlay next to each output
+
+    def read_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``imageio.read_image`` (its own guard when max_pixels is None)."""
+        return {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
 
 
 def normalize_tile(tile: int | str | None) -> int | Literal["auto"] | None:
@@ -269,12 +307,12 @@ class Deblurrer:
         """
         src, dst, options = Path(src), Path(dst), options or FileOptions()
         record = self.new_record(src, dst)
-        self._deblur_into(
+        self.deblur_into(
             record, src, dst, Path(masks_file) if masks_file else None, options, picture
         )
         return record
 
-    def _deblur_into(
+    def deblur_into(
         self,
         record: Record,
         src: Path,
@@ -283,7 +321,11 @@ class Deblurrer:
         options: FileOptions,
         picture: Picture | None,
     ) -> None:
-        """deblur_file's work, filling ``record`` as it goes (stage times survive a failure)."""
+        """deblur_file's work, filling ``record`` (from :meth:`new_record`) as it goes.
+
+        Stage times survive a failure, so a runner that catches the error still reports them;
+        ``picture`` is the decoded ``src`` when the runner read it already (None: read here).
+        """
         from sam_deblur_cli.imageio import picture_with, read_image, write_image
 
         _check_output(src, dst)
@@ -293,7 +335,7 @@ class Deblurrer:
         seconds = record["seconds"]
         if picture is None:
             with _timer(seconds, "read"):
-                picture = read_image(src, **_read_kwargs(options))
+                picture = read_image(src, **options.read_kwargs())
         masks = self._masks_for(picture, masks_file, seconds)
         if masks is not None:
             record.update(masks=masks.count, groups=masks.groups)
@@ -345,11 +387,6 @@ class Deblurrer:
         }
 
 
-def overlay_path(dst: Path) -> Path:
-    """Where ``--overlay`` puts the mask overlay of output ``dst`` (always a PNG)."""
-    return dst.with_name(f"{dst.stem}_overlay.png")
-
-
 def as_float_rgb(rgb: np.ndarray) -> np.ndarray:
     """H x W x 3 uint8 or float RGB -> float32 [0, 1] (floats are clipped)."""
     import numpy as np
@@ -378,10 +415,6 @@ def _check_rgb(rgb: np.ndarray) -> None:
         raise InputError(f"Expected an H x W x 3 RGB array, got shape {shape}; convert it first.")
 
 
-def _read_kwargs(options: FileOptions) -> dict[str, Any]:
-    return {} if options.max_pixels is None else {"max_pixels": options.max_pixels}
-
-
 def _check_output(src: Path, dst: Path) -> None:
     """An output is a file name and never the input (checked before an existing one is skipped)."""
     if dst.is_dir():
@@ -402,195 +435,6 @@ class _timer:
     def __exit__(self, *exc: object) -> None:
         elapsed = time.perf_counter() - self.start
         self.seconds[self.stage] = round(self.seconds.get(self.stage, 0.0) + elapsed, 4)
-
-
-# --------------------------------------------------------------------------- folders
-
-
-@dataclass(frozen=True)
-class Job:
-    """One input and the output it goes to."""
-
-    src: Path
-    dst: Path
-    masks_file: Path | None = None
-
-
-def output_suffix(src: Path, format: str | None) -> str:
-    """The output extension: ``format``'s usual one, else the input's own (same format)."""
-    from sam_deblur_cli.imageio import suffix_for_format
-
-    return src.suffix if format is None else suffix_for_format(format)
-
-
-def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -> list[Path]:
-    """Image files of ``in_dir`` (by extension, hidden files skipped), sorted, as given paths.
-
-    ``exclude``: a folder left out of the scan (the output folder, when it lies inside).
-    """
-    if not in_dir.is_dir():
-        raise UsageError(f"{in_dir} is not a folder; pass the folder that holds the images.")
-    from sam_deblur_cli.imageio import is_image_path
-
-    pattern = "**/*" if recursive else "*"
-    excluded = exclude.resolve() if exclude is not None and exclude.exists() else None
-    found = []
-    for path in in_dir.glob(pattern):
-        rel = path.relative_to(in_dir)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        if not is_image_path(path):
-            continue
-        if excluded is not None and excluded in path.resolve().parents:
-            continue
-        found.append(path)
-    return sorted(found)
-
-
-def plan_batch(
-    in_dir: Path, out_dir: Path, *, recursive: bool = False, format: str | None = None
-) -> list[Job]:
-    """Jobs for every image of ``in_dir``, mirroring its tree under ``out_dir``.
-
-    Outputs keep the input's name (and format unless ``format``). When two inputs would
-    share an output (``a.png`` and ``a.jpg`` with ``--format png``, or names that differ
-    only by case), each of them gets its input extension added to the stem:
-    ``a_png.png`` and ``a_jpg.png``. The rule is deterministic, so resuming finds them again;
-    a plan that still collides (a real ``a_png.png`` beside them) is refused.
-    """
-    in_dir, out_dir = Path(in_dir), Path(out_dir)
-    if out_dir.resolve() == in_dir.resolve():
-        raise UsageError(f"The output folder {out_dir} is the input folder; choose another one.")
-    sources = scan_folder(in_dir, recursive=recursive, exclude=out_dir)
-    wanted = {
-        src: out_dir / src.relative_to(in_dir).with_suffix(output_suffix(src, format))
-        for src in sources
-    }
-    by_key: dict[str, list[Path]] = {}
-    for src, dst in wanted.items():
-        by_key.setdefault(str(dst).casefold(), []).append(src)
-    for clashing in by_key.values():
-        if len(clashing) > 1:
-            for src in clashing:
-                dst = wanted[src]
-                wanted[src] = dst.with_name(f"{dst.stem}_{src.suffix.lstrip('.')}{dst.suffix}")
-    jobs = [Job(src, dst) for src, dst in wanted.items()]
-    check_jobs(jobs)
-    return jobs
-
-
-def check_jobs(jobs: Sequence[Job]) -> None:
-    """Refuse plans where two inputs share an output or an output is an input (UsageError)."""
-    seen: dict[str, Path] = {}
-    inputs = {job.src.resolve() for job in jobs}
-    for job in jobs:
-        key = str(job.dst.resolve()).casefold()
-        if key in seen:
-            raise UsageError(
-                f"{seen[key]} and {job.src} would both be written to {job.dst}; "
-                "rename one of them or write them to different folders."
-            )
-        seen[key] = job.src
-        if job.dst.resolve() in inputs:
-            raise UsageError(
-                f"The output {job.dst} would replace an input; choose another output folder."
-            )
-
-
-@dataclass
-class BatchCallbacks:
-    """Progress hooks of :func:`run_batch`; each receives the job or its finished record."""
-
-    on_start: Callable[[Job], None] | None = None
-    on_done: Callable[[Job, Record], None] | None = None
-
-
-def run_batch(
-    deblurrer: Deblurrer,
-    jobs: Iterable[Job],
-    *,
-    options: FileOptions | None = None,
-    callbacks: BatchCallbacks | None = None,
-) -> list[Record]:
-    """Deblur every job; returns one record per job, in job order.
-
-    Existing outputs are skipped (resume) unless ``options.overwrite``. The next image is
-    decoded in a background thread while the current one runs (prefetch of one). A failing
-    input is recorded (status "failed", error message) and the batch goes on; a SetupError
-    or KeyboardInterrupt stops it (outputs are written atomically, so none is left half done).
-    """
-    options = options or FileOptions()
-    callbacks = callbacks or BatchCallbacks()
-    jobs = list(jobs)
-    if not deblurrer.needs_masks and any(job.masks_file is not None for job in jobs):
-        raise UsageError(
-            f"{deblurrer.entry.name} takes no masks; drop --masks or pick a model that does."
-        )
-    records: dict[int, Record] = {}
-    todo = []
-    for index, job in enumerate(jobs):
-        if job.dst.exists() and not options.overwrite:
-            records[index] = {**deblurrer.new_record(job.src, job.dst), "status": "skipped"}
-            _notify(callbacks.on_done, job, records[index])
-        else:
-            todo.append(index)
-    sources = [jobs[index].src for index in todo]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-        try:
-            for index, decoded in zip(
-                todo, _decoded_one_ahead(pool, sources, options), strict=True
-            ):
-                _notify(callbacks.on_start, jobs[index])
-                records[index] = _one_job(deblurrer, jobs[index], decoded, options)
-                _notify(callbacks.on_done, jobs[index], records[index])
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # drop the prefetched decode
-            raise
-    return [records[i] for i in range(len(jobs))]
-
-
-def _decoded_one_ahead(
-    pool: ThreadPoolExecutor, sources: Sequence[Path], options: FileOptions
-) -> Iterator[Future[tuple[Picture, float]]]:
-    """One decode per source, in order; the next is submitted before the current is handed
-    out, so it decodes while the caller works on the current one (prefetch of one)."""
-    upcoming = pool.submit(_timed_read, sources[0], options) if sources else None
-    for position in range(len(sources)):
-        current = upcoming
-        if position + 1 < len(sources):
-            upcoming = pool.submit(_timed_read, sources[position + 1], options)
-        assert current is not None
-        yield current
-
-
-def _one_job(
-    deblurrer: Deblurrer, job: Job, decoded: Future[tuple[Picture, float]], options: FileOptions
-) -> Record:
-    record = deblurrer.new_record(job.src, job.dst)
-    try:
-        picture, record["seconds"]["read"] = decoded.result()
-        deblurrer._deblur_into(record, job.src, job.dst, job.masks_file, options, picture)
-    except SetupError:
-        raise
-    except InputError as exc:
-        record.update(status="failed", error=str(exc))
-    except Exception as exc:  # one input's unforeseen failure must not end the batch
-        logger.info("unexpected failure on %s", job.src, exc_info=True)  # traceback with -v
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-    return record
-
-
-def _timed_read(src: Path, options: FileOptions) -> tuple[Picture, float]:
-    from sam_deblur_cli.imageio import read_image
-
-    start = time.perf_counter()
-    picture = read_image(src, **_read_kwargs(options))
-    return picture, round(time.perf_counter() - start, 4)
-
-
-def _notify(hook: Callable[..., None] | None, *args: Any) -> None:
-    if hook is not None:
-        hook(*args)
 
 
 # --------------------------------------------------------------------------- one-call API
@@ -622,38 +466,3 @@ def deblur_file(
     dst = default_output(src, options.format if options else None) if dst is None else Path(dst)
     deblurrer = Deblurrer(settings, load_sam=masks_file is None)
     return deblurrer.deblur_file(src, dst, masks_file=masks_file, options=options)
-
-
-def plan_files(
-    inputs: Sequence[Path | str],
-    output: str | None = None,
-    *,
-    format: str | None = None,
-    masks_file: Path | str | None = None,
-) -> list[Job]:
-    """Jobs for the default command: inputs and where ``-o`` sends them.
-
-    No ``output``: ``<stem>_deblurred<ext>`` beside each input. ``output`` is a folder when
-    there are several inputs, when it ends with a slash or when it is an existing folder;
-    outputs in a folder keep the input's name. Otherwise it is the output file of the one input.
-    """
-    sources = list(dict.fromkeys(Path(p) for p in inputs))
-    if masks_file is not None and len(sources) > 1:
-        raise UsageError("--masks belongs to one image; pass one input, or run them one by one.")
-    masks = None if masks_file is None else Path(masks_file)
-    if output is None:
-        jobs = [Job(src, default_output(src, format), masks) for src in sources]
-    elif len(sources) > 1 or output.endswith(("/", os.sep)) or Path(output).is_dir():
-        folder = Path(output)
-        jobs = [
-            Job(src, folder / (src.stem + output_suffix(src, format)), masks) for src in sources
-        ]
-    else:
-        jobs = [Job(sources[0], Path(output), masks)]
-    check_jobs(jobs)
-    return jobs
-
-
-def default_output(src: Path, format: str | None = None) -> Path:
-    """``photo.jpg`` -> ``photo_deblurred.jpg`` beside it (``format`` may change the extension)."""
-    return src.with_name(f"{src.stem}_deblurred{output_suffix(src, format)}")

@@ -1,0 +1,126 @@
+"""The local batch runner: one loaded Deblurrer over many jobs, on this machine.
+
+Guarantees (the ones any other engine must keep too): records come back in job order,
+one per job; an existing output is skipped unless ``overwrite``; a failing input is
+recorded and the run goes on; a SetupError or Ctrl-C stops it and no output is left
+half-written (the Deblurrer writes atomically). The next image is decoded in a background
+thread while the current one runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sam_deblur_cli.batch.plan import Job
+from sam_deblur_cli.errors import InputError, SetupError, UsageError
+
+if TYPE_CHECKING:
+    from sam_deblur_cli.imageio import Picture
+    from sam_deblur_cli.pipeline import Deblurrer, FileOptions, Record
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchCallbacks:
+    """Progress hooks of :func:`run_batch`; each receives the job or its finished record."""
+
+    on_start: Callable[[Job], None] | None = None
+    on_done: Callable[[Job, Record], None] | None = None
+
+
+def run_batch(
+    deblurrer: Deblurrer,
+    jobs: Iterable[Job],
+    *,
+    options: FileOptions | None = None,
+    callbacks: BatchCallbacks | None = None,
+) -> list[Record]:
+    """Deblur every job; returns one record per job, in job order.
+
+    Existing outputs are skipped (resume) unless ``options.overwrite``. The next image is
+    decoded in a background thread while the current one runs (prefetch of one). A failing
+    input is recorded (status "failed", error message) and the batch goes on; a SetupError
+    or KeyboardInterrupt stops it (outputs are written atomically, so none is left half done).
+    """
+    from sam_deblur_cli.pipeline import FileOptions
+
+    options = options or FileOptions()
+    callbacks = callbacks or BatchCallbacks()
+    jobs = list(jobs)
+    if not deblurrer.needs_masks and any(job.masks_file is not None for job in jobs):
+        raise UsageError(
+            f"{deblurrer.entry.name} takes no masks; drop --masks or pick a model that does."
+        )
+    records: dict[int, Record] = {}
+    todo = []
+    for index, job in enumerate(jobs):
+        if job.dst.exists() and not options.overwrite:
+            records[index] = {**deblurrer.new_record(job.src, job.dst), "status": "skipped"}
+            _notify(callbacks.on_done, job, records[index])
+        else:
+            todo.append(index)
+    sources = [jobs[index].src for index in todo]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        try:
+            for index, decoded in zip(
+                todo, _decoded_one_ahead(pool, sources, options), strict=True
+            ):
+                _notify(callbacks.on_start, jobs[index])
+                records[index] = _one_job(deblurrer, jobs[index], decoded, options)
+                _notify(callbacks.on_done, jobs[index], records[index])
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # drop the prefetched decode
+            raise
+    return [records[i] for i in range(len(jobs))]
+
+
+def _decoded_one_ahead(
+    pool: ThreadPoolExecutor, sources: Sequence[Path], options: FileOptions
+) -> Iterator[Future[tuple[Picture, float]]]:
+    """One decode per source, in order; the next is submitted before the current is handed
+    out, so it decodes while the caller works on the current one (prefetch of one)."""
+    upcoming = pool.submit(_timed_read, sources[0], options) if sources else None
+    for position in range(len(sources)):
+        current = upcoming
+        if position + 1 < len(sources):
+            upcoming = pool.submit(_timed_read, sources[position + 1], options)
+        assert current is not None
+        yield current
+
+
+def _one_job(
+    deblurrer: Deblurrer, job: Job, decoded: Future[tuple[Picture, float]], options: FileOptions
+) -> Record:
+    record = deblurrer.new_record(job.src, job.dst)
+    try:
+        picture, record["seconds"]["read"] = decoded.result()
+        deblurrer.deblur_into(record, job.src, job.dst, job.masks_file, options, picture)
+    except SetupError:
+        raise
+    except InputError as exc:
+        record.update(status="failed", error=str(exc))
+    except Exception as exc:  # one input's unforeseen failure must not end the batch
+        logger.info("unexpected failure on %s", job.src, exc_info=True)  # traceback with -v
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    return record
+
+
+def _timed_read(src: Path, options: FileOptions) -> tuple[Picture, float]:
+    from sam_deblur_cli.imageio import read_image
+
+    start = time.perf_counter()
+    picture = read_image(src, **options.read_kwargs())
+    return picture, round(time.perf_counter() - start, 4)
+
+
+def _notify(hook: Callable[..., None] | None, *args: Any) -> None:
+    if hook is not None:
+        hook(*args)
+

@@ -1,0 +1,147 @@
+"""Where each input goes: jobs (input -> output) for files and folders, and their checks.
+
+Pure path logic, no pixels: nothing here reads an image. Every engine (the local runner,
+and later Ray, video or a server) plans with these functions, so outputs land in the same
+places whichever runs them. Planning errors are UsageErrors, raised before any work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sam_deblur_cli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input and the output it goes to."""
+
+    src: Path
+    dst: Path
+    masks_file: Path | None = None
+
+
+def plan_files(
+    inputs: Sequence[Path | str],
+    output: str | None = None,
+    *,
+    format: str | None = None,
+    masks_file: Path | str | None = None,
+) -> list[Job]:
+    """Jobs for the default command: inputs and where ``-o`` sends them.
+
+    No ``output``: ``<stem>_deblurred<ext>`` beside each input. ``output`` is a folder when
+    there are several inputs, when it ends with a slash or when it is an existing folder;
+    outputs in a folder keep the input's name. Otherwise it is the output file of the one input.
+    """
+    sources = list(dict.fromkeys(Path(p) for p in inputs))
+    if masks_file is not None and len(sources) > 1:
+        raise UsageError("--masks belongs to one image; pass one input, or run them one by one.")
+    masks = None if masks_file is None else Path(masks_file)
+    if output is None:
+        jobs = [Job(src, default_output(src, format), masks) for src in sources]
+    elif len(sources) > 1 or output.endswith(("/", os.sep)) or Path(output).is_dir():
+        folder = Path(output)
+        jobs = [
+            Job(src, folder / (src.stem + output_suffix(src, format)), masks) for src in sources
+        ]
+    else:
+        jobs = [Job(sources[0], Path(output), masks)]
+    check_jobs(jobs)
+    return jobs
+
+
+def default_output(src: Path, format: str | None = None) -> Path:
+    """``photo.jpg`` -> ``photo_deblurred.jpg`` beside it (``format`` may change the extension)."""
+    return src.with_name(f"{src.stem}_deblurred{output_suffix(src, format)}")
+
+
+def overlay_path(dst: Path) -> Path:
+    """Where ``--overlay`` puts the mask overlay of output ``dst`` (always a PNG)."""
+    return dst.with_name(f"{dst.stem}_overlay.png")
+
+
+def output_suffix(src: Path, format: str | None) -> str:
+    """The output extension: ``format``'s usual one, else the input's own (same format)."""
+    from sam_deblur_cli.imageio import suffix_for_format
+
+    return src.suffix if format is None else suffix_for_format(format)
+
+
+def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -> list[Path]:
+    """Image files of ``in_dir`` (by extension, hidden files skipped), sorted, as given paths.
+
+    ``exclude``: a folder left out of the scan (the output folder, when it lies inside).
+    """
+    if not in_dir.is_dir():
+        raise UsageError(f"{in_dir} is not a folder; pass the folder that holds the images.")
+    from sam_deblur_cli.imageio import is_image_path
+
+    pattern = "**/*" if recursive else "*"
+    excluded = exclude.resolve() if exclude is not None and exclude.exists() else None
+    found = []
+    for path in in_dir.glob(pattern):
+        rel = path.relative_to(in_dir)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if not is_image_path(path):
+            continue
+        if excluded is not None and excluded in path.resolve().parents:
+            continue
+        found.append(path)
+    return sorted(found)
+
+
+def plan_batch(
+    in_dir: Path, out_dir: Path, *, recursive: bool = False, format: str | None = None
+) -> list[Job]:
+    """Jobs for every image of ``in_dir``, mirroring its tree under ``out_dir``.
+
+    Outputs keep the input's name (and format unless ``format``). When two inputs would
+    share an output (``a.png`` and ``a.jpg`` with ``--format png``, or names that differ
+    only by case), each of them gets its input extension added to the stem:
+    ``a_png.png`` and ``a_jpg.png``. The rule is deterministic, so resuming finds them again;
+    a plan that still collides (a real ``a_png.png`` beside them) is refused.
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if out_dir.resolve() == in_dir.resolve():
+        raise UsageError(f"The output folder {out_dir} is the input folder; choose another one.")
+    sources = scan_folder(in_dir, recursive=recursive, exclude=out_dir)
+    wanted = {
+        src: out_dir / src.relative_to(in_dir).with_suffix(output_suffix(src, format))
+        for src in sources
+    }
+    by_key: dict[str, list[Path]] = {}
+    for src, dst in wanted.items():
+        by_key.setdefault(str(dst).casefold(), []).append(src)
+    for clashing in by_key.values():
+        if len(clashing) > 1:
+            for src in clashing:
+                dst = wanted[src]
+                wanted[src] = dst.with_name(f"{dst.stem}_{src.suffix.lstrip('.')}{dst.suffix}")
+    jobs = [Job(src, dst) for src, dst in wanted.items()]
+    check_jobs(jobs)
+    return jobs
+
+
+def check_jobs(jobs: Sequence[Job]) -> None:
+    """Refuse plans where two inputs share an output or an output is an input (UsageError)."""
+    seen: dict[str, Path] = {}
+    inputs = {job.src.resolve() for job in jobs}
+    for job in jobs:
+        key = str(job.dst.resolve()).casefold()
+        if key in seen:
+            raise UsageError(
+                f"{seen[key]} and {job.src} would both be written to {job.dst}; "
+                "rename one of them or write them to different folders."
+            )
+        seen[key] = job.src
+        if job.dst.resolve() in inputs:
+            raise UsageError(
+                f"The output {job.dst} would replace an input; choose another output folder."
+            )
+
+
