@@ -1,6 +1,7 @@
-"""The Typer app object, shared consoles and the default-command group.
+"""The Typer app object and the default-command group.
 
-Importing this module must stay cheap: no torch, no numpy, no segment_anything.
+The consoles, ``fail`` and ``echo_json`` live in ``cli/output.py`` and are re-exported
+here. Importing this module must stay cheap: no torch, no numpy, no segment_anything.
 """
 
 from __future__ import annotations
@@ -8,8 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
+
+from sam_deblur_cli.cli.output import console, echo_json, err_console, fail
+
+__all__ = ["DEFAULT_COMMAND", "app", "console", "echo_json", "err_console", "fail"]
 
 DEFAULT_COMMAND = "deblur"
 
@@ -45,20 +49,3 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-# Rich consoles: stdout for results (tables, JSON), stderr for messages and progress.
-console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str, code: int) -> typer.Exit:
-    """Print one red line on stderr and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def echo_json(record: dict[str, Any]) -> None:
-    """One JSON record on one stdout line (for ``--json``)."""
-    import json
-
-    typer.echo(json.dumps(record, ensure_ascii=False, default=str))
