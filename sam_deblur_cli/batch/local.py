@@ -123,4 +123,3 @@ def _timed_read(src: Path, options: FileOptions) -> tuple[Picture, float]:
 def _notify(hook: Callable[..., None] | None, *args: Any) -> None:
     if hook is not None:
         hook(*args)
-

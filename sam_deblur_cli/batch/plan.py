@@ -143,5 +143,3 @@ def check_jobs(jobs: Sequence[Job]) -> None:
             raise UsageError(
                 f"The output {job.dst} would replace an input; choose another output folder."
             )
-
-

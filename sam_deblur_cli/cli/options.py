@@ -1,0 +1,367 @@
+"""The option vocabulary: every option that several commands take, declared once.
+
+Each alias below is ``Annotated[type, typer.Option(...)]``; a command gives the default
+(``device: Device = "auto"``), so one declaration can carry a per-command default (eval
+runs fp32 and whole images by default, deblur picks for the device). Old spellings that
+scripts may use stay as hidden options (``--stock``, ``--fast-masks``) or, for eval's
+``--json PATH``, as an argument rewrite (:class:`EvalCommand`).
+
+Options that always travel together are collected into frozen dataclasses
+(:class:`OptionGroup`); a command taking a parameter of such a class gets the class's
+fields on its command line and receives the filled-in object (:func:`takes_groups`).
+
+``--json`` means one thing everywhere: machine-readable output, JSON records on stdout,
+one per line, instead of the human text. Files are named by options of their own
+(``eval --csv PATH --json-out PATH``).
+
+Importing this module must stay cheap: no torch, no numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from typer.core import TyperCommand
+
+MODEL_PANEL = "Model and masks"
+RUN_PANEL = "Device and speed"
+FILE_PANEL = "Files"
+AMG_PANEL = "Mask generator overrides (departures from the model's recipe)"
+
+DEFAULT_MODEL = "segnafnet-gopro"
+
+# Spellings of options whose type or help differs between commands (one file or a folder,
+# one model or several): the names are shared even where the declaration cannot be.
+OUTPUT = ("--output", "-o")
+FORMAT = ("--format", "-f")
+MODEL = ("--model", "-m")
+JSON = "--json"
+
+# --------------------------------------------------------------------------- model and masks
+
+Model = Annotated[
+    str,
+    typer.Option(
+        *MODEL, help="Deblur model (see `sam-deblur weights list`).", rich_help_panel=MODEL_PANEL
+    ),
+]
+Models = Annotated[
+    list[str],
+    typer.Option(
+        *MODEL,
+        help="Deblur model (see `sam-deblur weights list`); repeat for several.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+Sam = Annotated[
+    str | None,
+    typer.Option(
+        "--sam",
+        help="SAM entry to make masks with, instead of the recipe's.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+StockMasks = Annotated[
+    bool,
+    typer.Option(
+        "--stock-masks",
+        help="Use segment-anything's stock mask generator (slower).",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+# Old spellings, kept working for scripts: `masks --stock`, `eval --fast-masks` (the default).
+StockAlias = Annotated[bool, typer.Option("--stock", hidden=True)]
+FastMasksAlias = Annotated[bool, typer.Option("--fast-masks", hidden=True)]
+Tlc = Annotated[
+    bool | None,
+    typer.Option(
+        "--tlc/--no-tlc",
+        help="Test-time local converter (default: as the model entry says).",
+        show_default=False,
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+
+# --------------------------------------------------------------------------- mask generator
+
+PointsPerSide = Annotated[
+    int | None,
+    typer.Option(
+        "--points-per-side", min=1, help="SAM point grid size.", rich_help_panel=AMG_PANEL
+    ),
+]
+PredIou = Annotated[
+    float | None,
+    typer.Option(
+        "--pred-iou-thresh", help="Keep masks above this predicted IoU.", rich_help_panel=AMG_PANEL
+    ),
+]
+Stability = Annotated[
+    float | None,
+    typer.Option(
+        "--stability-score-thresh",
+        help="Keep masks above this stability.",
+        rich_help_panel=AMG_PANEL,
+    ),
+]
+ChannelOrder = Annotated[
+    str | None,
+    typer.Option(
+        "--channel-order",
+        help="Feed SAM rgb or bgr (the published models want bgr).",
+        rich_help_panel=AMG_PANEL,
+    ),
+]
+
+# --------------------------------------------------------------------------- device and speed
+
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device", "-d", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUN_PANEL
+    ),
+]
+RequireGpu = Annotated[
+    bool,
+    typer.Option(
+        "--require-gpu", help="Fail instead of falling back to the CPU.", rich_help_panel=RUN_PANEL
+    ),
+]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto, fp32, fp16 or bf16 (auto: fp32 on the CPU).",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+Tile = Annotated[
+    str,
+    typer.Option(
+        "--tile",
+        help="auto (tile only if memory is short), a tile size, or 0 (never).",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+Offline = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        help="Never download; use the weights cache only (as HF_HUB_OFFLINE=1).",
+    ),
+]
+
+# --------------------------------------------------------------------------- files
+
+Overlay = Annotated[
+    bool,
+    typer.Option(
+        "--overlay",
+        help="Also write the mask overlay (<output>_overlay.png).",
+        rich_help_panel=FILE_PANEL,
+    ),
+]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace outputs that exist (default: skip them).",
+        rich_help_panel=FILE_PANEL,
+    ),
+]
+ImageFormat = Annotated[
+    str | None,
+    typer.Option(
+        *FORMAT,
+        help="Output format: jpg, png, tif, webp or bmp (default: the input's).",
+        rich_help_panel=FILE_PANEL,
+    ),
+]
+Quality = Annotated[
+    int,
+    typer.Option(
+        "--quality", min=1, max=100, help="JPEG / WebP quality.", rich_help_panel=FILE_PANEL
+    ),
+]
+MaxPixels = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        help="Refuse larger images (default: a guard against decompression bombs).",
+        rich_help_panel=FILE_PANEL,
+    ),
+]
+
+# --------------------------------------------------------------------------- what is printed
+
+Json = Annotated[
+    bool, typer.Option(JSON, help="Machine-readable output: JSON records on stdout, one per line.")
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Errors only on stderr (no progress or notes).")
+]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also log what happens (INFO).")]
+
+
+# --------------------------------------------------------------------------- option groups
+
+R = TypeVar("R")
+
+
+class OptionGroup:
+    """Base of option groups: frozen dataclasses whose fields a command takes as options.
+
+    Each field is annotated with an alias above (or is another group) and has a default.
+    """
+
+
+def _is_group(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, OptionGroup)
+
+
+def _flatten(cls: type) -> list[inspect.Parameter]:
+    """The command-line parameters of a group (nested groups included), keyword-only."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    params = []
+    for item in dataclasses.fields(cls):
+        annotation = hints[item.name]
+        if _is_group(annotation):
+            params += _flatten(annotation)
+        else:
+            params.append(
+                inspect.Parameter(
+                    item.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=item.default,
+                    annotation=annotation,
+                )
+            )
+    return params
+
+
+def _build(cls: type[Any], values: dict[str, Any]) -> Any:
+    """The group ``cls`` from the flat option values (taken out of ``values``)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    kwargs = {
+        item.name: _build(hints[item.name], values)
+        if _is_group(hints[item.name])
+        else values.pop(item.name)
+        for item in dataclasses.fields(cls)
+    }
+    return cls(**kwargs)
+
+
+def takes_groups(command: Callable[..., R]) -> Callable[..., R]:
+    """Let ``command`` take option groups: Typer sees each group's fields as options, and
+    ``command`` is called with the group objects built from them.
+
+    Apply it below ``@app.command``. Option names must be unique across the groups.
+    """
+    hints = typing.get_type_hints(command, include_extras=True)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, type] = {}
+    for param in inspect.signature(command).parameters.values():
+        annotation = hints.get(param.name, param.annotation)
+        if _is_group(annotation):
+            groups[param.name] = annotation
+            params += _flatten(annotation)
+        else:
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=annotation))
+    names = [param.name for param in params]
+    if len(names) != len(set(names)):
+        raise TypeError(f"{command.__name__}: an option name appears in two groups")
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> R:
+        for name, cls in groups.items():
+            values[name] = _build(cls, values)
+        return command(**values)
+
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {param.name: param.annotation for param in params}
+    return wrapper
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskRecipeOptions(OptionGroup):
+    """The model whose mask recipe to follow, and the departures from it (masks, deblur)."""
+
+    model: Model = DEFAULT_MODEL
+    sam: Sam = None
+    stock_masks: StockMasks = False
+    stock: StockAlias = False
+    channel_order: ChannelOrder = None
+    points_per_side: PointsPerSide = None
+    pred_iou_thresh: PredIou = None
+    stability_score_thresh: Stability = None
+
+    @property
+    def fast_masks(self) -> bool:
+        """False: segment-anything's stock generator (``--stock-masks`` or the old ``--stock``)."""
+        return not (self.stock_masks or self.stock)
+
+    @property
+    def amg(self) -> dict[str, float | int]:
+        """The generator parameters given on the command line (departures from the recipe)."""
+        given = {
+            "points_per_side": self.points_per_side,
+            "pred_iou_thresh": self.pred_iou_thresh,
+            "stability_score_thresh": self.stability_score_thresh,
+        }
+        return {name: value for name, value in given.items() if value is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputMode(OptionGroup):
+    """What a command prints: JSON records or human text, and how much of the latter."""
+
+    json: Json = False
+    quiet: Quiet = False
+    verbose: Verbose = False
+
+
+# --------------------------------------------------------------------------- eval's old --json PATH
+
+
+class EvalCommand(TyperCommand):
+    """eval's command: ``--json PATH`` (before ``--json`` became the stdout flag) still
+    names the report file; it is read as ``--json-out PATH``.
+
+    The token after ``--json`` is the old report path when it is not an option and not an
+    existing folder: such a command line meant that path before, and a folder never was a
+    valid report path, so ``eval --json DATASET`` is the flag followed by the dataset.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, legacy_json_path(args))
+
+
+def legacy_json_path(args: list[str]) -> list[str]:
+    """``[..., "--json", "r.json", ...]`` -> ``[..., "--json-out", "r.json", ...]`` (see
+    :class:`EvalCommand`); ``--json=r.json`` likewise. Nothing after ``--`` is touched."""
+    out: list[str] = []
+    rest = list(args)
+    while rest:
+        token = rest.pop(0)
+        if token == "--":
+            out += [token, *rest]
+            break
+        if token.startswith(f"{JSON}="):
+            out.append("--json-out=" + token.split("=", 1)[1])
+        elif token == JSON and rest and _is_report_path(rest[0]):
+            out += ["--json-out", rest.pop(0)]
+        else:
+            out.append(token)
+    return out
+
+
+def _is_report_path(token: str) -> bool:
+    return not token.startswith("-") and not Path(token).is_dir()
