@@ -418,15 +418,23 @@ def write_csv(result: EvalResult, path: Path) -> None:
     _write_text(path, write)
 
 
-def write_json(result: EvalResult, path: Path) -> None:
-    """Summaries, per-image rows and issues as JSON; non-finite numbers become null."""
-    record = {
+def report_record(result: EvalResult) -> dict[str, Any]:
+    """Summaries, per-image rows and issues as one JSON-able dict; non-finite numbers are None.
+
+    Keys: settings, protocol, models, images, issues (what :func:`write_json` writes).
+    """
+    return {
         "settings": {"ssim": result.ssim, "masks_from": result.masks_from},
         "protocol": {**asdict(result.protocol), "papers": result.protocol.is_papers},
         "models": [_finite(asdict(s)) for s in result.summaries()],
         "images": [_finite(asdict(row)) for row in result.rows],
         "issues": [asdict(issue) for issue in result.issues],
     }
+
+
+def write_json(result: EvalResult, path: Path) -> None:
+    """Summaries, per-image rows and issues as JSON; non-finite numbers become null."""
+    record = report_record(result)
 
     def write(handle: Any) -> None:
         json.dump(record, handle, indent=2, allow_nan=False)

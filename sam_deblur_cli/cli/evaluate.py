@@ -1,19 +1,39 @@
 """`sam-deblur eval`: the paper's table (PSNR / SSIM / MCR) on a paired dataset.
 
-Thin: parses options, shows progress on stderr and the table on stdout, writes the
-CSV/JSON reports and picks the exit code (0 all evaluated, 1 some skipped, 2 set-up).
-The work happens in ``sam_deblur_cli.evaluate``, imported inside the command.
+Thin: parses options, shows progress on stderr and the table (or, with --json, the report
+as one JSON line) on stdout, writes the CSV/JSON report files and picks the exit code (0 all
+evaluated, 1 some skipped, 2 set-up). The work happens in ``sam_deblur_cli.evaluate``,
+imported inside the command. ``eval --json PATH``, the old spelling of ``--json-out PATH``,
+is rewritten before parsing (``options.EvalCommand``).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from sam_deblur_cli.cli.app import app, console, err_console
+from sam_deblur_cli.cli.app import app
+from sam_deblur_cli.cli.options import (
+    DEFAULT_MODEL,
+    FILE_PANEL,
+    MODEL_PANEL,
+    RUN_PANEL,
+    Device,
+    EvalCommand,
+    FastMasksAlias,
+    Models,
+    Offline,
+    OutputMode,
+    Precision,
+    StockMasks,
+    Tile,
+    Tlc,
+    takes_groups,
+)
+from sam_deblur_cli.cli.output import console, echo_json, err_console, library_logging, progress_bar
 from sam_deblur_cli.errors import EXIT_INPUT
 
 if TYPE_CHECKING:
@@ -22,117 +42,168 @@ if TYPE_CHECKING:
     from sam_deblur_cli.evaluate import Dataset, EvalResult, EvalSettings, ModelSummary
 
 
-@app.command("eval")
+EVAL_HELP = (
+    "Measure models on blurred/sharp pairs: PSNR, SSIM and mode-collapse rate.\n\n"
+    "The defaults are the paper's protocol: fp32 with TF32 off and whole images (--tile 0: "
+    "an image that does not fit is skipped).\n\n"
+    "The table goes to stdout; --json prints the report (what --json-out writes) there "
+    "instead, as one JSON line. The old `--json PATH` still names the report file.\n\n"
+    "Exit codes: 0 every pair evaluated, 1 some skipped, 2 usage or set-up error."
+)
+
+
+@app.command("eval", cls=EvalCommand, help=EVAL_HELP)
+@takes_groups
 def eval_command(
-    source: Path = typer.Argument(
-        ...,
-        help="Dataset root in the upstream layout (input/, target/, optional input_mask/, "
-        "grouped_masks/; or test/ holding them), or a folder of blurred images.",
-        show_default=False,
-    ),
-    sharp: Path | None = typer.Argument(
-        None,
-        help="Folder of sharp images, when SOURCE is a folder of blurred ones.",
-        show_default=False,
-    ),
-    model: list[str] = typer.Option(
-        ["segnafnet-gopro"], "--model", "-m", help="Model to evaluate; repeat for several."
-    ),
-    masks_from: Literal["auto", "dataset", "sam"] = typer.Option(
-        "auto",
-        "--masks-from",
-        help="Masks for SAM-guided models: the dataset's mask files, or SAM run once per "
-        "image and recipe. auto: the dataset's when it has a mask folder.",
-    ),
-    tlc: bool | None = typer.Option(
-        None, "--tlc/--no-tlc", help="Test-time local converter; default: each model's own."
-    ),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N pairs."),
-    save: Path | None = typer.Option(
-        None, "--save", help="Save restored images as DIR/MODEL/NAME.png.", show_default=False
-    ),
-    csv_path: Path | None = typer.Option(
-        None, "--csv", help="Write per-image rows to this CSV file.", show_default=False
-    ),
-    json_path: Path | None = typer.Option(
-        None,
-        "--json",
-        help="Write summaries, per-image rows and issues as JSON.",
-        show_default=False,
-    ),
-    ssim: Literal["3d", "classic"] = typer.Option(
-        "3d", "--ssim", help="3d: NAFNet's SSIM as in the paper; classic: per-channel 11x11."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = typer.Option(
-        "fp32", "--precision", help="Network precision; fp32 is the paper's protocol."
-    ),
-    tile: str = typer.Option(
-        "0",
-        "--tile",
-        help="0: whole images, as the paper (an image that does not fit is skipped); "
-        "auto: tile only when needed; or a tile size in pixels.",
-    ),
-    tf32: bool = typer.Option(
-        False,
-        "--tf32/--no-tf32",
-        help="Allow TF32 in fp32 convolutions on CUDA GPUs (faster, not the paper's protocol).",
-    ),
-    mask_value: str | None = typer.Option(
-        None,
-        "--mask-value",
-        help="Feed MAP models masks of this value instead of their entry's: 1/255 (as "
-        "upstream's loader) or 1. To check which convention a checkpoint learned.",
-        show_default=False,
-    ),
-    fast_masks: bool = typer.Option(
-        True, "--fast-masks/--stock-masks", help="Fast or stock SAM mask generator."
-    ),
-    offline: bool = typer.Option(False, "--offline", help="Never download weights."),
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Dataset root in the upstream layout (input/, target/, optional input_mask/, "
+            "grouped_masks/; or test/ holding them), or a folder of blurred images.",
+            show_default=False,
+        ),
+    ],
+    sharp: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Folder of sharp images, when SOURCE is a folder of blurred ones.",
+            show_default=False,
+        ),
+    ] = None,
+    *,
+    model: Models = [DEFAULT_MODEL],  # noqa: B006 (Typer copies the default)
+    masks_from: Annotated[
+        Literal["auto", "dataset", "sam"],
+        typer.Option(
+            "--masks-from",
+            help="Masks for SAM-guided models: the dataset's mask files, or SAM run once per "
+            "image and recipe. auto: the dataset's when it has a mask folder.",
+            rich_help_panel=MODEL_PANEL,
+        ),
+    ] = "auto",
+    stock_masks: StockMasks = False,
+    fast_masks: FastMasksAlias = False,
+    tlc: Tlc = None,
+    mask_value: Annotated[
+        str | None,
+        typer.Option(
+            "--mask-value",
+            help="Feed MAP models masks of this value instead of their entry's: 1/255 (as "
+            "upstream's loader) or 1. To check which convention a checkpoint learned.",
+            show_default=False,
+            rich_help_panel=MODEL_PANEL,
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the first N pairs.")
+    ] = None,
+    ssim: Annotated[
+        Literal["3d", "classic"],
+        typer.Option(
+            "--ssim", help="3d: NAFNet's SSIM as in the paper; classic: per-channel 11x11."
+        ),
+    ] = "3d",
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    tile: Tile = "0",
+    tf32: Annotated[
+        bool,
+        typer.Option(
+            "--tf32/--no-tf32",
+            help="Allow TF32 in fp32 convolutions on CUDA GPUs (faster, not the paper's protocol).",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = False,
+    offline: Offline = False,
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            "--save",
+            help="Save restored images as DIR/MODEL/NAME.png.",
+            show_default=False,
+            rich_help_panel=FILE_PANEL,
+        ),
+    ] = None,
+    csv_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv",
+            help="Write per-image rows to this CSV file.",
+            show_default=False,
+            rich_help_panel=FILE_PANEL,
+        ),
+    ] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json-out",
+            help="Write summaries, per-image rows and issues to this JSON file.",
+            show_default=False,
+            rich_help_panel=FILE_PANEL,
+        ),
+    ] = None,
+    out: OutputMode,
 ) -> None:
     """Measure models on blurred/sharp pairs: PSNR, SSIM and mode-collapse rate."""
-    from sam_deblur_cli.evaluate import (
-        EvalSettings,
-        check_writable,
-        open_dataset,
-        write_csv,
-        write_json,
-    )
+    from sam_deblur_cli.evaluate import EvalSettings, check_writable, open_dataset
+
+    with library_logging(verbose=out.verbose, quiet=out.quiet):
+        value = _parse_mask_value(mask_value)
+        dataset = open_dataset(source, sharp)
+        for report in (csv_path, json_path):
+            if report is not None:
+                check_writable(report)
+        settings = EvalSettings(
+            models=tuple(model),
+            masks_from=masks_from,
+            tlc=tlc,
+            limit=limit,
+            save_dir=save,
+            ssim=ssim,
+            device=device,
+            precision=precision,
+            tile=_tile(tile),
+            tf32=tf32,
+            mask_value=value,
+            # --fast-masks is the old spelling of the default; --stock-masks departs from it.
+            fast_masks=not stock_masks,
+            offline=offline,
+        )
+        result = _run_with_progress(dataset, settings, enabled=not out.quiet)
+    _show(result, str(source), out)
+    _write_reports(result, csv_path, json_path)
+    if not result.complete:
+        raise typer.Exit(EXIT_INPUT)
+
+
+def _tile(text: str) -> int | Literal["auto"] | None:
     from sam_deblur_cli.pipeline import normalize_tile
 
-    value = _parse_mask_value(mask_value)
-    dataset = open_dataset(source, sharp)
-    for report in (csv_path, json_path):
-        if report is not None:
-            check_writable(report)
-    settings = EvalSettings(
-        models=tuple(model),
-        masks_from=masks_from,
-        tlc=tlc,
-        limit=limit,
-        save_dir=save,
-        ssim=ssim,
-        device=device,
-        precision=precision,
-        tile=normalize_tile(tile),
-        tf32=tf32,
-        mask_value=value,
-        fast_masks=fast_masks,
-        offline=offline,
-    )
-    result = _run_with_progress(dataset, settings)
-    console.print(_table(result, title=str(source)))
-    for note in _notes(result.summaries()):
-        console.print(note, highlight=False)
+    return normalize_tile(text)
+
+
+def _show(result: EvalResult, title: str, out: OutputMode) -> None:
+    """The table and notes on stdout (or the report as one JSON line); skips on stderr."""
+    from sam_deblur_cli.evaluate import report_record
+
+    if out.json:
+        echo_json(report_record(result))
+    else:
+        console.print(_table(result, title=title))
+        for line in _notes(result.summaries()):
+            console.print(line, highlight=False)
     for issue in result.issues:
         who = f"{issue.name} ({issue.model})" if issue.model else issue.name
         err_console.print(f"[yellow]skipped[/] {who}: {issue.reason}", highlight=False)
+
+
+def _write_reports(result: EvalResult, csv_path: Path | None, json_path: Path | None) -> None:
+    from sam_deblur_cli.evaluate import write_csv, write_json
+
     if csv_path is not None:
         write_csv(result, csv_path)
     if json_path is not None:
         write_json(result, json_path)
-    if not result.complete:
-        raise typer.Exit(EXIT_INPUT)
 
 
 def _parse_mask_value(text: str | None) -> float | None:
@@ -148,25 +219,11 @@ def _parse_mask_value(text: str | None) -> float | None:
         ) from None
 
 
-def _run_with_progress(dataset: Dataset, settings: EvalSettings) -> EvalResult:
+def _run_with_progress(dataset: Dataset, settings: EvalSettings, *, enabled: bool) -> EvalResult:
     """Evaluate with a transient progress bar on stderr (stdout stays for the table)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     from sam_deblur_cli.evaluate import evaluate
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    with progress_bar(enabled=enabled) as bar:
         task = bar.add_task("evaluating", total=None)
 
         def advance(done: int, total: int, name: str) -> None:
