@@ -14,6 +14,7 @@ import typer
 
 from sam_deblur_cli import weights as lib
 from sam_deblur_cli.cli.app import app, console, echo_json, err_console, fail
+from sam_deblur_cli.cli.options import Json, Offline
 from sam_deblur_cli.errors import EXIT_OK, SamDeblurError
 
 weights_app = typer.Typer(
@@ -22,13 +23,6 @@ weights_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(weights_app, name="weights")
-
-_OFFLINE = typer.Option(
-    False,
-    "--offline",
-    help="Use only the local cache; never contact the Hub (as HF_HUB_OFFLINE=1).",
-)
-_JSON = typer.Option(False, "--json", help="One JSON record per model on stdout.")
 
 
 @contextmanager
@@ -107,7 +101,7 @@ def _record(entry: lib.Entry) -> dict[str, Any]:
 
 
 @weights_app.command("list")
-def list_weights(json_output: bool = _JSON) -> None:
+def list_weights(json_output: Json = False) -> None:
     """Show every model the manifest knows, and whether it is cached and verified."""
     from rich.table import Table
 
@@ -143,7 +137,7 @@ def _each(names: list[str], action: Any) -> None:
 @weights_app.command("download")
 def download(
     names: list[str] = typer.Argument(..., help="Model names (see `sam-deblur weights list`)."),
-    offline: bool = _OFFLINE,
+    offline: Offline = False,
 ) -> None:
     """Download models from the Hub (pinned revision, sha256 checked); prints NAME and PATH."""
 
@@ -158,7 +152,7 @@ def download(
 @weights_app.command("verify")
 def verify(
     names: list[str] = typer.Argument(None, help="Model names; default: every cached model."),
-    json_output: bool = _JSON,
+    json_output: Json = False,
 ) -> None:
     """Re-hash cached files against the manifest; a mismatching file is removed."""
     manifest = lib.load_manifest()
