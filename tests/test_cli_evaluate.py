@@ -131,3 +131,18 @@ def test_an_unwritable_report_exits_2_before_the_run(
     # no weights exist in this test's cache: reaching the models would fail differently
     assert main(["eval", str(tmp_path), "--json", str(blocker / "r.json")]) == 2
     assert "Cannot write into" in capsys.readouterr().err
+
+
+def test_json_prints_the_report_that_json_out_writes(
+    tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _dataset(tmp_path / "set", with_orphan=True)
+    report = tmp_path / "report.json"
+    argv = ["eval", "--json", str(root), "-m", "nafnet-gopro", "--no-tlc", "-d", "cpu"]
+    code = main([*argv, "--json-out", str(report)])
+    out, err = capsys.readouterr()
+    assert code == 1  # the orphan is skipped, as without --json
+    (line,) = out.splitlines()  # one JSON line and no table
+    assert json.loads(line) == json.loads(report.read_text())
+    assert json.loads(line)["models"][0]["count"] == 2
+    assert "rocket" in err and "No sharp image" in err
