@@ -44,6 +44,8 @@ def _advise_huge_pages() -> None:
 _advise_huge_pages()
 
 if TYPE_CHECKING:
+    from sam_deblur_cli.batch.local import run_batch
+    from sam_deblur_cli.batch.plan import plan_batch
     from sam_deblur_cli.devices import Placement, resolve
     from sam_deblur_cli.errors import (
         DeviceError,
@@ -64,8 +66,6 @@ if TYPE_CHECKING:
         FileOptions,
         deblur_array,
         deblur_file,
-        plan_batch,
-        run_batch,
     )
 
 # Public name -> the module that defines it.
@@ -75,8 +75,8 @@ _EXPORTS = {
     "FileOptions": "sam_deblur_cli.pipeline",
     "deblur_array": "sam_deblur_cli.pipeline",
     "deblur_file": "sam_deblur_cli.pipeline",
-    "plan_batch": "sam_deblur_cli.pipeline",
-    "run_batch": "sam_deblur_cli.pipeline",
+    "plan_batch": "sam_deblur_cli.batch.plan",
+    "run_batch": "sam_deblur_cli.batch.local",
     "MaskResult": "sam_deblur_cli.masks",
     "load_mask_file": "sam_deblur_cli.masks",
     "Placement": "sam_deblur_cli.devices",

@@ -11,8 +11,8 @@ Only what a run needs is loaded: a model without a mask guide never builds SAM, 
 run whose masks come from files builds it only if an image without a mask file shows up.
 Heavy modules (torch, the networks, SAM) are imported inside the functions that use them.
 
-Planning outputs and running many files live in ``sam_deblur_cli.batch``; their public
-names are re-exported here (``from sam_deblur_cli.pipeline import plan_batch, run_batch``).
+Planning outputs lives in ``sam_deblur_cli.batch.plan`` (its names are re-exported here, as
+before the split); running many files is ``sam_deblur_cli.batch.local.run_batch``, one layer up.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from sam_deblur_cli.batch.local import BatchCallbacks, run_batch
 from sam_deblur_cli.batch.plan import (
     Job,
     check_jobs,
@@ -46,9 +45,8 @@ if TYPE_CHECKING:
     from sam_deblur_cli.nets import NetConfig
     from sam_deblur_cli.weights import Entry, Manifest
 
-__all__ = [  # the planning and batch names are re-exports from sam_deblur_cli.batch
+__all__ = [  # the planning names are re-exports from sam_deblur_cli.batch.plan
     "STAGES",
-    "BatchCallbacks",
     "DeblurSettings",
     "Deblurrer",
     "FileOptions",
@@ -65,7 +63,6 @@ __all__ = [  # the planning and batch names are re-exports from sam_deblur_cli.b
     "overlay_path",
     "plan_batch",
     "plan_files",
-    "run_batch",
     "scan_folder",
 ]
 

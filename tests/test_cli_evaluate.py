@@ -16,6 +16,7 @@ from tiny_models import TinyEnv, TinyEnvFactory
 from sam_deblur_cli.cli import main
 
 
+@pytest.mark.subprocess
 def test_eval_help_does_not_import_torch() -> None:
     code = (
         "import sys; from sam_deblur_cli.cli import main; rc = main(['eval', '--help']);"

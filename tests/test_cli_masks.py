@@ -162,6 +162,7 @@ def test_set_up_errors_exit_2_with_one_line(
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.subprocess
 def test_masks_help_does_not_import_torch() -> None:
     code = (
         "import sys; from sam_deblur_cli.cli import main; rc = main(['masks', '--help']);"

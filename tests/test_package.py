@@ -141,3 +141,48 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
             if not dists & declared:
                 missing.add(f"{top} ({name})")
     assert sorted(missing) == []
+
+
+# docs/DESIGN.md, "Who may import whom": lower numbers sit higher and may import higher numbers.
+LAYERS = {
+    "sam_deblur_cli.cli": 1,
+    "sam_deblur_cli.batch": 2,
+    "sam_deblur_cli.batch.plan": 5,  # output names and checks, below the Deblurrer that uses them
+    "sam_deblur_cli.evaluate": 2,
+    "sam_deblur_cli.pipeline": 3,
+    "sam_deblur_cli.restore": 4,
+    "sam_deblur_cli.masks": 5,
+    "sam_deblur_cli.metrics": 5,
+    "sam_deblur_cli.weights": 6,
+    "sam_deblur_cli.imageio": 6,
+    "sam_deblur_cli.checkpoints": 7,
+    "sam_deblur_cli.nets": 7,
+    "sam_deblur_cli.masks.recipe": 8,  # a plain parameter table the manifest validates against
+    "sam_deblur_cli.files": 8,
+    "sam_deblur_cli.devices": 8,
+    "sam_deblur_cli.errors": 9,
+    "sam_deblur_cli._version": 9,
+}
+
+
+def _layer(module: str) -> tuple[str, int]:
+    """The most specific LAYERS entry for ``module``: (its key, its level)."""
+    keys = [k for k in LAYERS if module == k or module.startswith(k + ".")]
+    key = max(keys, key=len)
+    return key, LAYERS[key]
+
+
+def test_imports_point_down_the_layers() -> None:
+    upward = []
+    for path, tree in modules():
+        name = path[: -len(".py")].replace("/", ".").removesuffix(".__init__")
+        if name in ("sam_deblur_cli", "sam_deblur_cli.__main__"):
+            continue  # the public re-exports and the entry point sit above everything
+        own_key, own = _layer(name)
+        for target in imported_modules(tree):
+            if not target.startswith("sam_deblur_cli.") or target.startswith(own_key):
+                continue
+            key, level = _layer(target)
+            if level <= own and not key.startswith(own_key):
+                upward.append(f"{name} -> {target}")
+    assert upward == []

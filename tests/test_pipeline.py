@@ -12,6 +12,7 @@ from tiny_models import (
     small_photo,
 )
 
+from sam_deblur_cli.batch.local import run_batch
 from sam_deblur_cli.errors import InputError, UsageError
 from sam_deblur_cli.pipeline import (
     Deblurrer,
@@ -24,7 +25,6 @@ from sam_deblur_cli.pipeline import (
     normalize_tile,
     plan_batch,
     plan_files,
-    run_batch,
     scan_folder,
 )
 
