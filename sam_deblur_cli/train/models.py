@@ -75,7 +75,9 @@ def load_init(net: nn.Module, state_dict: dict[str, Tensor]) -> str:
     from sam_deblur_cli.checkpoints import load_strict
 
     own = net.state_dict()
-    if own.keys() == state_dict.keys():
+    if own.keys() == state_dict.keys() and all(
+        own[k].shape == v.shape for k, v in state_dict.items()
+    ):
         load_strict(net, state_dict)
         return "strict"
     intro = state_dict.get("intro.weight")
