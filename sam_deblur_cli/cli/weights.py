@@ -73,6 +73,8 @@ def _human_size(size: int | None) -> str:
 def _source_text(entry: lib.Entry) -> str:
     if isinstance(entry.source, lib.HubSource):
         return f"hub {entry.source.repo}"
+    if isinstance(entry.source, lib.LocalSource):
+        return f"local {entry.source.file}"
     # The page address without scheme and anchor keeps the table narrow; --json has it all.
     page = entry.source.page.split("://", 1)[-1].split("#", 1)[0]
     return f"page {page} (import)"
@@ -82,7 +84,8 @@ def _record(entry: lib.Entry) -> dict[str, Any]:
     """What `weights list --json` says about one entry (no network, no hashing)."""
     path = lib.locate(entry)
     source = vars(entry.source).copy()
-    source["type"] = "hub" if entry.on_hub else "page"
+    local = isinstance(entry.source, lib.LocalSource)
+    source["type"] = "hub" if entry.on_hub else "local" if local else "page"
     return {
         "name": entry.name,
         "kind": entry.kind,

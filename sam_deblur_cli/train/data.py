@@ -171,9 +171,9 @@ def generated_masks(
     from sam_deblur_cli.metrics import to_uint8
 
     manifest = weights.load_manifest()
-    recipe = next((e.recipe for e in manifest if e.recipe and e.recipe.name == recipe_name), None)
+    recipe = manifest.recipes.get(recipe_name)
     if recipe is None:
-        raise UsageError(f"No model uses a mask recipe named {recipe_name!r}; check the manifest.")
+        raise UsageError(f"The manifest has no mask recipe {recipe_name!r}; name one it has.")
     generator = MaskGenerator(recipe.sam, recipe, manifest=manifest, device=device, offline=offline)
     restore: Callable[[np.ndarray], np.ndarray] | None = None
     if predeblur is not None:

@@ -28,7 +28,7 @@ def register_model(cfg: TrainConfig, path: Path) -> str:
     """Record ``path`` as the local model ``cfg.model_name`` (architecture, mask recipe,
     mask value, TLC default, sha256) in the user manifest."""
     from sam_deblur_cli.train.models import net_config
-    from sam_deblur_cli.weights_local import LocalModel, add_local_model
+    from sam_deblur_cli.weights.local import LocalModel, add_local_model
 
     model = LocalModel(
         name=cfg.model_name,

@@ -75,6 +75,13 @@ class PageSource:
 
 
 @dataclass(frozen=True)
+class LocalSource:
+    """A file trained here (``sam-deblur train``), at an absolute path; user manifest only."""
+
+    file: str
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How a deblur model's training masks were made; SAM must see images the same way.
 
@@ -95,7 +102,7 @@ class Entry:
 
     name: str
     kind: Kind
-    source: HubSource | PageSource
+    source: HubSource | PageSource | LocalSource
     sha256: str
     size: int | None
     license: str
@@ -129,6 +136,7 @@ class Manifest:
 
     path: Path
     entries: Mapping[str, Entry] = field(hash=False)
+    recipes: Mapping[str, Recipe] = field(default_factory=dict, hash=False)
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries.values())
@@ -167,8 +175,14 @@ def manifest_path() -> Path:
     return Path(__file__).resolve().parents[2] / "weights.toml"
 
 
-def load_manifest(path: str | Path | None = None) -> Manifest:
-    """Read and validate a manifest (default: ``manifest_path()``)."""
+def load_manifest(path: str | Path | None = None, *, local: bool = True) -> Manifest:
+    """Read and validate a manifest (default: ``manifest_path()``); with no ``path`` and
+    ``local``, the user manifest of locally trained models (``weights.local``) is merged in
+    after the packaged entries."""
+    if path is None and local:
+        from sam_deblur_cli.weights.local import local_manifest_path
+
+        return _merge_local(load_manifest(local=False), local_manifest_path())
     path = Path(path) if path is not None else manifest_path()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -212,7 +226,29 @@ def _parse_manifest(path: Path, data: dict[str, Any]) -> Manifest:
             if sam is None or sam.kind != "sam":
                 where = f"recipes.{entry.recipe.name}.sam"
                 raise _invalid(path, where, f"{entry.recipe.sam!r} is not a SAM entry")
-    return Manifest(path=path, entries=entries)
+    return Manifest(path=path, entries=entries, recipes=recipes)
+
+
+def _merge_local(base: Manifest, path: Path) -> Manifest:
+    """``base`` plus the entries of the user manifest at ``path`` (if it exists), which may
+    use ``source = { local = PATH }`` and name ``base``'s recipes and SAM entries."""
+    if not path.is_file():
+        return base
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SetupError(
+            f"Local models file {path} cannot be read ({exc}); fix or remove it."
+        ) from exc
+    _check_keys(path, "the top level", data, {"schema", "models"}, set())
+    models = data.get("models", {})
+    _check_keys(path, "models", models, set(models), set())
+    entries = dict(base.entries)
+    for name, raw in models.items():
+        if name in entries:
+            raise _invalid(path, f"models.{name}", "a packaged model has this name")
+        entries[name] = _parse_entry(path, name, raw, base.recipes, local=True)
+    return Manifest(path=base.path, entries=entries, recipes=base.recipes)
 
 
 def _parse_recipe(path: Path, name: str, raw: Any) -> Recipe:
@@ -228,7 +264,9 @@ def _parse_recipe(path: Path, name: str, raw: Any) -> Recipe:
     return Recipe(name=name, sam=str(raw["sam"]), channel_order=raw["channel_order"], amg=amg)
 
 
-def _parse_entry(path: Path, name: str, raw: Any, recipes: Mapping[str, Recipe]) -> Entry:
+def _parse_entry(
+    path: Path, name: str, raw: Any, recipes: Mapping[str, Recipe], *, local: bool = False
+) -> Entry:
     where = f"models.{name}"
     _check_keys(path, where, raw, _ENTRY_KEYS, {"kind", "source", "license", "homepage"})
     kind = raw["kind"]
@@ -240,7 +278,7 @@ def _parse_entry(path: Path, name: str, raw: Any, recipes: Mapping[str, Recipe])
     size = raw.get("size", 0)
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise _invalid(path, f"{where}.size", "expected a byte count (0 while unknown)")
-    source = _parse_source(path, f"{where}.source", raw["source"])
+    source = _parse_source(path, f"{where}.source", raw["source"], local=local)
     if isinstance(source, HubSource) and not sha256:
         raise _invalid(path, f"{where}.sha256", "a Hub source needs the file's sha256")
     kind_fields = (
@@ -306,7 +344,14 @@ def _with_mask_value(path: Path, where: str, net: NetConfig, raw: Any) -> NetCon
         raise _invalid(path, where, str(exc)) from None
 
 
-def _parse_source(path: Path, where: str, raw: Any) -> HubSource | PageSource:
+def _parse_source(
+    path: Path, where: str, raw: Any, *, local: bool = False
+) -> HubSource | PageSource | LocalSource:
+    if local and isinstance(raw, dict) and "local" in raw:
+        _check_keys(path, where, raw, {"local"}, {"local"})
+        if not Path(str(raw["local"])).is_absolute():
+            raise _invalid(path, f"{where}.local", "expected an absolute path")
+        return LocalSource(file=str(raw["local"]))
     if isinstance(raw, dict) and "hub" in raw:
         _check_keys(path, where, raw, _HUB_KEYS, _HUB_KEYS)
         if not _COMMIT.fullmatch(str(raw["revision"])):

@@ -21,7 +21,7 @@ from sam_deblur_cli.errors import (
 from sam_deblur_cli.files import atomic_file
 from sam_deblur_cli.weights import cache, hub
 from sam_deblur_cli.weights.cache import CHUNK, ProgressCallback, cache_root
-from sam_deblur_cli.weights.manifest import Entry, HubSource, PageSource
+from sam_deblur_cli.weights.manifest import Entry, HubSource, LocalSource, PageSource
 
 
 def locate(entry: Entry) -> Path | None:
@@ -29,6 +29,9 @@ def locate(entry: Entry) -> Path | None:
 
     Never touches the network and never hashes.
     """
+    if isinstance(entry.source, LocalSource):
+        local = Path(entry.source.file)
+        return local if local.is_file() else None
     imported = cache.imported_copy(entry)
     if imported is not None:
         return imported
@@ -39,6 +42,8 @@ def locate(entry: Entry) -> Path | None:
 
 def _get_advice(entry: Entry) -> str:
     source = entry.source
+    if isinstance(source, LocalSource):
+        return f"its file {source.file} is missing: restore it or train the model again"
     if isinstance(source, PageSource):
         note = f" ({source.note})" if source.note else ""
         return (
@@ -59,6 +64,12 @@ def local_path(entry: Entry) -> Path:
 def verify(entry: Entry, *, progress: ProgressCallback | None = None) -> Path:
     """Re-hash ``entry``'s local file now; a mismatch removes it and raises ``ChecksumError``."""
     path = local_path(entry)
+    if isinstance(entry.source, LocalSource):
+        from sam_deblur_cli.weights.cache import _forget
+        from sam_deblur_cli.weights.local import local_file
+
+        _forget(path.resolve())  # hash it now
+        return local_file(entry)
     cache.check(entry, path, progress=progress, force=True)
     return path
 
@@ -71,8 +82,12 @@ def ensure_weights(
     ``offline`` (or ``$HF_HUB_OFFLINE``) restricts this to the cache. Raises
     ``WeightsNotFoundError`` saying exactly what to run when the file is not available,
     ``DownloadError`` when the Hub refuses or breaks off, ``ChecksumError`` (file removed) when
-    the bytes are not the pinned ones.
+    the bytes are not the pinned ones. A local model's file is checked, never removed.
     """
+    if isinstance(entry.source, LocalSource):
+        from sam_deblur_cli.weights.local import local_file
+
+        return local_file(entry)
     path = locate(entry)
     if path is None:
         if isinstance(entry.source, PageSource):
@@ -145,6 +160,11 @@ def import_weights(
 def remove_weights(entry: Entry) -> list[Path]:
     """Delete every local copy of ``entry`` (imported and Hub cache); return what was removed."""
     removed: list[Path] = []
+    if isinstance(entry.source, LocalSource):
+        from sam_deblur_cli.weights.local import remove_local_model
+
+        remove_local_model(entry.name)  # the trained file stays in its run folder
+        return removed
     imported = cache.imported_copy(entry)
     if imported is not None:
         cache.discard(imported)
