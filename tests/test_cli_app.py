@@ -25,6 +25,9 @@ DEBLUR_OPTIONS = ("--masks", "--require-gpu", "--tlc", "--overlay", "--json", "-
         ),
         pytest.param(["batch", "--help"], ("sam-deblur batch", "--recursive"), id="batch-help"),
         pytest.param(["weights", "list"], ("sam-vit-h",), id="weights-list"),
+        pytest.param(
+            ["train", "--help"], ("sam-deblur train", "--resume", "--accum"), id="train-help"
+        ),
     ],
 )
 def test_answers_without_importing_torch(argv: list[str], expected: str | tuple[str, ...]) -> None:
