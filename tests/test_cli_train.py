@@ -40,9 +40,7 @@ def test_train_registers_a_local_model_that_deblurs_at_once(
     assert (run / "log.csv").read_text().startswith("step,loss,lr,images_per_s")
     entry = load_manifest().get("my-run")
     assert entry.net is not None and entry.net.variant == "map" and entry.net.width == 8
-    assert entry.recipe is not None and entry.recipe.name == load_manifest().get(
-        "segnafnet-gopro"
-    ).recipe.name  # type: ignore[union-attr]
+    assert entry.recipe == load_manifest().get("segnafnet-gopro").recipe  # the default recipe
     listing = CliRunner().invoke(app, ["weights", "list", "--json"])
     assert '"type": "local"' in listing.stdout and '"name": "my-run"' in listing.stdout
     out = tmp_path / "out.png"
