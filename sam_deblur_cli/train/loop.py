@@ -433,10 +433,10 @@ class Trainer:
 
     def _eval_net(self) -> nn.Module:
         from sam_deblur_cli.checkpoints import load_strict
-        from sam_deblur_cli.nets import build_network
         from sam_deblur_cli.train.models import net_config
+        from sam_deblur_cli.weights.models import build_net
 
-        net = build_network(net_config(self.cfg))
+        net = build_net(net_config(self.cfg))
         load_strict(net, self.final_state_dict())
         return net
 

@@ -43,9 +43,9 @@ def net_config(cfg: TrainConfig) -> NetConfig:
 def build_model(cfg: TrainConfig) -> nn.Module:
     """A freshly initialised network of ``cfg`` in train() mode, float32, on the CPU, with
     the run's mask dropout on its MAP unit (active in train() mode only)."""
-    from sam_deblur_cli.nets import build_network
+    from sam_deblur_cli.weights.models import build_net
 
-    net = build_network(net_config(cfg))
+    net = build_net(net_config(cfg))
     if cfg.variant == "map":
         net.mask_dropout = float(cfg.dropout)  # type: ignore[assignment]
     return net.train()

@@ -53,9 +53,15 @@ def build(entry: Entry, *, config: NetConfig | None = None) -> torch.nn.Module:
         if config is not None:
             raise ValueError(f"{entry.name} is a SAM entry; a network config does not apply.")
         return sam_builder(entry)(checkpoint=None).eval()
+    return build_net(config if config is not None else entry.net_config())
+
+
+def build_net(config: NetConfig) -> torch.nn.Module:
+    """A deblurring network of ``config`` with initial weights, eval mode, float32, CPU
+    (what ``train`` starts from, before any entry exists)."""
     from sam_deblur_cli.nets import build_network
 
-    return build_network(config if config is not None else entry.net_config())
+    return build_network(config)
 
 
 def load(entry: Entry, path: Path, *, config: NetConfig | None = None) -> torch.nn.Module:
