@@ -253,3 +253,39 @@ def test_a_corrupt_checkpoint_is_one_clear_error(pairs: Path, tmp_path: Path) ->
     last.write_bytes(last.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="damaged"):
         train_run(None, resume=tmp_path / "run", register=False)
+
+
+def test_generated_masks_run_sam_once_per_image_and_predeblur_restores_first(
+    tiny_env: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--masks-from sam: SAM on the blurred image, once (the mask cache); predeblur:MODEL:
+    SAM on that model's restoration of it."""
+    from tiny_models import small_photo
+
+    from sam_deblur_cli.masks import MaskGenerator
+    from sam_deblur_cli.metrics import to_uint8
+    from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
+    from sam_deblur_cli.train.data import generated_masks
+
+    seen: list[np.ndarray] = []
+    real = MaskGenerator._generate
+
+    def spy(self: MaskGenerator, rgb_uint8: np.ndarray) -> object:
+        seen.append(rgb_uint8.copy())
+        return real(self, rgb_uint8)
+
+    monkeypatch.setattr(MaskGenerator, "_generate", spy)
+    photo = small_photo("astronaut", 16)
+    make = generated_masks("sam-deblur-gopro")
+    first = make("a", photo, None)  # type: ignore[arg-type]
+    again = make("a", photo, None)  # type: ignore[arg-type]
+    assert len(seen) == 1 and first.count > 0
+    np.testing.assert_array_equal(first.labels, again.labels)
+    np.testing.assert_array_equal(seen[0], photo)  # the blurred photo itself (RGB here)
+
+    make = generated_masks("sam-deblur-gopro", predeblur="nafnet-gopro")
+    make("a", photo, None)  # type: ignore[arg-type]
+    model = Deblurrer(DeblurSettings(model="nafnet-gopro", device="cpu", precision="fp32"))
+    restored = to_uint8(model.deblur(photo.astype(np.float32) / 255))
+    assert len(seen) == 2 and not np.array_equal(restored, photo)
+    np.testing.assert_array_equal(seen[1], restored)
