@@ -289,3 +289,17 @@ def test_generated_masks_run_sam_once_per_image_and_predeblur_restores_first(
     restored = to_uint8(model.deblur(photo.astype(np.float32) / 255))
     assert len(seen) == 2 and not np.array_equal(restored, photo)
     np.testing.assert_array_equal(seen[1], restored)
+
+
+def test_log_rows_also_go_to_tensorboard_when_it_is_installed(pairs: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    done = train_run(tiny_config(pairs, tmp_path / "run", steps=4, log_every=2), register=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("loss")]
+    expected = [(int(r["step"]), float(r["loss"])) for r in done.result.rows]
+    assert [s for s, _ in losses] == [s for s, _ in expected] == [2, 4]
+    assert [v for _, v in losses] == pytest.approx([v for _, v in expected], rel=1e-6)
+    assert "lr" in events.Tags()["scalars"]

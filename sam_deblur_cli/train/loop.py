@@ -5,6 +5,7 @@ Run folder (only rank 0 writes):
 
     config.json         the resolved TrainConfig (``config.save_config``)
     log.csv             step, loss, lr, images_per_s, val_psnr, val_ssim
+    tensorboard/        the same rows as scalars, when TensorBoard is installed
     checkpoints/last.pt everything to resume: weights, optimiser, scheduler, grad scaler,
                         EMA, RNG states (torch CPU/CUDA, numpy, python) and the step, which
                         is the data position (``data.StepSampler``)
@@ -130,6 +131,32 @@ class CsvLog:
             os.fsync(handle.fileno())
 
 
+class TensorBoardLog:
+    """The log rows as TensorBoard scalars in ``folder``, when TensorBoard is installed."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    @classmethod
+    def open(cls, folder: Path) -> TensorBoardLog | None:
+        """A writer into ``folder``, or None (logged once) when TensorBoard is not installed."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            logger.debug("TensorBoard is not installed: log.csv only")
+            return None
+        return cls(SummaryWriter(log_dir=str(folder)))
+
+    def append(self, row: dict[str, Any]) -> None:
+        for key in LOG_FIELDS[1:]:
+            if row.get(key, "") != "":
+                self.writer.add_scalar(key, float(row[key]), int(row["step"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class Ema:
     """Exponential moving average of the weights (float32 copies, on the model's device)."""
 
@@ -248,6 +275,7 @@ class Trainer:
 
         cfg, d = self.cfg, self.dist
         log = CsvLog(self.run_dir / "log.csv", self.step) if d.is_main else None
+        board = TensorBoardLog.open(self.run_dir / "tensorboard") if d.is_main else None
         sampler = StepSampler(
             start=self.step,
             steps=cfg.steps,
@@ -293,6 +321,8 @@ class Trainer:
                 rows.append(row)
                 assert log is not None
                 log.append(row)
+                if board is not None:
+                    board.append(row)
                 if self.callbacks.on_log:
                     self.callbacks.on_log(row)
             if self.step % cfg.save_every == 0 and self.step < cfg.steps:
@@ -301,6 +331,8 @@ class Trainer:
                 interrupted = self.step < cfg.steps
                 break
         del batches
+        if board is not None:
+            board.close()
         checkpoint = self.save()
         final = next((float(r["loss"]) for r in reversed(rows) if r["loss"] != ""), None)
         return TrainResult(
