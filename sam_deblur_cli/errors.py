@@ -42,6 +42,10 @@ class MaskError(InputError):
     """A mask file is unusable or does not fit the image or the model."""
 
 
+class VideoError(InputError):
+    """A video could not be read, deblurred or written (one input of a run)."""
+
+
 class TooLargeError(InputError):
     """One image does not fit the device's memory in the run's settings (no tiling)."""
 

@@ -156,6 +156,8 @@ LAYERS = {
     "sam_deblur_cli.metrics": 5,
     "sam_deblur_cli.weights": 6,
     "sam_deblur_cli.imageio": 6,
+    "sam_deblur_cli.video": 6,  # PyAV in and out, like imageio for photos
+    "sam_deblur_cli.video.run": 2,  # the video engine: calls the Deblurrer
     "sam_deblur_cli.checkpoints": 7,
     "sam_deblur_cli.nets": 7,
     "sam_deblur_cli.masks.recipe": 8,  # a plain parameter table the manifest validates against

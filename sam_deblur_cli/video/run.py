@@ -1,0 +1,401 @@
+"""The video engine: one Deblurrer over every frame of a video, and SAM masks of a video.
+
+Decoding (a reader thread), the network (this thread) and encoding (a writer thread)
+overlap. Masks come from key frames: every ``mask_every``-th frame, the first frame of each
+segment and any frame that differs from the last key frame by more than ``scene_cut`` (mean
+absolute difference of 32 x 32 gray thumbnails, values in [0, 1]); frames in between reuse
+the key frame's MaskResult. Frames are encoded into segment files in a hidden work folder
+beside the output; a run that stops (Ctrl-C, a failing frame) keeps the finished segments
+and the next run with the same settings starts after them. The final file is written
+atomically from the segments and the input's audio and subtitle packets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sam_deblur_cli.errors import SetupError, UsageError, VideoError
+from sam_deblur_cli.video.write import EncodeOptions
+
+if TYPE_CHECKING:
+    from sam_deblur_cli.masks import MaskGenerator, MaskResult
+    from sam_deblur_cli.pipeline import Deblurrer, Record
+    from sam_deblur_cli.video.probe import VideoInfo
+    from sam_deblur_cli.video.read import Frame
+
+logger = logging.getLogger(__name__)
+
+# on_frame(frames done, frames expected or None, frames per second of this run)
+FrameCallback = Callable[[int, int | None, float], None]
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """How videos are deblurred and encoded (the same for every video of a run)."""
+
+    mask_every: int = 1  # SAM on every K-th frame; the frames between reuse its masks
+    scene_cut: float | None = 0.08  # force a key frame above this thumbnail difference
+    keep_going_frames: bool = False  # a failing frame keeps its input pixels instead of stopping
+    segment_frames: int = 48  # frames per resumable segment
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
+
+    def check(self) -> None:
+        if self.mask_every < 1:
+            raise UsageError(f"--mask-every {self.mask_every} must be 1 or more.")
+        if self.segment_frames < 1:
+            raise UsageError(f"Segments of {self.segment_frames} frames are impossible; use 1+.")
+
+
+class KeyFrames:
+    """Decides which frames get fresh masks (see the module docstring)."""
+
+    def __init__(self, mask_every: int, scene_cut: float | None) -> None:
+        self.mask_every, self.scene_cut = mask_every, scene_cut
+        self.last: int | None = None
+        self.thumb: np.ndarray | None = None
+
+    def is_key(self, index: int, rgb: np.ndarray, *, force: bool = False) -> bool:
+        thumb = _thumbnail(rgb) if self.scene_cut is not None else None
+        key = force or self.last is None or index - self.last >= self.mask_every
+        if not key and thumb is not None and self.thumb is not None:
+            key = float(np.abs(thumb - self.thumb).mean()) > float(self.scene_cut or 0)
+        if key:
+            self.last, self.thumb = index, thumb
+        return key
+
+
+def _thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """32 x 32 gray float32 in [0, 1] (area average), for the scene-cut check."""
+    import cv2
+
+    scale = 255.0 if rgb.dtype == np.uint8 else 65535.0
+    gray = rgb.astype(np.float32).mean(axis=2) / np.float32(scale)
+    return np.asarray(cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA))
+
+
+def work_folder(dst: Path) -> Path:
+    """The hidden folder beside ``dst`` that holds its finished segments while it is made."""
+    return dst.with_name(f".{dst.name}.parts")
+
+
+def run_video(
+    deblurrer: Deblurrer,
+    src: Path,
+    dst: Path,
+    *,
+    settings: VideoSettings | None = None,
+    overwrite: bool = False,
+    on_frame: FrameCallback | None = None,
+) -> Record:
+    """Deblur every frame of ``src`` into ``dst``; returns the run's record.
+
+    Same frame count and timestamps as ``src``, the rotation, audio/subtitle packets and
+    container tags kept. An existing ``dst`` is skipped unless ``overwrite``. A frame that
+    fails raises a VideoError naming it, or with ``keep_going_frames`` keeps its input
+    pixels and is listed in ``record["kept_frames"]``. ``dst`` appears only when complete.
+    """
+    from sam_deblur_cli.video.probe import probe
+    from sam_deblur_cli.video.write import assemble, muxer_for, resolve_encoding
+
+    settings = settings or VideoSettings()
+    settings.check()
+    src, dst = Path(src), Path(dst)
+    record = deblurrer.new_record(src, dst)
+    if dst.exists() and not overwrite:
+        return {**record, "status": "skipped"}
+    started = time.perf_counter()
+    info = probe(src)
+    encoding = resolve_encoding(info, dst, settings.encode)
+    muxer = muxer_for(dst)
+    work = _prepare_work(dst, _fingerprint(deblurrer, info, settings, encoding))
+    done = _finished_segments(work, dst.suffix)
+    start = len(done) * settings.segment_frames
+    engine = _Engine(deblurrer, info, settings, work, dst.suffix, encoding, muxer, on_frame)
+    engine.run(start, len(done))
+    segments = _finished_segments(work, dst.suffix)
+    if engine.frames == 0 and start == 0:
+        raise VideoError(f"{src} has no video frames; pass a video with at least one frame.")
+    t0 = time.perf_counter()
+    assemble(src, segments, dst, info)
+    shutil.rmtree(work, ignore_errors=True)
+    record["seconds"] = {**engine.seconds, "write": round(time.perf_counter() - t0, 4)}
+    total = time.perf_counter() - started
+    record.update(
+        status="ok",
+        frames=start + engine.frames,
+        resumed_from=start,
+        key_frames=engine.key_frames,
+        kept_frames=engine.kept,
+        fps=round(engine.frames / max(total, 1e-9), 3),
+        encoding=encoding.describe(),
+    )
+    if engine.kept:
+        record["error"] = f"frames {engine.kept} failed and kept their input pixels"
+    return record
+
+
+class _Engine:
+    """One pass over the frames still to do: reader thread -> network -> writer thread."""
+
+    def __init__(
+        self,
+        deblurrer: Deblurrer,
+        info: VideoInfo,
+        settings: VideoSettings,
+        work: Path,
+        suffix: str,
+        encoding: Any,
+        muxer: str,
+        on_frame: FrameCallback | None,
+    ) -> None:
+        self.deblurrer, self.info, self.settings = deblurrer, info, settings
+        self.work, self.suffix, self.encoding, self.muxer = work, suffix, encoding, muxer
+        self.on_frame = on_frame
+        self.frames, self.key_frames, self.kept = 0, 0, list[int]()
+        self.seconds: dict[str, float] = {"masks": 0.0, "deblur": 0.0}
+
+    def run(self, start: int, first_segment: int) -> None:
+        stop = threading.Event()
+        frames: queue.Queue[Frame | BaseException | None] = queue.Queue(maxsize=4)
+        outputs: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4)
+        reader = threading.Thread(target=self._read, args=(start, frames, stop), daemon=True)
+        writer_error: list[BaseException] = []
+        writer = threading.Thread(
+            target=self._write, args=(first_segment, outputs, writer_error), daemon=True
+        )
+        reader.start()
+        writer.start()
+        began = time.perf_counter()
+        try:
+            for frame in _drain(frames):
+                if writer_error:
+                    break
+                outputs.put(("frame", (frame, self._deblur(frame))))
+                self.frames += 1
+                if self.on_frame is not None:
+                    fps = self.frames / max(time.perf_counter() - began, 1e-9)
+                    self.on_frame(start + self.frames, self.info.frames or None, fps)
+        except BaseException:
+            stop.set()
+            outputs.put(("abort", None))
+            writer.join()
+            raise
+        finally:
+            stop.set()
+        outputs.put(("end", None))
+        writer.join()
+        if writer_error:
+            raise writer_error[0]
+
+    def _read(self, start: int, frames: queue.Queue[Any], stop: threading.Event) -> None:
+        from sam_deblur_cli.video.read import iter_frames
+
+        try:
+            for frame in iter_frames(self.info, start=start):
+                while not stop.is_set():
+                    try:
+                        frames.put(frame, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            frames.put(None)
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            frames.put(exc)
+
+    def _deblur(self, frame: Frame) -> np.ndarray:
+        from sam_deblur_cli.imageio import to_uint8, to_uint16
+
+        d = self.deblurrer
+        try:
+            masks = self._masks(frame) if d.needs_masks else None
+            t0 = time.perf_counter()
+            out = d.deblur(frame.rgb, masks)
+            self.seconds["deblur"] = round(self.seconds["deblur"] + time.perf_counter() - t0, 4)
+        except (SetupError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:
+            where = f"frame {frame.index} (at {frame.seconds:.3f} s) of {self.info.path}"
+            if not self.settings.keep_going_frames:
+                raise VideoError(
+                    f"{where} failed ({exc}); fix the cause, or rerun with --keep-going-frames "
+                    "to keep such frames as they are (the finished segments are reused)."
+                ) from exc
+            logger.warning("%s failed (%s); its input pixels are kept", where, exc)
+            self.kept.append(frame.index)
+            return frame.rgb
+        return to_uint8(out) if frame.rgb.dtype == np.uint8 else to_uint16(out)
+
+    _keys: KeyFrames | None = None
+    _masks_now: MaskResult | None = None
+
+    def _masks(self, frame: Frame) -> MaskResult:
+        from sam_deblur_cli.pipeline import as_uint8_rgb
+
+        if self._keys is None:
+            self._keys = KeyFrames(self.settings.mask_every, self.settings.scene_cut)
+        segment_start = frame.index % self.settings.segment_frames == 0
+        if self._keys.is_key(frame.index, frame.rgb, force=segment_start) or not self._masks_now:
+            t0 = time.perf_counter()
+            rgb8 = frame.rgb if frame.rgb.dtype == np.uint8 else _to_uint8(frame.rgb)
+            self._masks_now = self.deblurrer.compute_masks(as_uint8_rgb(rgb8))
+            self.key_frames += 1
+            self.seconds["masks"] = round(self.seconds["masks"] + time.perf_counter() - t0, 4)
+        return self._masks_now
+
+    def _write(
+        self, segment: int, outputs: queue.Queue[tuple[str, Any]], errors: list[Any]
+    ) -> None:
+        from sam_deblur_cli.video.write import SegmentWriter
+
+        writer: SegmentWriter | None = None
+        count = self.settings.segment_frames
+        try:
+            while True:
+                kind, item = outputs.get()
+                if kind == "abort":
+                    if writer is not None:
+                        writer.abort()
+                    return
+                if kind == "end":
+                    if writer is not None:
+                        writer.close()
+                    return
+                frame, rgb = item
+                if writer is None:
+                    path = self.work / f"seg-{segment:06d}{self.suffix}"
+                    writer = SegmentWriter(path, self.info, self.encoding, self.muxer)
+                writer.write(rgb, frame.pts)
+                if writer.frames == count:
+                    writer.close()
+                    writer, segment = None, segment + 1
+        except BaseException as exc:
+            errors.append(exc)
+            if writer is not None:
+                writer.abort()
+            while outputs.get()[0] not in ("end", "abort"):
+                pass  # let the main thread finish putting
+
+
+def _drain(frames: queue.Queue[Any]) -> Iterator[Frame]:
+    while True:
+        item = frames.get()
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _to_uint8(rgb16: np.ndarray) -> np.ndarray:
+    return ((rgb16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _fingerprint(
+    deblurrer: Deblurrer, info: VideoInfo, settings: VideoSettings, encoding: Any
+) -> dict[str, Any]:
+    """What must not change for finished segments to be reused."""
+    stat = info.path.stat()
+    return {
+        "input": [str(info.path.resolve()), stat.st_size, stat.st_mtime_ns],
+        "model": deblurrer.entry.name,
+        "masks": deblurrer.recipe_key if deblurrer.needs_masks else None,
+        "tlc": deblurrer.tlc,
+        "mask_value": deblurrer.mask_value,
+        "precision": deblurrer.placement.precision,
+        "tile": str(deblurrer.tile),
+        "video": {k: v for k, v in asdict(settings).items() if k not in ("keep_going_frames",)},
+        "encoding": asdict(encoding),
+    }
+
+
+def _prepare_work(dst: Path, fingerprint: dict[str, Any]) -> Path:
+    """The work folder for ``dst``: kept when its fingerprint matches, else emptied."""
+    from sam_deblur_cli.files import write_text
+
+    work = work_folder(dst)
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    stamp = work / "settings.json"
+    if work.is_dir() and stamp.is_file() and stamp.read_text() == text:
+        logger.info("resuming %s from %s", dst, work)
+        return work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    write_text(stamp, text)
+    logger.debug("work folder %s (%s)", work, hashlib.sha256(text.encode()).hexdigest()[:12])
+    return work
+
+
+def _finished_segments(work: Path, suffix: str) -> list[Path]:
+    """The consecutive finished segments seg-000000, seg-000001, ... (a gap ends the list)."""
+    found: list[Path] = []
+    while (path := work / f"seg-{len(found):06d}{suffix}").is_file():
+        found.append(path)
+    return found
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def video_masks(
+    generator: MaskGenerator,
+    src: Path,
+    out_dir: Path,
+    *,
+    mask_every: int = 1,
+    scene_cut: float | None = 0.08,
+    on_frame: FrameCallback | None = None,
+) -> dict[str, Any]:
+    """SAM segmasks of a video's key frames into ``out_dir`` (created): ``frame_NNNNNN.png``
+    per key frame (display orientation) and ``frames.csv`` mapping every frame (index, pts,
+    seconds) to the segmask it uses. Returns a JSON-able record."""
+    import csv
+    import io
+
+    from sam_deblur_cli.files import write_text
+    from sam_deblur_cli.masks.formats import write_segmask_png
+    from sam_deblur_cli.video.probe import probe
+    from sam_deblur_cli.video.read import iter_frames
+
+    info = probe(src)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = KeyFrames(mask_every, scene_cut)
+    rows, current, key_count = io.StringIO(), "", 0
+    table = csv.writer(rows, lineterminator="\n")
+    table.writerow(["frame", "pts", "seconds", "key_frame", "segmask"])
+    began = time.perf_counter()
+    count = 0
+    for frame in iter_frames(info):
+        rgb8 = frame.rgb if frame.rgb.dtype == np.uint8 else _to_uint8(frame.rgb)
+        key = keys.is_key(frame.index, rgb8)
+        if key:
+            result = generator(rgb8)
+            current = f"frame_{frame.index:06d}.png"
+            assert result.segmask is not None
+            write_segmask_png(out_dir / current, result.segmask)
+            key_count += 1
+        table.writerow([frame.index, frame.pts, f"{frame.seconds:.6f}", int(key), current])
+        count += 1
+        if on_frame is not None:
+            on_frame(count, info.frames or None, count / max(time.perf_counter() - began, 1e-9))
+    write_text(out_dir / "frames.csv", rows.getvalue())
+    return {
+        "input": str(src),
+        "status": "ok",
+        "frames": count,
+        "key_frames": key_count,
+        "output": str(out_dir),
+    }
