@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from tiny_models import TinyEnv
 from video_clips import VFR_STEPS, audio_packets, blurred_frames, decoded, make_clip
 
 from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
-from sam_deblur_cli.video.run import VideoSettings, run_video
+from sam_deblur_cli.video.run import VideoSettings, run_video, work_folder
 from sam_deblur_cli.video.write import EncodeOptions
 
 LOSSLESS = EncodeOptions(codec="libx264rgb", crf=0)
@@ -61,3 +62,39 @@ def test_default_h264_over_several_segments_keeps_timestamps_rotation_and_tags(
         assert container.streams.audio[0].metadata.get("language") == "eng"
     assert audio_packets(dst) == audio_packets(src)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no work folder left
+
+
+def test_resume_after_an_interruption_redoes_no_finished_segment_and_gives_the_same_video(
+    tiny_env: TinyEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "clip.mp4"
+    make_clip(src, blurred_frames(10), steps=VFR_STEPS)
+    settings = VideoSettings(mask_every=2, segment_frames=3, encode=LOSSLESS)
+    whole = tmp_path / "whole.mp4"
+    run_video(_deblurrer(), src, whole, settings=settings)
+
+    calls: list[int] = []
+    real = Deblurrer.deblur
+
+    def interrupted(self: Deblurrer, rgb: np.ndarray, masks: object = None) -> np.ndarray:
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return real(self, rgb, masks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Deblurrer, "deblur", interrupted)
+    dst = tmp_path / "resumed.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        run_video(_deblurrer(), src, dst, settings=settings)
+    assert not dst.exists()  # no half-written output
+    parts = sorted(p.name for p in work_folder(dst).iterdir())
+    assert parts == ["seg-000000.mp4", "seg-000001.mp4", "settings.json"]  # no temp file left
+    calls.clear()
+    record = run_video(_deblurrer(), src, dst, settings=settings)
+    assert record["resumed_from"] == 6 and len(calls) == 4 and record["frames"] == 10
+    assert not work_folder(dst).exists()
+    times_a, frames_a, _ = decoded(whole)
+    times_b, frames_b, _ = decoded(dst)
+    assert times_a == times_b
+    for a, b in zip(frames_a, frames_b, strict=True):
+        np.testing.assert_array_equal(a, b)

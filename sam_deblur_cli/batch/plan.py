@@ -65,20 +65,23 @@ def overlay_path(dst: Path) -> Path:
 
 
 def output_suffix(src: Path, format: str | None) -> str:
-    """The output extension: ``format``'s usual one, else the input's own (same format)."""
+    """The output extension: ``format``'s usual one, else the input's own (same format).
+    A video keeps its own container (``format`` names image formats)."""
     from sam_deblur_cli.imageio import suffix_for_format
+    from sam_deblur_cli.video import is_video_path
 
-    return src.suffix if format is None else suffix_for_format(format)
+    return src.suffix if format is None or is_video_path(src) else suffix_for_format(format)
 
 
 def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -> list[Path]:
-    """Image files of ``in_dir`` (by extension, hidden files skipped), sorted, as given paths.
+    """Image and video files of ``in_dir`` (by extension, hidden files skipped), sorted.
 
     ``exclude``: a folder left out of the scan (the output folder, when it lies inside).
     """
     if not in_dir.is_dir():
         raise UsageError(f"{in_dir} is not a folder; pass the folder that holds the images.")
     from sam_deblur_cli.imageio import is_image_path
+    from sam_deblur_cli.video import is_video_path
 
     pattern = "**/*" if recursive else "*"
     excluded = exclude.resolve() if exclude is not None and exclude.exists() else None
@@ -87,7 +90,7 @@ def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -
         rel = path.relative_to(in_dir)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
-        if not is_image_path(path):
+        if not (is_image_path(path) or is_video_path(path)):
             continue
         if excluded is not None and excluded in path.resolve().parents:
             continue

@@ -34,6 +34,7 @@ from sam_deblur_cli.cli.options import (
     RequireGpu,
     Tile,
     Tlc,
+    VideoOptions,
     takes_groups,
 )
 from sam_deblur_cli.cli.output import (
@@ -46,10 +47,17 @@ from sam_deblur_cli.cli.output import (
     note,
     reason,
 )
-from sam_deblur_cli.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, SamDeblurError
+from sam_deblur_cli.errors import (
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    SamDeblurError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
-    from sam_deblur_cli.pipeline import DeblurSettings, FileOptions, Job, Record
+    from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings, FileOptions, Job, Record
+    from sam_deblur_cli.video.run import VideoSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +77,7 @@ class DeblurOptions(OptionGroup):
     quality: Quality = 95
     max_pixels: MaxPixels = None
     out: OutputMode = dataclasses.field(default_factory=OutputMode)
+    video: VideoOptions = dataclasses.field(default_factory=VideoOptions)
 
     def settings(self) -> DeblurSettings:
         """How the run deblurs (the library's settings object)."""
@@ -101,14 +110,31 @@ class DeblurOptions(OptionGroup):
             overlay=self.overlay,
         )
 
+    def video_settings(self) -> VideoSettings:
+        """How videos are deblurred and encoded."""
+        from sam_deblur_cli.video.run import VideoSettings
+        from sam_deblur_cli.video.write import EncodeOptions
+
+        v = self.video
+        return VideoSettings(
+            mask_every=v.mask_every,
+            scene_cut=v.scene_cut or None,
+            keep_going_frames=v.keep_going_frames,
+            encode=EncodeOptions(codec=v.codec, crf=v.crf, preset=v.preset, pix_fmt=v.pix_fmt),
+        )
+
 
 DEBLUR_HELP = (
     "Deblur photos: `sam-deblur photo.jpg` writes photo_deblurred.jpg beside it.\n\n"
+    "Videos too (mp4, mov, mkv, webm, avi): `sam-deblur clip.mp4` writes clip_deblurred.mp4 "
+    "with every frame deblurred, the same timestamps, and the sound copied; an interrupted "
+    "video resumes where it stopped.\n\n"
     "Existing outputs are skipped unless --overwrite; inputs are never overwritten.\n\n"
     "Exit codes: 0 done, 1 some input failed, 2 usage or set-up error, 130 interrupted."
 )
 BATCH_HELP = (
-    "Deblur every image of IN_DIR into OUT_DIR; a second run resumes (skips what exists).\n\n"
+    "Deblur every image (and video) of IN_DIR into OUT_DIR; a second run resumes "
+    "(skips what exists).\n\n"
     "Outputs keep their input's name and sub-folder. When two inputs would share an output "
     "(a.png and a.jpg with --format png), both get their input extension added: "
     "a_png.png and a_jpg.png.\n\n"
@@ -121,7 +147,8 @@ BATCH_HELP = (
 @takes_groups
 def deblur_command(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Images to deblur.", metavar="IMAGE", show_default=False)
+        list[Path],
+        typer.Argument(help="Images or videos to deblur.", metavar="IMAGE", show_default=False),
     ],
     *,
     output: Annotated[
@@ -184,7 +211,7 @@ def _run(plan: Callable[[], list[Job]], options: DeblurOptions) -> None:
         with library_logging(verbose=out.verbose, quiet=out.quiet):
             settings, file_options = options.settings(), options.file_options()
             jobs = plan()
-            records = _process(jobs, settings, file_options, out)
+            records = _process(jobs, settings, file_options, out, options.video_settings())
     except SamDeblurError as exc:
         raise fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
@@ -198,13 +225,17 @@ def _run(plan: Callable[[], list[Job]], options: DeblurOptions) -> None:
 
 
 def _process(
-    jobs: Sequence[Job], settings: DeblurSettings, options: FileOptions, out: OutputMode
+    jobs: Sequence[Job],
+    settings: DeblurSettings,
+    options: FileOptions,
+    out: OutputMode,
+    video: VideoSettings,
 ) -> list[Record]:
     from contextlib import nullcontext
 
-    from sam_deblur_cli.batch.local import BatchCallbacks, run_batch
     from sam_deblur_cli.cli.weights import download_progress
-    from sam_deblur_cli.pipeline import STAGES, Deblurrer
+    from sam_deblur_cli.pipeline import Deblurrer
+    from sam_deblur_cli.video import is_video_path
 
     if not jobs:
         err_console.print("[yellow]No images found.[/]")
@@ -220,6 +251,24 @@ def _process(
     if notes and not out.quiet:
         # Overrides make masks unlike the training masks.
         note(" ".join(notes) + " Results may be worse.")
+    videos = {i: job for i, job in enumerate(jobs) if is_video_path(job.src)}
+    images = [job for i, job in enumerate(jobs) if i not in videos]
+    if any(job.masks_file is not None for job in videos.values()):
+        raise UsageError("--masks belongs to a photo; a video gets its masks from SAM.")
+    video.check()
+    records = iter(_images(deblurrer, images, options, out, bar) if images else [])
+    done = {
+        i: _video(deblurrer, job, video, options.overwrite, out, bar) for i, job in videos.items()
+    }
+    return [done[i] if i in done else next(records) for i in range(len(jobs))]
+
+
+def _images(
+    deblurrer: Deblurrer, jobs: Sequence[Job], options: FileOptions, out: OutputMode, bar: bool
+) -> list[Record]:
+    from sam_deblur_cli.batch.local import BatchCallbacks, run_batch
+    from sam_deblur_cli.pipeline import STAGES
+
     # A live bar only on a terminal: in logs and pipes it would be noise.
     with StageProgress(len(jobs), STAGES, label="deblurring", enabled=bar) as progress:
 
@@ -231,6 +280,51 @@ def _process(
             _report(record, out)
 
         return run_batch(deblurrer, jobs, options=options, callbacks=BatchCallbacks(start, done))
+
+
+def _video(
+    deblurrer: Deblurrer,
+    job: Job,
+    settings: VideoSettings,
+    overwrite: bool,
+    out: OutputMode,
+    bar: bool,
+) -> Record:
+    """One video: frames, fps and time left on a bar; a failure becomes its record."""
+    import logging
+
+    from rich.progress import TextColumn
+
+    from sam_deblur_cli.cli.output import progress_bar
+    from sam_deblur_cli.errors import InputError, SetupError
+    from sam_deblur_cli.video.run import run_video
+
+    with progress_bar(TextColumn("{task.fields[fps]}"), enabled=bar) as progress:
+        task = progress.add_task(job.src.name, total=None, fps="")
+
+        def on_frame(done: int, total: int | None, fps: float) -> None:
+            progress.update(task, completed=done, total=total, fps=f"{fps:.2f} frames/s")
+
+        try:
+            record = run_video(
+                deblurrer,
+                job.src,
+                job.dst,
+                settings=settings,
+                overwrite=overwrite,
+                on_frame=on_frame,
+            )
+        except SetupError:
+            raise
+        except InputError as exc:
+            record = {**deblurrer.new_record(job.src, job.dst), "status": "failed"}
+            record["error"] = str(exc)
+        except Exception as exc:  # one video's unforeseen failure must not end the run
+            logging.getLogger(__name__).info("failure on %s", job.src, exc_info=True)
+            record = {**deblurrer.new_record(job.src, job.dst), "status": "failed"}
+            record["error"] = f"{type(exc).__name__}: {exc}"
+    _report(record, out)
+    return record
 
 
 def _report(record: Record, out: OutputMode) -> None:
@@ -247,6 +341,12 @@ def _report(record: Record, out: OutputMode) -> None:
             highlight=False,
             soft_wrap=True,
         )
+        if record.get("kept_frames"):
+            err_console.print(
+                f"[yellow]warning:[/] {record['input']}: {record['error']}",
+                highlight=False,
+                soft_wrap=True,
+            )
     elif status == "skipped" and not out.quiet:
         err_console.print(
             f"[yellow]skipped[/] {record['input']}: "

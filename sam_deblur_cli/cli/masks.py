@@ -19,9 +19,11 @@ from sam_deblur_cli.cli.options import (
     FORMAT,
     OUTPUT,
     Device,
+    MaskEvery,
     MaskRecipeOptions,
     Offline,
     OutputMode,
+    SceneCut,
     takes_groups,
 )
 from sam_deblur_cli.cli.output import console, echo_json, err_console, fail, library_logging, note
@@ -36,6 +38,9 @@ MASKS_HELP = (
     "For each IMAGE named STEM.ext the -o folder gets STEM_segmask.png (8-bit gray segmask), "
     "STEM_groups.npz (upstream groups) and STEM_overlay.png (a preview); --format png adds "
     "STEM/ (one PNG per mask + metadata.csv), --format coco STEM_masks.json (COCO RLE).\n\n"
+    "For a video (mp4, mov, mkv, webm, avi) the -o folder gets STEM/ with frame_NNNNNN.png "
+    "(the segmask of each key frame, see --mask-every) and frames.csv mapping every frame "
+    "and its timestamp to the segmask it uses.\n\n"
     "Inputs sharing a STEM are refused. Masks are cached by image content and recipe, so a "
     "second run skips SAM (--no-cache to bypass)."
 )
@@ -44,7 +49,7 @@ MASKS_HELP = (
 @app.command("masks", help=MASKS_HELP)
 @takes_groups
 def masks_command(
-    images: Annotated[list[Path], typer.Argument(help="Photos to make masks for.")],
+    images: Annotated[list[Path], typer.Argument(help="Photos or videos to make masks for.")],
     *,
     output: Annotated[Path, typer.Option(*OUTPUT, help="Folder for the mask files.")],
     format: Annotated[
@@ -57,6 +62,8 @@ def masks_command(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Neither read nor write the mask cache.")
     ] = False,
+    mask_every: MaskEvery = 1,
+    scene_cut: SceneCut = 0.08,
     out: OutputMode,
 ) -> None:
     """Make SAM masks the way the model's training masks were made, and save them."""
@@ -81,7 +88,7 @@ def masks_command(
             if notes and not out.quiet:
                 note(" ".join(notes))
             failed = sum(
-                not _one(image, output / stem, formats, generator, out)
+                not _one(image, output / stem, formats, generator, out, (mask_every, scene_cut))
                 for image, stem in zip(images, stems, strict=True)
             )
     except SamDeblurError as exc:  # set-up errors: every input failed the same way
@@ -90,13 +97,25 @@ def masks_command(
 
 
 def _one(
-    image: Path, base: Path, formats: list[str], generator: MaskGenerator, out: OutputMode
+    image: Path,
+    base: Path,
+    formats: list[str],
+    generator: MaskGenerator,
+    out: OutputMode,
+    keys: tuple[int, float],
 ) -> bool:
-    """One photo, its failure reported in one line; returns whether it worked."""
+    """One photo or video, its failure reported in one line; returns whether it worked."""
     from sam_deblur_cli.masks.run import save_masks
+    from sam_deblur_cli.video import is_video_path
 
     try:
-        record = save_masks(image, base, formats, generator)
+        if is_video_path(image):
+            from sam_deblur_cli.video.run import video_masks
+
+            every, cut = keys
+            record = video_masks(generator, image, base, mask_every=every, scene_cut=cut or None)
+        else:
+            record = save_masks(image, base, formats, generator)
     except InputError as exc:
         record = {"input": str(image), "status": "failed", "error": str(exc)}
         err_console.print(f"[bold red]error:[/] {image}: {exc}", highlight=False, soft_wrap=True)
@@ -107,6 +126,13 @@ def _one(
 def _report(record: dict[str, Any], out: OutputMode) -> None:
     if out.json:
         echo_json(record)
+    elif record["status"] == "ok" and "key_frames" in record:
+        console.print(
+            f"{record['input']}: {record['frames']} frames, {record['key_frames']} key frames"
+            f" -> {record['output']}",
+            highlight=False,
+            soft_wrap=True,
+        )
     elif record["status"] == "ok":
         cached = " (cached)" if record["cached"] else ""
         console.print(

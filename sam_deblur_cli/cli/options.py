@@ -33,6 +33,7 @@ from typer.core import TyperCommand
 MODEL_PANEL = "Model and masks"
 RUN_PANEL = "Device and speed"
 FILE_PANEL = "Files"
+VIDEO_PANEL = "Video"
 AMG_PANEL = "Mask generator overrides (departures from the model's recipe)"
 
 DEFAULT_MODEL = "segnafnet-gopro"
@@ -211,6 +212,70 @@ Quiet = Annotated[
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also log what happens (INFO).")]
 
 
+# --------------------------------------------------------------------------- video
+
+MaskEvery = Annotated[
+    int,
+    typer.Option(
+        "--mask-every",
+        min=1,
+        help="Video: run SAM on every K-th frame; frames between reuse its masks.",
+        rich_help_panel=VIDEO_PANEL,
+    ),
+]
+SceneCut = Annotated[
+    float,
+    typer.Option(
+        "--scene-cut",
+        min=0.0,
+        help="Video: new masks when a frame differs from the last key frame by more than "
+        "this (mean absolute difference of gray thumbnails, 0-1; 0 = off).",
+        rich_help_panel=VIDEO_PANEL,
+    ),
+]
+KeepGoingFrames = Annotated[
+    bool,
+    typer.Option(
+        "--keep-going-frames",
+        help="Video: a frame that fails keeps its input pixels (and is reported) "
+        "instead of stopping that video.",
+        rich_help_panel=VIDEO_PANEL,
+    ),
+]
+Codec = Annotated[
+    str | None,
+    typer.Option(
+        "--codec",
+        help="Video encoder: h264 (default; vp9 for .webm), hevc, vp9, av1, ffv1, libx264rgb.",
+        rich_help_panel=VIDEO_PANEL,
+    ),
+]
+Crf = Annotated[
+    int | None,
+    typer.Option(
+        "--crf",
+        min=0,
+        help="Video quality (lower is better; h264 default 18).",
+        rich_help_panel=VIDEO_PANEL,
+    ),
+]
+Preset = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        help="Encoder speed preset (h264/hevc default medium).",
+        rich_help_panel=VIDEO_PANEL,
+    ),
+]
+PixFmt = Annotated[
+    str | None,
+    typer.Option(
+        "--pix-fmt",
+        help="Video pixel format (default yuv420p; yuv420p10le for 10-bit sources).",
+        rich_help_panel=VIDEO_PANEL,
+    ),
+]
+
 # --------------------------------------------------------------------------- option groups
 
 R = TypeVar("R")
@@ -326,6 +391,19 @@ class OutputMode(OptionGroup):
     json: Json = False
     quiet: Quiet = False
     verbose: Verbose = False
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoOptions(OptionGroup):
+    """How videos are deblurred and encoded (deblur, batch)."""
+
+    mask_every: MaskEvery = 1
+    scene_cut: SceneCut = 0.08
+    keep_going_frames: KeepGoingFrames = False
+    codec: Codec = None
+    crf: Crf = None
+    preset: Preset = None
+    pix_fmt: PixFmt = None
 
 
 # --------------------------------------------------------------------------- eval's old --json PATH
