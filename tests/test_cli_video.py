@@ -1,0 +1,169 @@
+"""`sam-deblur clip.mp4` and `sam-deblur masks clip.mp4` in-process, with tiny real models."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_models import TinyEnv, file_hashes
+from tiny_models import run_cli as _run
+from video_clips import audio_packets, blurred_frames, decoded, make_clip
+
+from sam_deblur_cli.masks import MaskGenerator
+from sam_deblur_cli.pipeline import Deblurrer
+
+PLAIN = ["--model", "nafnet-gopro", "--no-tlc", "--device", "cpu"]
+MAP = ["--no-tlc", "--device", "cpu"]
+
+
+def _broken(folder: Path, good: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = good.read_bytes()
+    files = {
+        "truncated": folder / "truncated.mp4",
+        "corrupt": folder / "corrupt.mov",
+        "empty": folder / "empty.mkv",
+        "no video": folder / "sound.mkv",
+    }
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["corrupt"].write_bytes(np.random.default_rng(0).bytes(5000))
+    files["empty"].write_bytes(b"")
+    make_sound_only(files["no video"])
+    return files
+
+
+def make_sound_only(path: Path) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        tone = out.add_stream("aac", rate=16000)
+        tone.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+        )
+        frame.sample_rate, frame.pts = 16000, 0
+        out.mux(tone.encode(frame))
+        out.mux(tone.encode(None))
+
+
+def test_a_clip_lands_beside_itself_with_its_frames_and_sound_and_broken_videos_fail_one_by_one(
+    tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip = tmp_path / "in" / "clip.mp4"
+    make_clip(clip, blurred_frames(8))
+    broken = _broken(tmp_path / "bad", clip)
+    before = file_hashes([clip, *broken.values()])
+    code, out, err = _run(capsys, clip, *broken.values(), *PLAIN, "--json")
+    assert code == 1, err
+    records = {Path(r["input"]).name: r for r in map(json.loads, out.splitlines())}
+    assert records["clip.mp4"]["status"] == "ok" and records["clip.mp4"]["frames"] == 8
+    result = tmp_path / "in" / "clip_deblurred.mp4"
+    assert decoded(result)[0] == decoded(clip)[0]
+    assert audio_packets(result) == audio_packets(clip)
+    for name, path in broken.items():
+        record = records[path.name]
+        assert record["status"] == "failed", name
+        assert str(path) in record["error"] and "\n" not in record["error"], name
+    assert "no video stream" in records["sound.mkv"]["error"]
+    assert file_hashes([clip, *broken.values()]) == before
+    assert sorted(p.name for p in clip.parent.iterdir()) == ["clip.mp4", "clip_deblurred.mp4"]
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == sorted(
+        p.name for p in broken.values()
+    )
+
+
+def test_mask_every_reuses_key_frame_masks_and_a_scene_cut_forces_a_key_frame(
+    tiny_env: TinyEnv,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs: list[int] = []
+    real = MaskGenerator._generate
+
+    def counted(self: MaskGenerator, rgb: np.ndarray) -> object:
+        runs.append(1)
+        return real(self, rgb)
+
+    monkeypatch.setattr(MaskGenerator, "_generate", counted)
+    steady = tmp_path / "steady.mp4"
+    make_clip(steady, blurred_frames(10))
+    code, out, err = _run(capsys, steady, *MAP, "--mask-every", "4", "--scene-cut", "0.3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["key_frames"] == 3 and len(runs) == 3  # frames 0, 4, 8
+
+    runs.clear()
+    cut = tmp_path / "cut.mp4"
+    make_clip(cut, blurred_frames(10, cut_at=6))
+    code, out, err = _run(capsys, cut, *MAP, "--mask-every", "4", "--scene-cut", "0.3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["key_frames"] == 3 and len(runs) == 3  # frames 0, 4, 6 (the cut)
+
+
+def test_a_failing_frame_stops_its_video_by_name_or_keeps_its_input_pixels_when_asked(
+    tiny_env: TinyEnv,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clip = tmp_path / "clip.mkv"
+    make_clip(clip, blurred_frames(6))
+    real = Deblurrer.deblur
+    seen: list[int] = []
+
+    def flaky(self: Deblurrer, rgb: np.ndarray, masks: object = None) -> np.ndarray:
+        seen.append(1)
+        if len(seen) == 4:  # the fourth frame of the run: frame 3
+            raise RuntimeError("boom")
+        return real(self, rgb, masks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Deblurrer, "deblur", flaky)
+    code, _, err = _run(capsys, clip, *PLAIN)
+    assert code == 1 and "frame 3 (at 0.120 s)" in err and "boom" in err
+    assert not (tmp_path / "clip_deblurred.mkv").exists()
+    seen.clear()
+    code, _, err = _run(
+        capsys, clip, *PLAIN, "--keep-going-frames", "--codec", "ffv1", "--pix-fmt", "bgr0"
+    )
+    assert code == 0, err
+    assert "frames [3] failed and kept their input pixels" in err
+    _, frames_in, _ = decoded(clip)
+    times_out, frames_out, _ = decoded(tmp_path / "clip_deblurred.mkv")
+    assert len(frames_out) == 6 and times_out == decoded(clip)[0]
+    np.testing.assert_array_equal(frames_out[3], frames_in[3])
+    assert not np.array_equal(frames_out[2], frames_in[2])
+
+
+def test_masks_of_a_video_are_key_frame_segmasks_with_a_frame_map(
+    tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip = tmp_path / "clip.mp4"
+    stamps = make_clip(clip, blurred_frames(5), rotation=90)
+    code, _, err = _run(
+        capsys,
+        "masks",
+        clip,
+        "-o",
+        tmp_path / "m",
+        "--mask-every",
+        "2",
+        "--scene-cut",
+        "0",
+        "-d",
+        "cpu",
+    )
+    assert code == 0, err
+    folder = tmp_path / "m" / "clip"
+    with open(folder / "frames.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [round(float(r["seconds"]) * 1000) for r in rows] == stamps
+    assert [r["segmask"] for r in rows] == ["frame_000000.png"] * 2 + ["frame_000002.png"] * 2 + [
+        "frame_000004.png"
+    ]
+    from PIL import Image
+
+    with Image.open(folder / "frame_000002.png") as segmask:
+        assert segmask.size == (48, 64) and segmask.mode == "L"  # display orientation (turned)
