@@ -1,0 +1,155 @@
+"""Video: frames/s of `run_video` per model and mask strategy, with a flicker number, against
+the naive loop (decode everything, `Deblurrer.deblur` per frame, encode) in one run.
+
+Models are the tiny random-weight models of the test suite (``tests/tiny_models.py``: NAFNet
+width 8 and a tiny SAM behind a test manifest), so the numbers measure the video machinery
+(decode, masks, threads, encode) more than a real network; the relative cost of SAM every
+frame versus every K frames carries over. The clip is the astronaut photo, upscaled: its left
+half still, its right half sliding 4 px a frame under a 9 px box blur. Flicker: mean absolute
+frame-to-frame change of the output over the still half, divided by the same for the input
+(1.0 = no more flicker than the source).
+
+    PYTHONPATH=.:tests python -m benchmarks.bench_video [--quick] [--frames N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def make_clip(path: Path, frames: int, width: int, height: int) -> list[np.ndarray]:
+    import cv2
+    from tiny_models import small_photo
+    from video_clips import make_clip as encode
+
+    photo = cv2.resize(small_photo(step=1), (width, height), interpolation=cv2.INTER_AREA)
+    images = []
+    for i in range(frames):
+        moved = photo.astype(np.float32)
+        right = np.roll(moved[:, width // 2 :], 4 * i, axis=1)
+        moved[:, width // 2 :] = sum(np.roll(right, s, axis=1) for s in range(-4, 5)) / 9
+        images.append(np.clip(np.rint(moved), 0, 255).astype(np.uint8))
+    encode(path, images, audio=True)
+    return images
+
+
+def flicker(path: Path, reference: list[np.ndarray]) -> float:
+    from video_clips import decoded
+
+    _, frames, _ = decoded(path)
+    half = frames[0].shape[1] // 2
+
+    def change(seq: list[np.ndarray]) -> float:
+        still = [f[:, :half].astype(np.float32) for f in seq]
+        return float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(still)]))
+
+    return change(frames) / max(change(reference), 1e-3)
+
+
+def naive(deblurrer: object, src: Path, dst: Path) -> None:
+    import av
+
+    from sam_deblur_cli.imageio import to_uint8
+
+    with av.open(str(src)) as container:
+        stream = container.streams.video[0]
+        frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+        tb = stream.time_base
+    with av.open(str(dst), "w") as out:
+        video = out.add_stream("libx264")
+        video.width, video.height, video.pix_fmt = (
+            frames[0][1].shape[1],
+            frames[0][1].shape[0],
+            "yuv420p",
+        )
+        video.time_base = video.codec_context.time_base = tb
+        for pts, rgb in frames:
+            frame = av.VideoFrame.from_ndarray(to_uint8(deblurrer.deblur(rgb)), format="rgb24")  # type: ignore[attr-defined]
+            frame.pts, frame.time_base = pts, tb
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="640 x 360, 6 frames")
+    parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    width, height = (640, 360) if args.quick else (1280, 720)
+    frames = args.frames or (6 if args.quick else 12)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        os.environ["SAM_DEBLUR_HOME"] = str(root / "home")
+        from tiny_models import build_checkpoints, make_tiny_env
+
+        env = make_tiny_env(root / "tiny", build_checkpoints(root / "ckpt"))
+        os.environ["SAM_DEBLUR_WEIGHTS"] = str(env.manifest)
+        from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
+        from sam_deblur_cli.video.run import VideoSettings, run_video
+
+        src = root / "clip.mp4"
+        reference = make_clip(src, frames, width, height)
+        rows = []
+        cases = [("nafnet-gopro", "-", None), ("segnafnet-gopro", "every frame", (1, None))]
+        cases += [
+            ("segnafnet-gopro", "every 4", (4, None)),
+            ("segnafnet-gopro", "every 4 + cut 0.15", (4, 0.15)),
+        ]
+        for model, label, keys in cases:
+            deblurrer = Deblurrer(DeblurSettings(model=model, device="cpu", tlc=False, tile=None))
+            if deblurrer.needs_masks:  # no mask cache: every strategy pays for its SAM runs
+                deblurrer._mask_generator().cache = None
+            every, cut = keys or (1, None)
+            dst = root / f"{model}-{label.replace(' ', '')}.mp4"
+            start = time.perf_counter()
+            record = run_video(
+                deblurrer, src, dst, settings=VideoSettings(mask_every=every, scene_cut=cut)
+            )
+            seconds = time.perf_counter() - start
+            rows.append(
+                (
+                    model,
+                    label,
+                    f"{frames / seconds:.2f}",
+                    record["key_frames"],
+                    f"{flicker(dst, reference):.2f}",
+                )
+            )
+            if keys in (None, (1, None)):
+                dst = root / f"naive-{model}.mp4"
+                start = time.perf_counter()
+                naive(deblurrer, src, dst)
+                seconds = time.perf_counter() - start
+                rows.append(
+                    (
+                        model,
+                        "naive loop",
+                        f"{frames / seconds:.2f}",
+                        frames if keys else 0,
+                        f"{flicker(dst, reference):.2f}",
+                    )
+                )
+    print(f"{width} x {height}, {frames} frames, tiny models, CPU ({os.cpu_count()} cores)")
+    print("| model | masks | frames/s | SAM runs | flicker (out/in, still half) |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
