@@ -34,6 +34,10 @@ class ImageReadError(InputError):
     """An image file could not be decoded (missing, empty, truncated, not an image...)."""
 
 
+class PixelLimitError(ImageReadError):
+    """An image's header names more pixels than the decompression-bomb guard allows."""
+
+
 class ImageWriteError(InputError):
     """An output file could not be written."""
 

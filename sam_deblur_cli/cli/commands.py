@@ -1,3 +1,3 @@
 """Import every command module so that each registers its commands on ``app``."""
 
-from sam_deblur_cli.cli import deblur, evaluate, masks, train, weights  # noqa: F401
+from sam_deblur_cli.cli import deblur, evaluate, masks, serve, train, weights  # noqa: F401

@@ -15,7 +15,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from sam_deblur_cli.errors import ImageReadError, UsageError
+from sam_deblur_cli.errors import ImageReadError, PixelLimitError, UsageError
 from sam_deblur_cli.imageio.formats import _HEIF_ADVICE, _HEIF_BRANDS, _READ_FORMATS, _heif_support
 from sam_deblur_cli.imageio.metadata import _dpi, _orientation_and_exif
 from sam_deblur_cli.imageio.picture import Picture
@@ -194,7 +194,7 @@ def _check_header(src: Path, im: Image.Image, max_pixels: int | None) -> None:
             f"{src}: the header says {width} x {height} pixels; the file is damaged."
         )
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageReadError(
+        raise PixelLimitError(
             f"{src}: {width} x {height} pixels ({width * height / 1e6:.1f} MP) is above the "
             f"{max_pixels / 1e6:g} MP safety limit; if you trust this file, raise the limit "
             f"with --max-pixels {width * height} (max_pixels= in Python)."

@@ -1,0 +1,192 @@
+"""`sam-deblur serve`'s HTTP API against the tiny real models: the CLI's pixels, clear refusals.
+
+The app runs in-process under Starlette's TestClient (httpx); each test gets its own service
+whose private temp folder sits in ``tmp_path``, and checks that it is empty afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_models import TinyEnv, run_cli, save_photo, write_special_photos
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from sam_deblur_cli.serve.app import create_app  # noqa: E402
+from sam_deblur_cli.serve.jobs import ServeSettings, Service  # noqa: E402
+
+Client = tuple[TestClient, Service]
+
+
+@pytest.fixture(name="serve")
+def serve_fixture(tiny_env: TinyEnv, tmp_path: Path) -> Iterator[Callable[..., Client]]:
+    """``serve(**settings)``: a ready client and its service (closed, temp folder checked)."""
+    opened: list[tuple[TestClient, Service]] = []
+
+    def start(**overrides: Any) -> Client:
+        settings = ServeSettings(device="cpu", temp_parent=tmp_path, **overrides)
+        service = Service(settings)
+        client = TestClient(create_app(settings, service)).__enter__()
+        opened.append((client, service))
+        assert service.ready.wait(60), service.load_error
+        return client, service
+
+    yield start
+    for client, service in opened:
+        assert list(service.temp_root.iterdir()) == []  # every upload was removed
+        client.__exit__(None, None, None)
+        assert not service.temp_root.exists()
+
+
+def _upload(path: Path, name: str | None = None) -> dict[str, Any]:
+    return {"file": (name or path.name, path.read_bytes(), "application/octet-stream")}
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def _wait(client: TestClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(f"/api/jobs/{job_id}").json()
+        if status["state"] not in ("queued", "running"):
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_deblur_returns_the_cli_pixels_and_metadata(
+    serve: Callable[..., Client], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = write_special_photos(tmp_path / "in")["exif_rotated"]  # JPEG, orientation 6, ICC
+    cli_out = tmp_path / "cli.jpg"
+    code, _, err = run_cli(capsys, photo, "-o", cli_out, "--no-tlc", "--device", "cpu")
+    assert code == 0, err
+    client, _ = serve()
+    answer = client.post("/api/deblur", files=_upload(photo, "../../etc/My Photo.JPG"), data={"tlc": "false"})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "image/jpeg"
+    assert 'filename="My_Photo_deblurred.jpg"' in answer.headers["content-disposition"]
+    assert np.array_equal(_pixels(answer.content), _pixels(cli_out.read_bytes()))
+    with Image.open(io.BytesIO(answer.content)) as served, Image.open(cli_out) as made:
+        assert served.size == made.size == (64, 48)
+        assert served.info.get("icc_profile") == made.info.get("icc_profile") is not None
+        assert served.getexif().get(0x0112, 1) == 1
+    as_png = client.post("/api/deblur", files=_upload(photo), data={"tlc": "false", "format": "png"})
+    assert as_png.headers["content-type"] == "image/png"
+    assert _pixels(as_png.content).shape == (48, 64, 3)
+
+
+def test_masks_endpoint_returns_the_masks_command_segmask(
+    serve: Callable[..., Client], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = save_photo(tmp_path / "cat.png", "chelsea")
+    code, _, err = run_cli(capsys, "masks", photo, "-o", tmp_path / "m", "--device", "cpu")
+    assert code == 0, err
+    client, _ = serve()
+    segmask = client.post("/api/masks", files=_upload(photo))
+    assert segmask.status_code == 200, segmask.text
+    expected = _pixels((tmp_path / "m" / "cat_segmask.png").read_bytes())
+    assert np.array_equal(_pixels(segmask.content), expected)
+    overlay = client.post("/api/masks", files=_upload(photo), data={"format": "overlay"})
+    assert np.array_equal(
+        _pixels(overlay.content), _pixels((tmp_path / "m" / "cat_overlay.png").read_bytes())
+    )
+    plain = client.post("/api/masks", files=_upload(photo), data={"model": "nafnet-gopro"})
+    assert plain.status_code == 422 and "takes no masks" in plain.json()["detail"]
+
+
+def test_health_models_page_and_docs(serve: Callable[..., Client]) -> None:
+    client, _ = serve()
+    health = client.get("/api/health").json()
+    assert health["status"] == "ready" and health["device"] == "cpu"
+    models = {m["name"]: m for m in client.get("/api/models").json()}
+    assert set(models) == {"segnafnet-gopro", "masknafnet-gopro", "nafnet-gopro"}
+    assert models["segnafnet-gopro"]["default"] and models["segnafnet-gopro"]["loaded"]
+    assert not models["nafnet-gopro"]["masks"]
+    page = client.get("/")
+    assert page.status_code == 200 and "sam-deblur" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "cdn" not in page.text.lower() and "http" not in page.text.replace("http-equiv", "")
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/docs").status_code == 200
+    assert "/api/deblur" in client.get("/openapi.json").json()["paths"]
+
+
+def test_bad_uploads_get_a_clear_4xx_without_paths_or_tracebacks(
+    serve: Callable[..., Client], tmp_path: Path
+) -> None:
+    client, service = serve(max_upload_bytes=100_000, max_pixels=1_000_000)
+    photo = save_photo(tmp_path / "a.png")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo at all")
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (2000, 2000)).save(bomb)  # 4 MP in a few kB: above the 1 MP guard
+    big = tmp_path / "big.bin"
+    big.write_bytes(np.random.default_rng(0).bytes(150_000))
+    cases = [
+        (client.post("/api/deblur", files=_upload(text)), 415, "notes"),
+        (client.post("/api/deblur", files=_upload(bomb)), 413, "safety limit"),
+        (client.post("/api/deblur", files=_upload(big)), 413, "100000"[:0] + "MB limit"),
+        (client.post("/api/deblur", files=_upload(photo), data={"model": "nope"}), 422, "'nope'"),
+        (client.post("/api/deblur", files=_upload(photo), data={"format": "gif"}), 422, "gif"),
+        (client.post("/api/masks", files=_upload(photo), data={"format": "npz"}), 422, "overlay"),
+        (client.post("/api/deblur", data={"model": "nafnet-gopro"}), 400, "file"),
+        (client.post("/api/deblur", files={"file": ("e.png", b"", "image/png")}), 400, "empty"),
+        (client.get("/api/jobs/0123"), 404, "No job"),
+    ]
+    for answer, status, words in cases:
+        assert answer.status_code == status, answer.text
+        detail = answer.json()["detail"]
+        assert isinstance(detail, str) and words in detail, detail
+        assert str(service.temp_root) not in detail and "Traceback" not in detail
+    crossed = client.post(
+        "/api/deblur", files=_upload(photo), headers={"Origin": "https://evil.example"}
+    )
+    assert crossed.status_code == 403
+
+
+def test_a_full_queue_answers_503_and_jobs_report_progress_and_cancel(
+    serve: Callable[..., Client], tmp_path: Path
+) -> None:
+    client, service = serve(queue_size=2)
+    photo = save_photo(tmp_path / "a.png")
+    form = {"tlc": "false", "model": "nafnet-gopro"}
+    with service.device_lock:  # the device is busy: jobs wait
+        first = client.post("/api/jobs", files=_upload(photo), data=form)
+        second = client.post("/api/jobs", files=_upload(photo), data=form)
+        assert (first.status_code, second.status_code) == (202, 202), first.text
+        assert first.json()["state"] == "queued"
+        full = client.post("/api/deblur", files=_upload(photo), data=form)
+        assert full.status_code == 503 and full.headers["retry-after"] == "5"
+        assert "waiting" in full.json()["detail"]
+        cancelled = client.delete(f"/api/jobs/{second.json()['id']}").json()
+        assert cancelled["state"] == "cancelled"
+    done = _wait(client, first.json()["id"])
+    assert done["state"] == "done" and set(done["outputs"]) == {"result", "before", "after"}
+    job = first.json()["id"]
+    result = client.get(f"/api/jobs/{job}/result")
+    after = client.get(f"/api/jobs/{job}/after")
+    assert np.array_equal(_pixels(result.content), _pixels(after.content))  # PNG: lossless
+    assert np.array_equal(_pixels(client.get(f"/api/jobs/{job}/before").content), _pixels(photo.read_bytes()))
+    assert client.get(f"/api/jobs/{job}/overlay").status_code == 404  # plain model: no masks
+
+
+def test_a_waiting_job_nobody_polls_is_dropped(serve: Callable[..., Client], tmp_path: Path) -> None:
+    client, service = serve(abandon_after=0.2)
+    photo = save_photo(tmp_path / "a.png")
+    with service.device_lock:
+        job = client.post("/api/jobs", files=_upload(photo), data={"model": "nafnet-gopro"}).json()
+        time.sleep(0.4)
+    assert service.job(job["id"]) is not None
+    assert service.job(job["id"]).done.wait(10)  # type: ignore[union-attr]
+    assert client.get(f"/api/jobs/{job['id']}").json()["state"] == "cancelled"
