@@ -28,12 +28,16 @@ DEBLUR_OPTIONS = ("--masks", "--require-gpu", "--tlc", "--overlay", "--json", "-
         pytest.param(
             ["train", "--help"], ("sam-deblur train", "--resume", "--accum"), id="train-help"
         ),
+        pytest.param(
+            ["serve", "--help"], ("sam-deblur serve", "--host", "--port"), id="serve-help"
+        ),
     ],
 )
 def test_answers_without_importing_torch(argv: list[str], expected: str | tuple[str, ...]) -> None:
     code = (
         f"import sys; from sam_deblur_cli.cli import main; rc = main({argv!r});"
-        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+        "assert 'torch' not in sys.modules, 'torch imported';"
+        "assert 'fastapi' not in sys.modules, 'fastapi imported'; sys.exit(rc)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr

@@ -150,6 +150,7 @@ LAYERS = {
     "sam_deblur_cli.batch": 2,
     "sam_deblur_cli.batch.plan": 5,  # output names and checks, below the Deblurrer that uses them
     "sam_deblur_cli.evaluate": 2,
+    "sam_deblur_cli.serve": 2,
     "sam_deblur_cli.pipeline": 3,
     "sam_deblur_cli.restore": 4,
     "sam_deblur_cli.masks": 5,

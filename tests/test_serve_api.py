@@ -18,10 +18,10 @@ from PIL import Image
 from tiny_models import TinyEnv, run_cli, save_photo, write_special_photos
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from sam_deblur_cli.serve.app import create_app  # noqa: E402
-from sam_deblur_cli.serve.jobs import ServeSettings, Service  # noqa: E402
+from sam_deblur_cli.serve.app import create_app
+from sam_deblur_cli.serve.jobs import ServeSettings, Service
 
 Client = tuple[TestClient, Service]
 
@@ -72,7 +72,9 @@ def test_deblur_returns_the_cli_pixels_and_metadata(
     code, _, err = run_cli(capsys, photo, "-o", cli_out, "--no-tlc", "--device", "cpu")
     assert code == 0, err
     client, _ = serve()
-    answer = client.post("/api/deblur", files=_upload(photo, "../../etc/My Photo.JPG"), data={"tlc": "false"})
+    answer = client.post(
+        "/api/deblur", files=_upload(photo, "../../etc/My Photo.JPG"), data={"tlc": "false"}
+    )
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"] == "image/jpeg"
     assert 'filename="My_Photo_deblurred.jpg"' in answer.headers["content-disposition"]
@@ -81,7 +83,9 @@ def test_deblur_returns_the_cli_pixels_and_metadata(
         assert served.size == made.size == (64, 48)
         assert served.info.get("icc_profile") == made.info.get("icc_profile") is not None
         assert served.getexif().get(0x0112, 1) == 1
-    as_png = client.post("/api/deblur", files=_upload(photo), data={"tlc": "false", "format": "png"})
+    as_png = client.post(
+        "/api/deblur", files=_upload(photo), data={"tlc": "false", "format": "png"}
+    )
     assert as_png.headers["content-type"] == "image/png"
     assert _pixels(as_png.content).shape == (48, 64, 3)
 
@@ -177,11 +181,15 @@ def test_a_full_queue_answers_503_and_jobs_report_progress_and_cancel(
     result = client.get(f"/api/jobs/{job}/result")
     after = client.get(f"/api/jobs/{job}/after")
     assert np.array_equal(_pixels(result.content), _pixels(after.content))  # PNG: lossless
-    assert np.array_equal(_pixels(client.get(f"/api/jobs/{job}/before").content), _pixels(photo.read_bytes()))
+    assert np.array_equal(
+        _pixels(client.get(f"/api/jobs/{job}/before").content), _pixels(photo.read_bytes())
+    )
     assert client.get(f"/api/jobs/{job}/overlay").status_code == 404  # plain model: no masks
 
 
-def test_a_waiting_job_nobody_polls_is_dropped(serve: Callable[..., Client], tmp_path: Path) -> None:
+def test_a_waiting_job_nobody_polls_is_dropped(
+    serve: Callable[..., Client], tmp_path: Path
+) -> None:
     client, service = serve(abandon_after=0.2)
     photo = save_photo(tmp_path / "a.png")
     with service.device_lock:

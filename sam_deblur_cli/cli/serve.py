@@ -17,7 +17,6 @@ import typer
 from sam_deblur_cli.cli.app import app
 from sam_deblur_cli.cli.options import (
     DEFAULT_MODEL,
-    RUN_PANEL,
     Device,
     MaxPixels,
     Model,

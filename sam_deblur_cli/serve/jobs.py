@@ -194,6 +194,7 @@ class Service:
             "error": self.load_error,
             "waiting": waiting,
             "queue_size": self.settings.queue_size,
+            "max_upload_bytes": self.settings.max_upload_bytes,
         }
 
     def models(self) -> list[dict[str, Any]]:
@@ -346,7 +347,12 @@ class Service:
         except InputError as exc:
             self._finish(job, "failed", public_message(exc, job.folder, job.request.name), 422)
         except SamDeblurError as exc:
-            self._finish(job, "failed", public_message(exc, job.folder, job.request.name), 422 if _usage(exc) else 503)
+            self._finish(
+                job,
+                "failed",
+                public_message(exc, job.folder, job.request.name),
+                422 if _usage(exc) else 503,
+            )
         except Exception:  # one photo must not stop the server; the log has the traceback
             logger.exception("job %s failed", job.id)
             self._finish(job, "failed", "Internal error while processing this photo.", 500)
