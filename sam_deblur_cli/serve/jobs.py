@@ -316,8 +316,7 @@ class Service:
             self._deblurrer(self.settings.model)
             self.ready.set()
         except SamDeblurError as exc:
-            self.load_error = str(exc)
-            logger.error("could not load %s: %s", self.settings.model, exc)
+            self.load_error = str(exc)  # health reports it; `serve` prints it once
         except Exception as exc:  # a server must report, not die, whatever the loader hit
             self.load_error = f"Loading {self.settings.model} failed ({exc}); see the server log."
             logger.exception("could not load %s", self.settings.model)
