@@ -86,11 +86,11 @@ def _decoded_one_ahead(
 ) -> Iterator[Future[tuple[Picture, float]]]:
     """One decode per source, in order; the next is submitted before the current is handed
     out, so it decodes while the caller works on the current one (prefetch of one)."""
-    upcoming = pool.submit(_timed_read, sources[0], options) if sources else None
+    upcoming = pool.submit(timed_read, sources[0], options) if sources else None
     for position in range(len(sources)):
         current = upcoming
         if position + 1 < len(sources):
-            upcoming = pool.submit(_timed_read, sources[position + 1], options)
+            upcoming = pool.submit(timed_read, sources[position + 1], options)
         assert current is not None
         yield current
 
@@ -98,9 +98,21 @@ def _decoded_one_ahead(
 def _one_job(
     deblurrer: Deblurrer, job: Job, decoded: Future[tuple[Picture, float]], options: FileOptions
 ) -> Record:
+    return run_job(deblurrer, job, options, decoded.result)
+
+
+def run_job(
+    deblurrer: Deblurrer,
+    job: Job,
+    options: FileOptions,
+    read: Callable[[], tuple[Picture, float]],
+) -> Record:
+    """One job's record: ``read()`` gives the decoded input and its seconds, then the
+    Deblurrer does the rest. An input's failure is recorded (status "failed"); a SetupError
+    or KeyboardInterrupt propagates. Every engine runs its jobs through this function."""
     record = deblurrer.new_record(job.src, job.dst)
     try:
-        picture, record["seconds"]["read"] = decoded.result()
+        picture, record["seconds"]["read"] = read()
         deblurrer.deblur_into(record, job.src, job.dst, job.masks_file, options, picture)
     except SetupError:
         raise
@@ -112,7 +124,8 @@ def _one_job(
     return record
 
 
-def _timed_read(src: Path, options: FileOptions) -> tuple[Picture, float]:
+def timed_read(src: Path, options: FileOptions) -> tuple[Picture, float]:
+    """Decode ``src`` as the run's options say; returns the picture and the seconds it took."""
     from sam_deblur_cli.imageio import read_image
 
     start = time.perf_counter()

@@ -112,7 +112,16 @@ def plan_batch(
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if out_dir.resolve() == in_dir.resolve():
         raise UsageError(f"The output folder {out_dir} is the input folder; choose another one.")
-    sources = scan_folder(in_dir, recursive=recursive, exclude=out_dir)
+    return mirror_jobs(
+        in_dir, out_dir, scan_folder(in_dir, recursive=recursive, exclude=out_dir), format
+    )
+
+
+def mirror_jobs(
+    in_dir: Path, out_dir: Path, sources: Sequence[Path], format: str | None = None
+) -> list[Job]:
+    """Jobs sending each of ``sources`` (inside ``in_dir``) to the same place under ``out_dir``,
+    with :func:`plan_batch`'s naming rules (shared by the folder scan and path lists)."""
     wanted = {
         src: out_dir / src.relative_to(in_dir).with_suffix(output_suffix(src, format))
         for src in sources
@@ -146,3 +155,33 @@ def check_jobs(jobs: Sequence[Job]) -> None:
             raise UsageError(
                 f"The output {job.dst} would replace an input; choose another output folder."
             )
+
+
+def plan_path_list(
+    in_dir: Path, out_dir: Path, list_file: Path, *, format: str | None = None
+) -> list[Job]:
+    """Jobs for the images named in ``list_file`` (one path per line, relative to ``in_dir``
+    or absolute inside it; blank lines and lines starting with ``#`` are skipped), mirrored
+    under ``out_dir`` as :func:`plan_batch` does. Nothing is globbed or opened: a missing or
+    broken image fails as that one input when it is run."""
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if out_dir.resolve() == in_dir.resolve():
+        raise UsageError(f"The output folder {out_dir} is the input folder; choose another one.")
+    try:
+        lines = Path(list_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"Cannot read the path list {list_file} ({exc}); pass a text file."
+        ) from None
+    root = in_dir.resolve()
+    sources: list[Path] = []
+    for line in dict.fromkeys(line.strip() for line in lines):
+        if not line or line.startswith("#"):
+            continue
+        path = Path(line) if Path(line).is_absolute() else in_dir / line
+        if root != path.resolve() and root not in path.resolve().parents:
+            raise UsageError(
+                f"{line} (in {list_file}) is not inside {in_dir}; list paths relative to it."
+            )
+        sources.append(in_dir / path.resolve().relative_to(root))
+    return mirror_jobs(in_dir, out_dir, sources, format)
