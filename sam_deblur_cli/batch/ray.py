@@ -219,9 +219,9 @@ def _run_rows(
         }
         for i in todo
     ]
-    # Small blocks keep every actor busy (an image takes seconds, a block costs milliseconds).
-    blocks = max(1, min(len(items), math.ceil(len(items) / 4), high * 64))
-    blocks = len(items) if len(items) <= high * 4 else blocks
+    # One row per block keeps every actor busy and bounds what a dead actor's retry redoes
+    # (an image takes seconds, a block milliseconds); past 10k rows, blocks grow.
+    blocks = min(len(items), max(10_000, high * 64))
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
     compute = (
         ActorPoolStrategy(size=low)

@@ -21,6 +21,7 @@ from sam_deblur_cli.cli.options import (
     MODEL_PANEL,
     OUTPUT,
     Device,
+    EngineOptions,
     ImageFormat,
     MaskRecipeOptions,
     MaxPixels,
@@ -192,26 +193,42 @@ def batch_command(
     recursive: Annotated[
         bool, typer.Option("--recursive", "-r", help="Include sub-folders; their tree is mirrored.")
     ] = False,
+    paths_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--paths-from",
+            help="Deblur the images listed in this file (one path per line, relative to "
+            "IN_DIR) instead of scanning IN_DIR.",
+        ),
+    ] = None,
     options: DeblurOptions,
+    engine: EngineOptions,
 ) -> None:
     """Deblur every image of a folder into another folder."""
 
     def plan() -> list[Job]:
-        from sam_deblur_cli.batch.plan import plan_batch
+        from sam_deblur_cli.batch.plan import plan_batch, plan_path_list
 
+        if paths_from is not None:
+            return plan_path_list(in_dir, Path(output), paths_from, format=options.format)
         return plan_batch(in_dir, Path(output), recursive=recursive, format=options.format)
 
-    _run(plan, options)
+    _run(plan, options, engine)
 
 
-def _run(plan: Callable[[], list[Job]], options: DeblurOptions) -> None:
+def _run(
+    plan: Callable[[], list[Job]], options: DeblurOptions, engine: EngineOptions | None = None
+) -> None:
     """Shared body: set-up errors exit 2 before any image; failures of inputs exit 1."""
     out = options.out
     try:
         with library_logging(verbose=out.verbose, quiet=out.quiet):
             settings, file_options = options.settings(), options.file_options()
             jobs = plan()
-            records = _process(jobs, settings, file_options, out, options.video_settings())
+            if engine is not None and engine.uses_ray:
+                records = _process_ray(jobs, settings, file_options, out, engine)
+            else:
+                records = _process(jobs, settings, file_options, out, options.video_settings())
     except SamDeblurError as exc:
         raise fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
@@ -325,6 +342,34 @@ def _video(
             record["error"] = f"{type(exc).__name__}: {exc}"
     _report(record, out)
     return record
+
+
+def _process_ray(
+    jobs: Sequence[Job],
+    settings: DeblurSettings,
+    options: FileOptions,
+    out: OutputMode,
+    engine: EngineOptions,
+) -> list[Record]:
+    """The same jobs on Ray (``batch/ray.py``): the bar and the lines follow the result rows."""
+    from sam_deblur_cli.batch.local import BatchCallbacks
+    from sam_deblur_cli.batch.ray import RayOptions, parse_workers, run_batch_ray
+    from sam_deblur_cli.pipeline import STAGES
+
+    ray_options = RayOptions(
+        address=engine.ray_address,
+        workers=None if engine.workers is None else parse_workers(engine.workers),
+        gpus_per_worker=engine.gpus_per_worker,
+    )
+    bar = not out.quiet and err_console.is_terminal
+    with StageProgress(len(jobs), STAGES, label="deblurring on Ray", enabled=bar) as progress:
+
+        def done(job: Job, record: Record) -> None:
+            progress.advance(record)
+            _report(record, out)
+
+        callbacks = BatchCallbacks(on_done=done)
+        return run_batch_ray(settings, jobs, options, ray_options=ray_options, callbacks=callbacks)
 
 
 def _report(record: Record, out: OutputMode) -> None:

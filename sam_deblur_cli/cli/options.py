@@ -443,3 +443,68 @@ def legacy_json_path(args: list[str]) -> list[str]:
 
 def _is_report_path(token: str) -> bool:
     return not token.startswith("-") and not Path(token).is_dir()
+
+
+# --------------------------------------------------------------------------- batch engines
+
+ENGINE_PANEL = "Engine (where the batch runs)"
+
+Engine = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="local (this process) or ray (a Ray cluster; pip install 'sam-deblur-cli[ray]').",
+        rich_help_panel=ENGINE_PANEL,
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="auto (this node's cluster) or ray://HOST:PORT (default: a local Ray instance).",
+        rich_help_panel=ENGINE_PANEL,
+    ),
+]
+GpusPerWorker = Annotated[
+    float | None,
+    typer.Option(
+        "--gpus-per-worker",
+        min=0.0,
+        help="GPUs reserved per Ray worker; fractions share a GPU (default: 1 if any, else 0).",
+        show_default=False,
+        rich_help_panel=ENGINE_PANEL,
+    ),
+]
+RayWorkers = Annotated[
+    str | None,
+    typer.Option(
+        "--workers",
+        help="Ray workers: N, or MIN-MAX to autoscale (default: as many as fit).",
+        rich_help_panel=ENGINE_PANEL,
+    ),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions(OptionGroup):
+    """Which engine runs a batch, and the Ray engine's placement (``batch``)."""
+
+    engine: Engine = "local"
+    ray_address: RayAddress = None
+    gpus_per_worker: GpusPerWorker = None
+    workers: RayWorkers = None
+
+    @property
+    def uses_ray(self) -> bool:
+        """True for ``--engine ray``; a UsageError for an unknown engine or Ray options
+        given to the local engine."""
+        from sam_deblur_cli.errors import UsageError
+
+        if self.engine not in ("local", "ray"):
+            raise UsageError(f"Unknown engine {self.engine!r}; use --engine local or ray.")
+        given = [self.ray_address, self.gpus_per_worker, self.workers]
+        if self.engine == "local" and any(value is not None for value in given):
+            raise UsageError(
+                "--ray-address, --gpus-per-worker and --workers apply to --engine ray; add it."
+            )
+        return self.engine == "ray"
