@@ -453,7 +453,9 @@ Engine = Annotated[
     str,
     typer.Option(
         "--engine",
-        help="local (this process) or ray (a Ray cluster; pip install 'sam-deblur-cli[ray]').",
+        metavar="local|ray",
+        # "\\[" keeps Rich from reading "[ray]" as markup.
+        help="local (this process) or ray (a Ray cluster; pip install 'sam-deblur-cli\\[ray]').",
         rich_help_panel=ENGINE_PANEL,
     ),
 ]
@@ -479,6 +481,7 @@ RayWorkers = Annotated[
     str | None,
     typer.Option(
         "--workers",
+        metavar="N|MIN-MAX",
         help="Ray workers: N, or MIN-MAX to autoscale (default: as many as fit).",
         rich_help_panel=ENGINE_PANEL,
     ),
