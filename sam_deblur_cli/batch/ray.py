@@ -232,7 +232,7 @@ def _run_rows(
         DeblurActor,
         fn_constructor_kwargs={"settings": asdict(settings), "options": asdict(options)},
         batch_size=1,
-        batch_format="pandas",
+        batch_format="numpy",
         compute=compute,
         num_cpus=cpus,
         num_gpus=gpus,
@@ -261,25 +261,24 @@ class DeblurActor:
             self.error = exc
         self.worker = json.dumps(_worker_facts())
 
-    def __call__(self, batch: Any) -> Any:
-        """pandas rows (index, src, dst, masks) -> rows (index, record as JSON, worker)."""
-        import pandas as pd
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """numpy columns (index, src, dst, masks) -> columns (index, record as JSON, worker)."""
+        import numpy as np
 
-        records = [self._one(row) for row in batch.itertuples(index=False)]
-        return pd.DataFrame(
-            {
-                "index": batch["index"].to_numpy(),
-                "record": [json.dumps(record) for record in records],
-                "worker": [self.worker] * len(records),
-            }
-        )
+        rows = zip(batch["src"], batch["dst"], batch["masks"], strict=True)
+        records = [self._one(str(src), str(dst), str(masks)) for src, dst, masks in rows]
+        return {
+            "index": np.asarray(batch["index"]),
+            "record": np.array([json.dumps(record) for record in records], dtype=object),
+            "worker": np.array([self.worker] * len(records), dtype=object),
+        }
 
-    def _one(self, row: Any) -> Record:
+    def _one(self, src: str, dst: str, masks: str) -> Record:
         from pathlib import Path
 
         from sam_deblur_cli.batch.local import run_job, timed_read
 
-        job = Job(Path(row.src), Path(row.dst), Path(row.masks) if row.masks else None)
+        job = Job(Path(src), Path(dst), Path(masks) if masks else None)
         if self.deblurrer is None:
             return _setup_record(job, self.error)
         try:
