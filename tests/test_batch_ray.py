@@ -202,3 +202,27 @@ def test_cli_refuses_bad_engine_options(
         code, _, err = run_cli(capsys, *base, *extra)
         assert code == 2 and said in err, (extra, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_videos_in_a_ray_batch_run_here_and_photos_on_ray(
+    tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ray's actors deblur photos; a video of the same folder goes to the local video engine."""
+    from video_clips import blurred_frames, decoded, make_clip
+
+    src = tmp_path / "in"
+    save_photo(src / "a.png", "astronaut")
+    make_clip(src / "clip.mp4", blurred_frames(4), audio=False)
+    args = ["-m", "nafnet-gopro", "--no-tlc", "--device", "cpu", "--json"]
+    code, out, err = run_cli(
+        capsys, "batch", src, "-o", tmp_path / "out", *args, "--engine", "ray", "--workers", "1"
+    )
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert sorted((Path(r["input"]).name, r["status"]) for r in records) == [
+        ("a.png", "ok"),
+        ("clip.mp4", "ok"),
+    ]
+    assert (tmp_path / "out" / "a.png").is_file()
+    stamps, frames, _ = decoded(tmp_path / "out" / "clip.mp4")
+    assert len(frames) == 4 and stamps == decoded(src / "clip.mp4")[0]

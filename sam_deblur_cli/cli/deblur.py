@@ -225,10 +225,11 @@ def _run(
         with library_logging(verbose=out.verbose, quiet=out.quiet):
             settings, file_options = options.settings(), options.file_options()
             jobs = plan()
+            video = options.video_settings()
             if engine is not None and engine.uses_ray:
-                records = _process_ray(jobs, settings, file_options, out, engine)
+                records = _process_ray(jobs, settings, file_options, out, engine, video)
             else:
-                records = _process(jobs, settings, file_options, out, options.video_settings())
+                records = _process(jobs, settings, file_options, out, video)
     except SamDeblurError as exc:
         raise fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
@@ -350,8 +351,28 @@ def _process_ray(
     options: FileOptions,
     out: OutputMode,
     engine: EngineOptions,
+    video: VideoSettings,
 ) -> list[Record]:
-    """The same jobs on Ray (``batch/ray.py``): the bar and the lines follow the result rows."""
+    """The photos on Ray (``batch/ray.py``), then the videos here with the local engine (the
+    Ray actors deblur photos only); records in job order."""
+    from sam_deblur_cli.video import is_video_path
+
+    videos = {i for i, job in enumerate(jobs) if is_video_path(job.src)}
+    photos = [job for i, job in enumerate(jobs) if i not in videos]
+    on_ray = iter(_photos_on_ray(photos, settings, options, out, engine) if photos else [])
+    here = [jobs[i] for i in sorted(videos)]
+    local = iter(_process(here, settings, options, out, video) if here else [])
+    return [next(local) if i in videos else next(on_ray) for i in range(len(jobs))]
+
+
+def _photos_on_ray(
+    jobs: Sequence[Job],
+    settings: DeblurSettings,
+    options: FileOptions,
+    out: OutputMode,
+    engine: EngineOptions,
+) -> list[Record]:
+    """Photo jobs on Ray: the bar and the lines follow the result rows."""
     from sam_deblur_cli.batch.local import BatchCallbacks
     from sam_deblur_cli.batch.ray import RayOptions, parse_workers, run_batch_ray
     from sam_deblur_cli.pipeline import STAGES
