@@ -1,4 +1,5 @@
-"""Run a deblurring network on one image: padding, device, precision, tiling, OOM back-off.
+"""Run a deblurring network on one image (padding, device, precision, tiling, OOM back-off),
+or on a batch of same-size images where memory allows (``restore_batch``).
 
 numpy in, numpy out. Import this module lazily from anything the CLI loads at start-up: it
 imports torch.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -88,12 +89,114 @@ def restore(
     h, w = _check_image(image)
     with torch.inference_mode(), tf32_mode(tf32):
         run, hp, wp = _tile_runner(
-            net.to(device=target.device, dtype=target.dtype).eval(), image, guide, target
+            net.to(device=target.device, dtype=target.dtype).eval(), [image], [guide], target
         )
         size = _plan(h, w, tile, _net_width(net), target)
         out = _run_with_backoff(run, hp, wp, size, tile_overlap, target, progress, tile_on_oom)
         result = out[0, :, :h, :w].clamp_(0, 1).permute(1, 2, 0)
     return np.ascontiguousarray(result.numpy(), dtype=np.float32)
+
+
+MAX_AUTO_BATCH = 8  # the most images batch_capacity ever suggests
+
+
+def restore_batch(
+    net: nn.Module,
+    images: Sequence[np.ndarray],
+    guides: Sequence[np.ndarray | None] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    tile: Tile = None,
+    tile_on_oom: bool = True,
+    tf32: bool | None = None,
+) -> list[np.ndarray]:
+    """Deblur same-size ``images`` (each H x W x 3 float32 RGB in [0, 1]) in batches.
+
+    ``guides``: None for plain networks, else one guide per image as for :func:`restore`
+    (segmasks for CAT, label maps for MAP, each image with its own groups). Whole images
+    are stacked as many at a time as the memory estimate allows (``estimate_peak_bytes``
+    times the batch against the free memory); images that would not fit in a batch of two,
+    a batch that runs out of memory, and every image when ``tile`` is a size, go one at a
+    time through :func:`restore` (with ``tile`` and ``tile_on_oom``). Returns one
+    H x W x 3 float32 array in [0, 1] per image, in order; the same values as
+    :func:`restore` on each image up to float rounding.
+    """
+    from sam_deblur_cli.devices import tf32_mode
+
+    target = make_target(device, precision)
+    images = list(images)
+    guide_list: list[np.ndarray | None] = [None] * len(images) if guides is None else list(guides)
+    if len(guide_list) != len(images):
+        raise UsageError(f"{len(images)} images but {len(guide_list)} masks; pass one per image.")
+    if not images:
+        return []
+    h, w = _check_image(images[0])
+    for image in images[1:]:
+        if image.shape != images[0].shape:
+            raise UsageError(
+                f"A batch holds images of one size; got {image.shape} and {images[0].shape}."
+            )
+
+    def one(image: np.ndarray, guide: np.ndarray | None) -> np.ndarray:
+        return restore(
+            net,
+            image,
+            guide,
+            device=target.device,
+            precision=precision,
+            tile=tile,
+            tile_on_oom=tile_on_oom,
+            tf32=tf32,
+        )
+
+    fits = _capacity(h, w, _net_width(net), target, len(images))
+    if isinstance(tile, int) and tile > 0:
+        fits = 1
+    results: list[np.ndarray] = []
+    for start in range(0, len(images), fits):
+        chunk = images[start : start + fits]
+        chunk_guides = guide_list[start : start + fits]
+        if len(chunk) == 1:
+            results.append(one(chunk[0], chunk_guides[0]))
+            continue
+        try:
+            with torch.inference_mode(), tf32_mode(tf32):
+                ready = net.to(device=target.device, dtype=target.dtype).eval()
+                run, _hp, _wp = _tile_runner(ready, chunk, chunk_guides, target)
+                out = run(slice(None), slice(None)).float().cpu()
+                out = out[:, :, :h, :w].clamp_(0, 1).permute(0, 2, 3, 1)
+                results.extend(np.ascontiguousarray(o.numpy(), dtype=np.float32) for o in out)
+        except _OOM:
+            if target.device.type == "cuda":
+                torch.cuda.empty_cache()
+            logger.warning(
+                "Out of memory on %s with a batch of %d: one image at a time",
+                target.device,
+                len(chunk),
+            )
+            results.extend(one(i, g) for i, g in zip(chunk, chunk_guides, strict=True))
+    return results
+
+
+def batch_capacity(
+    height: int,
+    width: int,
+    *,
+    net_width: int = 32,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    limit: int = MAX_AUTO_BATCH,
+) -> int:
+    """How many whole H x W images fit in one batch now (1 to ``limit``), by the estimate."""
+    return _capacity(height, width, net_width, make_target(device, precision), limit)
+
+
+def _capacity(height: int, width: int, net_width: int, target: Target, limit: int) -> int:
+    precision = next(k for k, v in _DTYPES.items() if v == target.dtype)
+    peak = estimate_peak_bytes(height, width, net_width=net_width, precision=precision)
+    budget = _BUDGET_SHARE * free_memory_bytes(target.device)
+    return max(1, min(limit, int(budget // max(peak, 1))))
 
 
 def make_target(device: str | torch.device, precision: str) -> Target:
@@ -133,23 +236,31 @@ TileRun = Callable[[slice, slice], Tensor]  # padded-space window -> N x 3 x h x
 
 
 def _tile_runner(
-    net: nn.Module, image: np.ndarray, guide: np.ndarray | None, target: Target
+    net: nn.Module,
+    images: list[np.ndarray],
+    guides: list[np.ndarray | None],
+    target: Target,
 ) -> tuple[TileRun, int, int]:
-    """A function running ``net`` on any window of the padded image, and the padded size."""
+    """A function running ``net`` on any window of the padded, stacked images (all the same
+    size, each with its own guide), and the padded size."""
     from sam_deblur_cli.masks import check_guide
 
     kind: GuideKind = getattr(net, "guide_kind", "none")
-    check_guide(kind, guide, image.shape)
-    x = _to_tensor(image, target)
+    for image, guide in zip(images, guides, strict=True):
+        check_guide(kind, guide, image.shape)
+    x = torch.cat([_to_tensor(image, target) for image in images])
     hp, wp = x.shape[-2] + (-x.shape[-2] % _ALIGN), x.shape[-1] + (-x.shape[-1] % _ALIGN)
     x = _pad(x, hp, wp, 0.0)
-    if guide is None:
+    if kind == "none":
         return (lambda ys, xs: net(x[..., ys, xs])), hp, wp
+    present = [g for g in guides if g is not None]  # check_guide: all of them for CAT and MAP
     if kind == "segmask":
-        seg = _pad(_segmask_tensor(guide, target), hp, wp, 0.0)
+        seg = _pad(torch.cat([_segmask_tensor(g, target) for g in present]), hp, wp, 0.0)
         return (lambda ys, xs: net(x[..., ys, xs], seg[..., ys, xs])), hp, wp
     map_net = cast("SegNAFNet", net)
-    labels = _pad(_labels_tensor(guide, target.device)[:, None], hp, wp, -1)[:, 0]
+    labels = torch.cat([_labels_tensor(g, target.device) for g in present])
+    labels = _pad(labels[:, None], hp, wp, -1)[:, 0]
+    # each sample's groups are its own: mask_average pools per sample
     x_in = torch.cat([x, map_net.mask_average(x, labels).to(x.dtype)], dim=1)
     del labels
     return (lambda ys, xs: map_net.forward_features(x_in[..., ys, xs])), hp, wp

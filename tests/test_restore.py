@@ -13,7 +13,13 @@ from sam_deblur_cli import restore as restore_mod
 from sam_deblur_cli.errors import DeviceError, MaskError, TooLargeError, UsageError
 from sam_deblur_cli.nets import NetConfig, build_network
 from sam_deblur_cli.nets.tlc import set_tlc
-from sam_deblur_cli.restore import estimate_peak_bytes, plan_tile, restore
+from sam_deblur_cli.restore import (
+    batch_capacity,
+    estimate_peak_bytes,
+    plan_tile,
+    restore,
+    restore_batch,
+)
 
 
 def random_net(variant: str, *, width: int = 8, spread: float = 0.5, seed: int = 0) -> nn.Module:
@@ -307,3 +313,106 @@ def test_label_maps_with_gaps_pool_the_gaps_like_upstream() -> None:
         ref = oracles.forward(net.state_dict(), "map", x, torch.from_numpy(labels)[None], False)
     expected = ref[0].clamp(0, 1).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _frames(count: int, h: int, w: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    return [rng.random((h, w, 3), dtype=np.float32) for _ in range(count)]
+
+
+def _frame_guides(variant: str, count: int, h: int, w: int) -> list[np.ndarray | None]:
+    """A different guide per frame; for MAP, frame 1 has lost group 2 (groups 0, 1, 3)
+    and frame 2 has fewer groups than the others."""
+    rng = np.random.default_rng(12)
+    if variant == "plain":
+        return [None] * count
+    if variant == "cat":
+        return [rng.integers(0, 256, (h, w), dtype=np.uint8) for _ in range(count)]
+    maps = [rng.integers(0, 5, (h, w)) for _ in range(count)]
+    maps[1][maps[1] == 2] = 3  # a group that vanished in this frame
+    maps[2] = rng.integers(0, 2, (h, w))
+    return list(maps)
+
+
+@pytest.mark.parametrize("tlc", [False, True], ids=["no-tlc", "tlc"])
+@pytest.mark.parametrize("variant", ["plain", "cat", "map"])
+def test_a_batch_gives_what_each_image_gives_alone(variant: str, tlc: bool) -> None:
+    net = random_net(variant)
+    set_tlc(net, tlc)
+    # TLC's windows (384 px at full size) must be smaller than the image to change anything
+    h, w = (21, 403) if tlc else (37, 53)
+    images = _frames(4, h, w)
+    guides = _frame_guides(variant, 4, h, w)
+    if variant == "map":
+        assert 2 not in guides[1] and int(guides[2].max()) == 1  # type: ignore[union-attr,operator]
+    batched = restore_batch(net, images, guides if variant != "plain" else None)
+    assert len(batched) == 4
+    for image, guide, out in zip(images, guides, batched, strict=True):
+        alone = restore(net, image, guide)
+        assert out.shape == (h, w, 3) and out.dtype == np.float32
+        np.testing.assert_allclose(out, alone, rtol=0, atol=1e-5)
+    # the frames really differ, so a mix-up between them would show
+    assert np.abs(batched[0] - batched[1]).mean() > 1e-3
+
+
+class _CountingNet(nn.Module):
+    """A network that records the batch size of every call and runs out of memory above
+    ``limit`` images at once."""
+
+    guide_kind = "none"
+
+    def __init__(self, inner: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit = inner, limit
+        self.batches: list[int] = []
+
+    def forward(self, image: Tensor, guide: Tensor | None = None) -> Tensor:
+        self.batches.append(image.shape[0])
+        if image.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return self.inner(image, guide)
+
+
+def test_a_batch_that_runs_out_of_memory_goes_one_image_at_a_time() -> None:
+    net = _CountingNet(random_net("plain"), limit=1)
+    images = _frames(3, 32, 48)
+    out = restore_batch(net, images)
+    assert net.batches == [3, 1, 1, 1]
+    for image, result in zip(images, out, strict=True):
+        np.testing.assert_allclose(result, restore(net.inner, image), atol=1e-6)
+
+
+def test_batches_are_as_large_as_the_memory_estimate_allows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = _CountingNet(random_net("plain"), limit=8)
+    images = _frames(5, 32, 48)
+    need = estimate_peak_bytes(32, 48)  # the wrapper has no intro: restore assumes width 32
+    monkeypatch.setattr(restore_mod, "free_memory_bytes", lambda device: int(2.5 * need / 0.8))
+    assert batch_capacity(32, 48) == 2
+    restore_batch(net, images)
+    assert net.batches == [2, 2, 1]
+    net.batches.clear()
+    monkeypatch.setattr(restore_mod, "free_memory_bytes", lambda device: need)
+    assert batch_capacity(32, 48) == 1
+    restore_batch(net, images)
+    assert net.batches == [1] * 5  # a batch of two would not fit: restore, image by image
+    monkeypatch.setattr(restore_mod, "free_memory_bytes", lambda device: 1000 * need)
+    assert batch_capacity(32, 48) == restore_mod.MAX_AUTO_BATCH
+
+
+def test_a_batch_checks_sizes_and_every_guide() -> None:
+    net = random_net("map")
+    images = _frames(2, 32, 32)
+    with pytest.raises(UsageError, match="one size"):
+        restore_batch(net, [images[0], np.zeros((32, 48, 3), np.float32)], [None, None])
+    with pytest.raises(UsageError, match="one per image"):
+        restore_batch(net, images, [np.zeros((32, 32), np.int64)])
+    with pytest.raises(MaskError, match="16x16"):
+        restore_batch(net, images, [np.zeros((32, 32), np.int64), np.zeros((16, 16), np.int64)])
+    with pytest.raises(UsageError, match="needs SAM masks"):
+        restore_batch(net, images)
+    assert restore_batch(net, [], []) == []
