@@ -103,16 +103,20 @@ def test_mask_every_reuses_key_frame_masks_and_a_scene_cut_forces_a_key_frame(
     assert json.loads(out)["key_frames"] == 3 and len(runs) == 3  # frames 0, 4, 6 (the cut)
 
 
+@pytest.mark.parametrize("batch", ["1", "4"])
 def test_a_failing_frame_stops_its_video_by_name_or_keeps_its_input_pixels_when_asked(
     tiny_env: TinyEnv,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    batch: str,
 ) -> None:
     clip = tmp_path / "clip.mkv"
     make_clip(clip, blurred_frames(6))
     real = Deblurrer.deblur
+    real_batch = Deblurrer.deblur_batch
     seen: list[int] = []
+    batched: list[int] = []
 
     def flaky(self: Deblurrer, rgb: np.ndarray, masks: object = None) -> np.ndarray:
         seen.append(1)
@@ -120,13 +124,32 @@ def test_a_failing_frame_stops_its_video_by_name_or_keeps_its_input_pixels_when_
             raise RuntimeError("boom")
         return real(self, rgb, masks)  # type: ignore[arg-type]
 
+    def flaky_batch(self: Deblurrer, rgbs: list[np.ndarray], masks: object = None) -> object:
+        first = len(batched)
+        batched.extend(range(first, first + len(rgbs)))
+        if 3 in batched[first:]:  # the batch holding frame 3 fails too
+            raise RuntimeError("boom")
+        return real_batch(self, rgbs, masks)  # type: ignore[arg-type]
+
     monkeypatch.setattr(Deblurrer, "deblur", flaky)
-    code, _, err = _run(capsys, clip, *PLAIN)
+    monkeypatch.setattr(Deblurrer, "deblur_batch", flaky_batch)
+    code, _, err = _run(capsys, clip, *PLAIN, "--batch-frames", batch)
     assert code == 1 and "frame 3 (at 0.120 s)" in err and "boom" in err
     assert not (tmp_path / "clip_deblurred.mkv").exists()
+    assert len(batched) == (0 if batch == "1" else 4)
     seen.clear()
+    batched.clear()
     code, _, err = _run(
-        capsys, clip, *PLAIN, "--keep-going-frames", "--codec", "ffv1", "--pix-fmt", "bgr0"
+        capsys,
+        clip,
+        *PLAIN,
+        "--keep-going-frames",
+        "--codec",
+        "ffv1",
+        "--pix-fmt",
+        "bgr0",
+        "--batch-frames",
+        batch,
     )
     assert code == 0, err
     assert "frames [3] failed and kept their input pixels" in err
@@ -167,3 +190,43 @@ def test_masks_of_a_video_are_key_frame_segmasks_with_a_frame_map(
 
     with Image.open(folder / "frame_000002.png") as segmask:
         assert segmask.size == (48, 64) and segmask.mode == "L"  # display orientation (turned)
+
+
+def test_batched_frames_match_frames_one_at_a_time_on_a_lossless_codec(
+    tiny_env: TinyEnv,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sam_deblur_cli import restore
+
+    sizes: list[int] = []
+    real = restore.restore_batch
+
+    def counted(net: object, images: list[np.ndarray], *args: object, **kw: object) -> object:
+        sizes.append(len(images))
+        return real(net, images, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(restore, "restore_batch", counted)
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, blurred_frames(10, cut_at=6))
+    lossless = ["--codec", "ffv1", "--pix-fmt", "bgr0", "--json"]
+    keys = ["--mask-every", "3", "--scene-cut", "0.3"]
+    outputs = {}
+    for batch in ("1", "4", "auto"):
+        dst = tmp_path / f"out-{batch}.mkv"
+        code, out, err = _run(
+            capsys, clip, *MAP, *keys, *lossless, "-o", dst, "--batch-frames", batch
+        )
+        assert code == 0, err
+        assert json.loads(out)["key_frames"] == 4  # frames 0, 3, 6 (the cut) and 9
+        outputs[batch] = decoded(dst)
+    assert sizes == [4, 4, 2, 8, 2]  # "1" never batches; auto takes 8 (all fit in memory)
+    times_1, frames_1, _ = outputs["1"]
+    for batch in ("4", "auto"):
+        times_b, frames_b, _ = outputs[batch]
+        assert times_b == times_1 and len(frames_b) == 10
+        for a, b in zip(frames_1, frames_b, strict=True):
+            diff = np.abs(a.astype(int) - b.astype(int))
+            # float rounding of a batch (below 1e-6) may move a value across a rounding edge
+            assert diff.max() <= 1 and (diff > 0).mean() < 1e-3

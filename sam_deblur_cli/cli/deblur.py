@@ -113,13 +113,14 @@ class DeblurOptions(OptionGroup):
 
     def video_settings(self) -> VideoSettings:
         """How videos are deblurred and encoded."""
-        from sam_deblur_cli.video.run import VideoSettings
+        from sam_deblur_cli.video.run import VideoSettings, parse_batch_frames
         from sam_deblur_cli.video.write import EncodeOptions
 
         v = self.video
         return VideoSettings(
             mask_every=v.mask_every,
             scene_cut=v.scene_cut or None,
+            batch_frames=parse_batch_frames(v.batch_frames),
             keep_going_frames=v.keep_going_frames,
             encode=EncodeOptions(codec=v.codec, crf=v.crf, preset=v.preset, pix_fmt=v.pix_fmt),
         )

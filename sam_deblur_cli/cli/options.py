@@ -233,6 +233,15 @@ SceneCut = Annotated[
         rich_help_panel=VIDEO_PANEL,
     ),
 ]
+BatchFrames = Annotated[
+    str,
+    typer.Option(
+        "--batch-frames",
+        help="Video: frames the network takes at once, or auto (up to 8, as many as fit in "
+        "memory); 1 gives each frame exactly its photo result.",
+        rich_help_panel=VIDEO_PANEL,
+    ),
+]
 KeepGoingFrames = Annotated[
     bool,
     typer.Option(
@@ -399,6 +408,7 @@ class VideoOptions(OptionGroup):
 
     mask_every: MaskEvery = 1
     scene_cut: SceneCut = 0.08
+    batch_frames: BatchFrames = "auto"
     keep_going_frames: KeepGoingFrames = False
     codec: Codec = None
     crf: Crf = None

@@ -4,10 +4,13 @@ Decoding (a reader thread), the network (this thread) and encoding (a writer thr
 overlap. Masks come from key frames: every ``mask_every``-th frame, the first frame of each
 segment and any frame that differs from the last key frame by more than ``scene_cut`` (mean
 absolute difference of 32 x 32 gray thumbnails, values in [0, 1]); frames in between reuse
-the key frame's MaskResult. Frames are encoded into segment files in a hidden work folder
-beside the output; a run that stops (Ctrl-C, a failing frame) keeps the finished segments
-and the next run with the same settings starts after them. The final file is written
-atomically from the segments and the input's audio and subtitle packets.
+the key frame's MaskResult. The network takes ``batch_frames`` consecutive frames at a time
+(restore_batch: as many as fit in memory, "auto" up to 8); a batch that fails is redone
+frame by frame, so a failing frame is still named. Frames are encoded into segment files
+in a hidden work folder beside the output; a run that stops (Ctrl-C, a failing frame)
+keeps the finished segments and the next run with the same settings starts after them.
+The final file is written atomically from the segments and the input's audio and subtitle
+packets.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -46,6 +49,9 @@ class VideoSettings:
     """How videos are deblurred and encoded (the same for every video of a run)."""
 
     mask_every: int = 1  # SAM on every K-th frame; the frames between reuse its masks
+    # frames per network batch, or "auto" (up to 8, as many as fit). 1 (the library's
+    # default) gives each frame exactly its photo result; batches agree to float rounding.
+    batch_frames: int | Literal["auto"] = 1
     scene_cut: float | None = 0.08  # force a key frame above this thumbnail difference
     keep_going_frames: bool = False  # a failing frame keeps its input pixels instead of stopping
     segment_frames: int = 48  # frames per resumable segment
@@ -54,8 +60,28 @@ class VideoSettings:
     def check(self) -> None:
         if self.mask_every < 1:
             raise UsageError(f"--mask-every {self.mask_every} must be 1 or more.")
+        if self.batch_frames != "auto" and (
+            not isinstance(self.batch_frames, int) or self.batch_frames < 1
+        ):
+            raise UsageError(f"--batch-frames {self.batch_frames} must be auto or 1 or more.")
         if self.segment_frames < 1:
             raise UsageError(f"Segments of {self.segment_frames} frames are impossible; use 1+.")
+
+
+def parse_batch_frames(value: str | int) -> int | Literal["auto"]:
+    """``--batch-frames``: "auto" or a count of 1 or more; UsageError otherwise."""
+    if isinstance(value, int):
+        count = value
+    elif value.strip().lower() == "auto":
+        return "auto"
+    else:
+        try:
+            count = int(value)
+        except ValueError:
+            raise UsageError(f"--batch-frames {value!r}: use auto or a number of frames.") from None
+    if count < 1:
+        raise UsageError(f"--batch-frames {count} must be auto or 1 or more.")
+    return count
 
 
 class KeyFrames:
@@ -179,14 +205,15 @@ class _Engine:
         writer.start()
         began = time.perf_counter()
         try:
-            for frame in _drain(frames):
+            for group in _groups(_drain(frames), self._batch_size()):
                 if writer_error:
                     break
-                outputs.put(("frame", (frame, self._deblur(frame))))
-                self.frames += 1
-                if self.on_frame is not None:
-                    fps = self.frames / max(time.perf_counter() - began, 1e-9)
-                    self.on_frame(start + self.frames, self.info.frames or None, fps)
+                for frame, rgb in zip(group, self._deblur_group(group), strict=True):
+                    outputs.put(("frame", (frame, rgb)))
+                    self.frames += 1
+                    if self.on_frame is not None:
+                        fps = self.frames / max(time.perf_counter() - began, 1e-9)
+                        self.on_frame(start + self.frames, self.info.frames or None, fps)
         except BaseException:
             stop.set()
             outputs.put(("abort", None))
@@ -216,28 +243,71 @@ class _Engine:
         except BaseException as exc:  # handed to the main thread, which re-raises it
             frames.put(exc)
 
-    def _deblur(self, frame: Frame) -> np.ndarray:
-        from sam_deblur_cli.imageio import to_uint8, to_uint16
+    def _batch_size(self) -> int:
+        from sam_deblur_cli.restore import MAX_AUTO_BATCH
 
+        size = self.settings.batch_frames
+        return MAX_AUTO_BATCH if size == "auto" else size  # restore_batch fits it to memory
+
+    def _deblur_group(self, group: list[Frame]) -> list[np.ndarray]:
+        """Output pixels of consecutive frames: one network batch, masks per frame in order;
+        a batch that fails is redone frame by frame (which names the failing frame)."""
+        if len(group) == 1:
+            return [self._deblur(group[0])]
         d = self.deblurrer
+        done: dict[int, np.ndarray] = {}
+        ready: list[tuple[int, MaskResult | None]] = []
+        for i, frame in enumerate(group):
+            try:
+                ready.append((i, self._masks(frame) if d.needs_masks else None))
+            except (SetupError, KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:
+                done[i] = self._failed(frame, exc)
         try:
-            masks = self._masks(frame) if d.needs_masks else None
             t0 = time.perf_counter()
-            out = d.deblur(frame.rgb, masks)
+            outs = d.deblur_batch(
+                [group[i].rgb for i, _ in ready],
+                [m for _, m in ready] if d.needs_masks else None,
+            )
             self.seconds["deblur"] = round(self.seconds["deblur"] + time.perf_counter() - t0, 4)
         except (SetupError, KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:
-            where = f"frame {frame.index} (at {frame.seconds:.3f} s) of {self.info.path}"
-            if not self.settings.keep_going_frames:
-                raise VideoError(
-                    f"{where} failed ({exc}); fix the cause, or rerun with --keep-going-frames "
-                    "to keep such frames as they are (the finished segments are reused)."
-                ) from exc
-            logger.warning("%s failed (%s); its input pixels are kept", where, exc)
-            self.kept.append(frame.index)
-            return frame.rgb
-        return to_uint8(out) if frame.rgb.dtype == np.uint8 else to_uint16(out)
+            logger.info("a batch of %d frames failed (%s): one frame at a time", len(ready), exc)
+            for i, masks in ready:
+                done[i] = self._deblur(group[i], (masks,))
+        else:
+            for (i, _), out in zip(ready, outs, strict=True):
+                done[i] = _pixels(out, group[i].rgb.dtype)
+        return [done[i] for i in range(len(group))]
+
+    def _deblur(self, frame: Frame, masks: tuple[MaskResult | None] | None = None) -> np.ndarray:
+        """One frame's output pixels; ``masks``: the frame's masks when already made."""
+        d = self.deblurrer
+        try:
+            if masks is None:
+                masks = (self._masks(frame) if d.needs_masks else None,)
+            t0 = time.perf_counter()
+            out = d.deblur(frame.rgb, masks[0])
+            self.seconds["deblur"] = round(self.seconds["deblur"] + time.perf_counter() - t0, 4)
+        except (SetupError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:
+            return self._failed(frame, exc)
+        return _pixels(out, frame.rgb.dtype)
+
+    def _failed(self, frame: Frame, exc: Exception) -> np.ndarray:
+        """A VideoError naming ``frame``, or with keep_going_frames its input pixels."""
+        where = f"frame {frame.index} (at {frame.seconds:.3f} s) of {self.info.path}"
+        if not self.settings.keep_going_frames:
+            raise VideoError(
+                f"{where} failed ({exc}); fix the cause, or rerun with --keep-going-frames "
+                "to keep such frames as they are (the finished segments are reused)."
+            ) from exc
+        logger.warning("%s failed (%s); its input pixels are kept", where, exc)
+        self.kept.append(frame.index)
+        return frame.rgb
 
     _keys: KeyFrames | None = None
     _masks_now: MaskResult | None = None
@@ -300,6 +370,25 @@ def _drain(frames: queue.Queue[Any]) -> Iterator[Frame]:
         yield item
 
 
+def _groups(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
+    """Consecutive frames in lists of ``size`` (the last one shorter)."""
+    group: list[Frame] = []
+    for frame in frames:
+        group.append(frame)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _pixels(out: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """float32 [0, 1] network output -> the frame's own depth (uint8 or uint16)."""
+    from sam_deblur_cli.imageio import to_uint8, to_uint16
+
+    return to_uint8(out) if dtype == np.uint8 else to_uint16(out)
+
+
 def _to_uint8(rgb16: np.ndarray) -> np.ndarray:
     return ((rgb16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
@@ -317,7 +406,12 @@ def _fingerprint(
         "mask_value": deblurrer.mask_value,
         "precision": deblurrer.placement.precision,
         "tile": str(deblurrer.tile),
-        "video": {k: v for k, v in asdict(settings).items() if k not in ("keep_going_frames",)},
+        # neither changes the frames (batches agree with single frames to float rounding)
+        "video": {
+            k: v
+            for k, v in asdict(settings).items()
+            if k not in ("keep_going_frames", "batch_frames")
+        },
         "encoding": asdict(encoding),
     }
 
