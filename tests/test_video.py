@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
 from tiny_models import TinyEnv
-from video_clips import VFR_STEPS, audio_packets, blurred_frames, decoded, make_clip
+from video_clips import (
+    VFR_STEPS,
+    audio_packets,
+    blurred_frames,
+    decoded,
+    make_clip,
+    panning_frames,
+)
 
 from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
-from sam_deblur_cli.video.run import VideoSettings, run_video, work_folder
+from sam_deblur_cli.video.run import (
+    SCENE_CUT,
+    KeyFrames,
+    VideoSettings,
+    run_video,
+    scene_change,
+    work_folder,
+)
 from sam_deblur_cli.video.write import EncodeOptions
 
 LOSSLESS = EncodeOptions(codec="libx264rgb", crf=0)
@@ -98,3 +113,37 @@ def test_resume_after_an_interruption_redoes_no_finished_segment_and_gives_the_s
     assert times_a == times_b
     for a, b in zip(frames_a, frames_b, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("step", [2, 3, 6])
+def test_the_default_scene_cut_sees_no_cut_in_a_pan_and_exactly_one_at_a_hard_cut(
+    step: int,
+) -> None:
+    assert VideoSettings().scene_cut == SCENE_CUT
+    pan = panning_frames(24, step=step)
+    keys = KeyFrames(mask_every=8, scene_cut=SCENE_CUT)
+    assert [i for i, rgb in enumerate(pan) if keys.is_key(i, rgb)] == [0, 8, 16]  # the schedule
+    # margin: no step of the pan comes near the threshold, the cut is far above it
+    assert max(scene_change(a, b) for a, b in pairwise(pan)) < SCENE_CUT / 1.5
+    cut = panning_frames(24, step=step, cut_at=11)
+    keys = KeyFrames(mask_every=8, scene_cut=SCENE_CUT)
+    assert [i for i, rgb in enumerate(cut) if keys.is_key(i, rgb)] == [0, 8, 11, 19]
+    assert scene_change(cut[10], cut[11]) > 3 * SCENE_CUT
+    # 16-bit frames (10-bit video) are measured alike
+    deep = [f.astype(np.uint16) * 257 for f in cut]
+    keys = KeyFrames(mask_every=8, scene_cut=SCENE_CUT)
+    assert [i for i, rgb in enumerate(deep) if keys.is_key(i, rgb)] == [0, 8, 11, 19]
+
+
+def test_masks_of_a_panning_clip_with_a_cut_have_one_extra_key_frame_at_the_cut(
+    tiny_env: TinyEnv, tmp_path: Path
+) -> None:
+    from sam_deblur_cli.video.run import video_masks
+
+    src = tmp_path / "pan.mp4"
+    make_clip(src, panning_frames(14, step=3, cut_at=5), audio=False)
+    generator = _deblurrer()._mask_generator()
+    record = video_masks(generator, src, tmp_path / "m", mask_every=8)  # default scene cut
+    assert record["key_frames"] == 3
+    names = sorted(p.name for p in (tmp_path / "m").glob("frame_*.png"))
+    assert names == ["frame_000000.png", "frame_000005.png", "frame_000013.png"]

@@ -32,6 +32,26 @@ def blurred_frames(count: int, *, cut_at: int | None = None) -> list[np.ndarray]
     return frames
 
 
+def panning_frames(
+    count: int, *, step: int = 3, cut_at: int | None = None, size: tuple[int, int] = (160, 120)
+) -> list[np.ndarray]:
+    """``count`` W x H uint8 frames of a camera panning ``step`` px a frame across the
+    full-size astronaut (no wrap-around: new picture enters at the edge), each blurred by a
+    5-pixel horizontal box. From frame ``cut_at`` on, the same pan over the coffee photo
+    (a hard cut)."""
+    from skimage import data
+
+    w, h = size
+    frames = []
+    for i in range(count):
+        photo = data.coffee() if cut_at is not None and i >= cut_at else data.astronaut()
+        x = 40 + step * i
+        view = photo[60 : 60 + h, x - 2 : x + w + 2, :3].astype(np.float32)
+        blurred = sum(view[:, s : s + w] for s in range(5)) / 5.0
+        frames.append(np.clip(np.rint(blurred), 0, 255).astype(np.uint8))
+    return frames
+
+
 def make_clip(
     path: Path,
     frames: list[np.ndarray],

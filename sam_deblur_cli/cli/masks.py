@@ -63,7 +63,7 @@ def masks_command(
         bool, typer.Option("--no-cache", help="Neither read nor write the mask cache.")
     ] = False,
     mask_every: MaskEvery = 1,
-    scene_cut: SceneCut = 0.08,
+    scene_cut: SceneCut = 0.12,
     out: OutputMode,
 ) -> None:
     """Make SAM masks the way the model's training masks were made, and save them."""

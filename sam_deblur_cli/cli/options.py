@@ -228,8 +228,8 @@ SceneCut = Annotated[
     typer.Option(
         "--scene-cut",
         min=0.0,
-        help="Video: new masks when a frame differs from the last key frame by more than "
-        "this (mean absolute difference of gray thumbnails, 0-1; 0 = off).",
+        help="Video: new masks at a cut, where a frame's colours differ from the frame "
+        "before's by more than this (histogram distance of thumbnails, 0-1; 0 = off).",
         rich_help_panel=VIDEO_PANEL,
     ),
 ]
@@ -407,7 +407,7 @@ class VideoOptions(OptionGroup):
     """How videos are deblurred and encoded (deblur, batch)."""
 
     mask_every: MaskEvery = 1
-    scene_cut: SceneCut = 0.08
+    scene_cut: SceneCut = 0.12
     batch_frames: BatchFrames = "auto"
     keep_going_frames: KeepGoingFrames = False
     codec: Codec = None
