@@ -230,3 +230,34 @@ def test_batched_frames_match_frames_one_at_a_time_on_a_lossless_codec(
             diff = np.abs(a.astype(int) - b.astype(int))
             # float rounding of a batch (below 1e-6) may move a value across a rounding edge
             assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_a_batch_folder_with_a_video_and_photos_mirrors_both_and_skips_the_finished_video(
+    tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tiny_models import save_photo
+
+    src, out_dir = tmp_path / "in", tmp_path / "out"
+    make_clip(src / "trip" / "clip.mov", blurred_frames(5))
+    save_photo(src / "a.png")
+    save_photo(src / "trip" / "b.jpg", "chelsea")
+    before = file_hashes(sorted(p for p in src.rglob("*") if p.is_file()))
+    batch = ["batch", src, "-o", out_dir, "-r", "--json", *PLAIN]
+    code, out, err = _run(capsys, *batch)
+    assert code == 0, err
+    records = {Path(r["input"]).name: r for r in map(json.loads, out.splitlines())}
+    assert {k: r["status"] for k, r in records.items()} == dict.fromkeys(
+        ["a.png", "b.jpg", "clip.mov"], "ok"
+    )
+    assert records["clip.mov"]["frames"] == 5
+    files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+    assert files == ["a.png", "trip/b.jpg", "trip/clip.mov"]  # the video keeps its extension
+    assert decoded(out_dir / "trip" / "clip.mov")[0] == decoded(src / "trip" / "clip.mov")[0]
+    stamp = (out_dir / "trip" / "clip.mov").stat().st_mtime_ns
+    code, out, err = _run(capsys, *batch)
+    assert code == 0, err
+    assert {Path(r["input"]).name: r["status"] for r in map(json.loads, out.splitlines())} == (
+        dict.fromkeys(["a.png", "b.jpg", "clip.mov"], "skipped")
+    )
+    assert (out_dir / "trip" / "clip.mov").stat().st_mtime_ns == stamp
+    assert file_hashes(sorted(p for p in src.rglob("*") if p.is_file())) == before

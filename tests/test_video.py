@@ -147,3 +147,44 @@ def test_masks_of_a_panning_clip_with_a_cut_have_one_extra_key_frame_at_the_cut(
     assert record["key_frames"] == 3
     names = sorted(p.name for p in (tmp_path / "m").glob("frame_*.png"))
     assert names == ["frame_000000.png", "frame_000005.png", "frame_000013.png"]
+
+
+def _ten_bit_codecs() -> list[str]:
+    """Encoders of this PyAV wheel (of those the CLI names) that write yuv420p10le."""
+    import av
+
+    from sam_deblur_cli.video.write import CODECS
+
+    found = []
+    for name in ("hevc", "ffv1", "h264", "av1"):
+        codec = CODECS[name]
+        if codec in av.codecs_available:
+            formats = [f.name for f in (av.Codec(codec, "w").video_formats or [])]
+            if "yuv420p10le" in formats:
+                found.append(name)
+    return found
+
+
+@pytest.mark.parametrize("name", ["hevc", "ffv1", "h264"])
+def test_a_10_bit_video_stays_10_bit(tiny_env: TinyEnv, tmp_path: Path, name: str) -> None:
+    import av
+
+    from sam_deblur_cli.video.write import CODECS
+
+    if name not in _ten_bit_codecs():
+        pytest.skip(f"this PyAV wheel has no 10-bit {name} encoder")
+    src = tmp_path / "deep.mkv"
+    make_clip(src, blurred_frames(4), codec=CODECS[name], pix_fmt="yuv420p10le", audio=False)
+    dst = tmp_path / "deep_deblurred.mkv"
+    record = run_video(
+        _deblurrer("nafnet-gopro"), src, dst, settings=VideoSettings(encode=EncodeOptions(name))
+    )
+    assert record["status"] == "ok" and record["frames"] == 4
+    assert "yuv420p10le" in record["encoding"]
+    with av.open(str(dst)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.pix_fmt == "yuv420p10le"
+        frames = [f.to_ndarray(format="rgb48le") for f in container.decode(stream)]
+    assert len(frames) == 4 and frames[0].dtype == np.uint16
+    # more than 256 levels: the deblurred frames were not squeezed through 8 bits
+    assert np.unique(frames[1]).size > 256

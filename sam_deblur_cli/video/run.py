@@ -288,7 +288,7 @@ class _Engine:
         try:
             t0 = time.perf_counter()
             outs = d.deblur_batch(
-                [group[i].rgb for i, _ in ready],
+                [_net_input(group[i].rgb) for i, _ in ready],
                 [m for _, m in ready] if d.needs_masks else None,
             )
             self.seconds["deblur"] = round(self.seconds["deblur"] + time.perf_counter() - t0, 4)
@@ -310,7 +310,7 @@ class _Engine:
             if masks is None:
                 masks = (self._masks(frame) if d.needs_masks else None,)
             t0 = time.perf_counter()
-            out = d.deblur(frame.rgb, masks[0])
+            out = d.deblur(_net_input(frame.rgb), masks[0])
             self.seconds["deblur"] = round(self.seconds["deblur"] + time.perf_counter() - t0, 4)
         except (SetupError, KeyboardInterrupt, MemoryError):
             raise
@@ -401,6 +401,12 @@ def _groups(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
             group = []
     if group:
         yield group
+
+
+def _net_input(rgb: np.ndarray) -> np.ndarray:
+    """A decoded frame as the Deblurrer takes it: uint8 as is, uint16 (deep sources) as
+    float32 [0, 1] so that no precision is lost on the way in."""
+    return rgb if rgb.dtype == np.uint8 else rgb.astype(np.float32) / np.float32(65535.0)
 
 
 def _pixels(out: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
