@@ -7,7 +7,8 @@ width 8 and a tiny SAM behind a test manifest), so the numbers measure the video
 frame versus every K frames carries over. The clip is the astronaut photo, upscaled: its left
 half still, its right half sliding 4 px a frame under a 9 px box blur. Flicker: mean absolute
 frame-to-frame change of the output over the still half, divided by the same for the input
-(1.0 = no more flicker than the source).
+(1.0 = no more flicker than the source). ``batch``: frames per network batch (``1`` one at a
+time, ``auto`` up to 8 as memory allows).
 
     PYTHONPATH=.:tests python -m benchmarks.bench_video [--quick] [--frames N] [--json PATH]
 """
@@ -101,32 +102,38 @@ def main(argv: list[str] | None = None) -> None:
         src = root / "clip.mp4"
         reference = make_clip(src, frames, width, height)
         rows = []
-        cases = [("nafnet-gopro", "-", None), ("segnafnet-gopro", "every frame", (1, None))]
-        cases += [
-            ("segnafnet-gopro", "every 4", (4, None)),
-            ("segnafnet-gopro", "every 4 + cut 0.15", (4, 0.15)),
+        from sam_deblur_cli.video.run import SCENE_CUT
+
+        cut_label = f"every 4 + cut {SCENE_CUT}"
+        cases: list[tuple[str, str, tuple[int, float | None] | None, int | str]] = [
+            ("nafnet-gopro", "-", None, 1),
+            ("nafnet-gopro", "-", None, "auto"),
+            ("segnafnet-gopro", "every frame", (1, None), 1),
+            ("segnafnet-gopro", "every frame", (1, None), "auto"),
+            ("segnafnet-gopro", "every 4", (4, None), "auto"),
+            ("segnafnet-gopro", cut_label, (4, SCENE_CUT), "auto"),
         ]
-        for model, label, keys in cases:
+        for model, label, keys, batch in cases:
             deblurrer = Deblurrer(DeblurSettings(model=model, device="cpu", tlc=False, tile=None))
             if deblurrer.needs_masks:  # no mask cache: every strategy pays for its SAM runs
                 deblurrer._mask_generator().cache = None
             every, cut = keys or (1, None)
-            dst = root / f"{model}-{label.replace(' ', '')}.mp4"
+            dst = root / f"{model}-{label.replace(' ', '')}-{batch}.mp4"
+            settings = VideoSettings(mask_every=every, scene_cut=cut, batch_frames=batch)  # type: ignore[arg-type]
             start = time.perf_counter()
-            record = run_video(
-                deblurrer, src, dst, settings=VideoSettings(mask_every=every, scene_cut=cut)
-            )
+            record = run_video(deblurrer, src, dst, settings=settings)
             seconds = time.perf_counter() - start
             rows.append(
                 (
                     model,
                     label,
+                    batch,
                     f"{frames / seconds:.2f}",
                     record["key_frames"],
                     f"{flicker(dst, reference):.2f}",
                 )
             )
-            if keys in (None, (1, None)):
+            if keys in (None, (1, None)) and batch == 1:
                 dst = root / f"naive-{model}.mp4"
                 start = time.perf_counter()
                 naive(deblurrer, src, dst)
@@ -135,14 +142,15 @@ def main(argv: list[str] | None = None) -> None:
                     (
                         model,
                         "naive loop",
+                        1,
                         f"{frames / seconds:.2f}",
                         frames if keys else 0,
                         f"{flicker(dst, reference):.2f}",
                     )
                 )
     print(f"{width} x {height}, {frames} frames, tiny models, CPU ({os.cpu_count()} cores)")
-    print("| model | masks | frames/s | SAM runs | flicker (out/in, still half) |")
-    print("|---|---|---|---|---|")
+    print("| model | masks | batch | frames/s | SAM runs | flicker (out/in, still half) |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(str(c) for c in row) + " |")
     if args.json:
