@@ -76,6 +76,20 @@ def test_half_precisions_stay_close_to_fp32(precision: str) -> None:
     assert np.abs(half - ref).mean() < 4 / 255
 
 
+@pytest.mark.parametrize("variant", ["plain", "cat", "map"])
+def test_a_batch_of_frames_on_the_gpu_equals_each_frame_on_the_cpu(variant: str) -> None:
+    from sam_deblur_cli.restore import restore_batch
+
+    net = _net(variant)
+    image, guide = _inputs(variant)
+    images = [image, image[::-1].copy(), np.ascontiguousarray(image[:, ::-1])]
+    guides = None if guide is None else [guide, guide[::-1].copy(), guide[:, ::-1].copy()]
+    gpu = restore_batch(net, images, guides, device="cuda", precision="fp32", tf32=False)
+    for i, img in enumerate(images):
+        cpu = restore(net, img, None if guides is None else guides[i], device="cpu")
+        assert np.abs(gpu[i] - cpu).max() < 1e-4
+
+
 def test_tiles_on_the_gpu_agree_with_the_whole_image() -> None:
     net = _net("map")
     set_tlc(net, True)
