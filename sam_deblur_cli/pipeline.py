@@ -264,17 +264,7 @@ class Deblurrer:
             if masks is None:
                 masks = self.compute_masks(as_uint8_rgb(rgb))
             guide = self._guide(masks)
-        p, s = self.placement, self.settings
-        return restore(
-            self.net,
-            image,
-            guide,
-            device=p.device,
-            precision=p.precision,
-            tile=self.tile,
-            tile_on_oom=s.tile_on_oom,
-            tf32=s.tf32,
-        )
+        return restore(self.net, image, guide, **self._restore_options())
 
     def deblur_batch(
         self, rgbs: Sequence[np.ndarray], masks: Sequence[MaskResult | None] | None = None
@@ -298,17 +288,18 @@ class Deblurrer:
                 self._guide(m if m is not None else self.compute_masks(as_uint8_rgb(rgb)))
                 for rgb, m in zip(rgbs, given, strict=True)
             ]
+        return restore_batch(self.net, images, guides, **self._restore_options())
+
+    def _restore_options(self) -> dict[str, Any]:
+        """Where and how ``restore`` / ``restore_batch`` run this model."""
         p, s = self.placement, self.settings
-        return restore_batch(
-            self.net,
-            images,
-            guides,
-            device=p.device,
-            precision=p.precision,
-            tile=self.tile,
-            tile_on_oom=s.tile_on_oom,
-            tf32=s.tf32,
-        )
+        return {
+            "device": p.device,
+            "precision": p.precision,
+            "tile": self.tile,
+            "tile_on_oom": s.tile_on_oom,
+            "tf32": s.tf32,
+        }
 
     def _guide(self, masks: MaskResult) -> np.ndarray | None:
         """The network's guide from ``masks`` (restore checks it against the image)."""

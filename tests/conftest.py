@@ -9,6 +9,7 @@ top-level modules: pytest puts this folder on ``sys.path`` when it loads this co
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -31,3 +32,14 @@ def _isolated_cache(
     monkeypatch.setenv(
         "HF_ENDPOINT", "http://127.0.0.1:9"
     )  # unroutable: a stray download fails fast
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny networks: one torch thread is as fast, and steady on a shared, busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from tiny_models import TinyEnv
 from train_data import write_pairs
@@ -21,12 +19,7 @@ TINY = ["--width", "8", "--enc-blocks", "1,1,1,1", "--crop", "32", "--batch", "2
 TINY += ["--workers", "0", "--lr", "5e-3", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_train_registers_a_local_model_that_deblurs_at_once(

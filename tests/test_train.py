@@ -4,7 +4,6 @@ the exported checkpoint against the spec-written reference."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,7 @@ from sam_deblur_cli.train.loop import Callbacks, Trainer, psnr_loss, validate
 from sam_deblur_cli.train.models import build_model, load_init, net_config
 from sam_deblur_cli.train.run import load_images, mask_source, train_run
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny networks: one thread is as fast, and steady on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(name="pairs", scope="module")
