@@ -127,7 +127,7 @@ class DeblurOptions(OptionGroup):
 
 
 DEBLUR_HELP = (
-    "Deblur photos: `sam-deblur photo.jpg` writes photo_deblurred.jpg beside it.\n\n"
+    "Deblur photos and videos: `sam-deblur photo.jpg` writes photo_deblurred.jpg beside it.\n\n"
     "Videos too (mp4, mov, mkv, webm, avi): `sam-deblur clip.mp4` writes clip_deblurred.mp4 "
     "with every frame deblurred, the same timestamps, and the sound copied; an interrupted "
     "video resumes where it stopped.\n\n"
