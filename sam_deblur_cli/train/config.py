@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_deblur_cli.errors import CheckpointError, UsageError
+from sam_deblur_cli.nets import MASK_VALUE_UPSTREAM
 
 CONFIG_FILE = "config.json"
 CONFIG_VERSION = 1
@@ -42,7 +43,7 @@ class TrainConfig:
     middle_blocks: int = 1
     dec_blocks: tuple[int, ...] = (1, 1, 1, 1)
     seg_channel: int = 2
-    mask_value: float = 0.0039215688593685627  # nets.MASK_VALUE_UPSTREAM
+    mask_value: float = MASK_VALUE_UPSTREAM
     mask_dropout: float | None = None
     steps: int = 200_000
     batch: int = 32
