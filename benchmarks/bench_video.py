@@ -10,7 +10,10 @@ frame-to-frame change of the output over the still half, divided by the same for
 (1.0 = no more flicker than the source). ``batch``: frames per network batch (``1`` one at a
 time, ``auto`` up to 8 as memory allows).
 
-    PYTHONPATH=.:tests python -m benchmarks.bench_video [--quick] [--frames N] [--json PATH]
+    python -m benchmarks.bench_video [--quick] [--frames N] [--device cpu|cuda] [--json PATH]
+
+The JSON holds ``{"config": {...}, "rows": [{"model", "masks", "batch", "frames_per_s",
+"sam_runs", "flicker"}, ...]}``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from benchmarks.common import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -85,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="640 x 360, 6 frames")
     parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     width, height = (640, 360) if args.quick else (1280, 720)
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
 
         src = root / "clip.mp4"
         reference = make_clip(src, frames, width, height)
-        rows = []
+        rows: list[dict[str, Any]] = []
         from sam_deblur_cli.video.run import SCENE_CUT
 
         cut_label = f"every 4 + cut {SCENE_CUT}"
@@ -114,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
             ("segnafnet-gopro", cut_label, (4, SCENE_CUT), "auto"),
         ]
         for model, label, keys, batch in cases:
-            deblurrer = Deblurrer(DeblurSettings(model=model, device="cpu", tlc=False, tile=None))
+            deblurrer = Deblurrer(
+                DeblurSettings(model=model, device=args.device, tlc=False, tile=None)
+            )
             if deblurrer.needs_masks:  # no mask cache: every strategy pays for its SAM runs
                 deblurrer._mask_generator().cache = None
             every, cut = keys or (1, None)
@@ -124,13 +133,13 @@ def main(argv: list[str] | None = None) -> None:
             record = run_video(deblurrer, src, dst, settings=settings)
             seconds = time.perf_counter() - start
             rows.append(
-                (
+                _row(
                     model,
                     label,
                     batch,
-                    f"{frames / seconds:.2f}",
+                    frames / seconds,
                     record["key_frames"],
-                    f"{flicker(dst, reference):.2f}",
+                    flicker(dst, reference),
                 )
             )
             if keys in (None, (1, None)) and batch == 1:
@@ -138,25 +147,57 @@ def main(argv: list[str] | None = None) -> None:
                 start = time.perf_counter()
                 naive(deblurrer, src, dst)
                 seconds = time.perf_counter() - start
+                sam_runs = frames if keys else 0
                 rows.append(
-                    (
-                        model,
-                        "naive loop",
-                        1,
-                        f"{frames / seconds:.2f}",
-                        frames if keys else 0,
-                        f"{flicker(dst, reference):.2f}",
+                    _row(
+                        model, "naive loop", 1, frames / seconds, sam_runs, flicker(dst, reference)
                     )
                 )
-    print(f"{width} x {height}, {frames} frames, tiny models, CPU ({os.cpu_count()} cores)")
-    print("| model | masks | batch | frames/s | SAM runs | flicker (out/in, still half) |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    if args.json:
-        import json
+    config = {
+        "width": width,
+        "height": height,
+        "frames": frames,
+        "device": args.device,
+        "cpus": os.cpu_count(),
+    }
+    print(
+        f"{width} x {height}, {frames} frames, tiny models, {args.device} "
+        f"({os.cpu_count()} CPU cores)"
+    )
+    print(render(rows))
+    write_json(args.json, {"config": config, "rows": rows})
 
-        args.json.write_text(json.dumps(rows))
+
+def _row(
+    model: str, masks: str, batch: int | str, fps: float, sam_runs: int, flick: float
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "masks": masks,
+        "batch": batch,
+        "frames_per_s": round(fps, 3),
+        "sam_runs": sam_runs,
+        "flicker": round(flick, 3),
+    }
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """The README's table: one line per model, mask strategy and batch size."""
+    from benchmarks.common import markdown_table
+
+    head = ["model", "masks", "batch", "frames/s", "SAM runs", "flicker (out/in, still half)"]
+    body = [
+        [
+            r["model"],
+            r["masks"],
+            r["batch"],
+            f"{r['frames_per_s']:.2f}",
+            r["sam_runs"],
+            f"{r['flicker']:.2f}",
+        ]
+        for r in rows
+    ]
+    return markdown_table(head, body)
 
 
 if __name__ == "__main__":

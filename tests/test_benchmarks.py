@@ -11,7 +11,17 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("## Machine", "## Mask stage", "## MAP", "## Network", "## End to end", "## Start-up")
+SECTIONS = (
+    "## Machine",
+    "## Mask stage",
+    "## MAP",
+    "## Network",
+    "## End to end",
+    "## Start-up",
+    "## Video",
+    "## Training step",
+    "## Ray batch",
+)
 
 
 def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -29,8 +39,9 @@ def test_smoke_run_writes_report_and_json(tmp_path: Path) -> None:
     assert data["mode"] == "smoke" and data["device"] == "cpu"
     assert data["machine"]["cores"] >= 1 and data["machine"]["ram_bytes"] > 0
     comps = data["components"]
-    assert set(comps) == {"masks", "map", "network", "e2e", "startup"}
-    assert {comps[k]["status"] for k in ("masks", "network", "startup")} == {"skipped"}
+    assert set(comps) == {"masks", "map", "network", "e2e", "startup", "video", "train", "ray"}
+    skipped = ("masks", "network", "startup", "video", "train", "ray")
+    assert {comps[k]["status"] for k in skipped} == {"skipped"}
     assert comps["e2e"]["status"] == "ok", comps["e2e"].get("error")
 
     [case] = comps["e2e"]["result"]["cases"]
@@ -111,3 +122,68 @@ def test_mask_targets_judge_whole_processes(monkeypatch: pytest.MonkeyPatch) -> 
     table = render_masks(rows)
     assert "101.0 / 51.0 (0.50)" in table and "436.0 / 54.0 (0.12)" in table
     assert "SEGMASKS DIFFER" in table  # the controlled row's segmasks were made to differ
+
+
+def test_video_train_ray_sections_render_their_scripts_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.run import render_component, render_targets
+
+    video = {
+        "config": {"width": 640, "height": 360, "frames": 6, "device": "cpu", "cpus": 2},
+        "rows": [
+            {
+                "model": "segnafnet-gopro",
+                "masks": "every 4",
+                "batch": "auto",
+                "frames_per_s": 1.25,
+                "sam_runs": 2,
+                "flicker": 3.5,
+            }
+        ],
+    }
+    side = {"step_s": 0.5, "images_per_s": 16.0, "map_share": 0.25, "peak_gb": 1.5}
+    train = {
+        "args": {"width": 16, "batch": 8, "size": 128, "precision": "fp32"},
+        "results": {"upstream-style": {**side, "step_s": 1.0}, "ours": side},
+    }
+    ray = {
+        "images": 8,
+        "size": 128,
+        "cpus": 2,
+        "identical_outputs": True,
+        "seconds": {"local": 10.0, "local, 1 thread": 12.0, "ray, 1 worker(s)": 18.0},
+        "images_per_s": {"local": 0.8, "local, 1 thread": 0.67, "ray, 1 worker(s)": 0.44},
+        "overhead_per_image_s": {"ray, 1 worker(s)": 0.75},
+    }
+    sections = {
+        key: render_component(key, {"status": "ok", "seconds": 1.0, "result": result})
+        for key, result in (("video", video), ("train", train), ("ray", ray))
+    }
+    assert "layout not recognised" not in "".join(sections.values())
+    assert "| segnafnet-gopro | every 4 | auto | 1.25 | 2 | 3.50 |" in sections["video"]
+    assert "step ours/upstream-style 0.50" in sections["train"]
+    assert "| ours | 0.500 | 16.00 | 25.0% | 1.50 GB |" in sections["train"]
+    assert "| ray, 1 worker(s) | 18.0 | 0.44 | +0.75 |" in sections["ray"]
+    assert "| local, 1 thread | 12.0 | 0.67 | - |" in sections["ray"]
+    # The later components do not count against the first five's time target.
+    comps = {"ray": {"status": "ok", "seconds": 600.0, "result": ray}}
+    assert "0.0 min | yes" in render_targets(comps, "quick")
+
+
+def test_component_needing_a_missing_package_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.run import Component, Options, run_component
+
+    comp = Component(
+        "x", "X", "benchmarks.bench_ray", lambda o: [], {}, needs="no_such_package_for_sure"
+    )
+    entry = run_component(comp, Options("quick", False, "cpu"), tmp_path)
+    assert entry == {
+        "status": "skipped",
+        "error": "needs no_such_package_for_sure, which is not installed",
+    }
+    assert not list(tmp_path.iterdir())
