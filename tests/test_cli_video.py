@@ -261,3 +261,29 @@ def test_a_batch_folder_with_a_video_and_photos_mirrors_both_and_skips_the_finis
     )
     assert (out_dir / "trip" / "clip.mov").stat().st_mtime_ns == stamp
     assert file_hashes(sorted(p for p in src.rglob("*") if p.is_file())) == before
+
+
+def test_a_video_shows_frames_done_of_total_fps_and_time_left_on_a_terminal(
+    tiny_env: TinyEnv,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    import re
+
+    from rich.console import Console
+
+    from sam_deblur_cli.cli import deblur, output
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=200)
+    monkeypatch.setattr(output, "err_console", terminal)
+    monkeypatch.setattr(deblur, "err_console", terminal)
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, blurred_frames(9))
+    code, _, err = _run(capsys, clip, *PLAIN, "--batch-frames", "1")
+    assert code == 0, err
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    # the bar's last state: name, 9 of 9 frames, time left, frames per second
+    assert re.search(r"clip\.mp4 .* 9/9 +[0-9:-]+ +\d+\.\d\d frames/s", shown), shown[-600:]

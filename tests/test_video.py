@@ -115,6 +115,52 @@ def test_resume_after_an_interruption_redoes_no_finished_segment_and_gives_the_s
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_batched_run_resumes_at_a_segment_with_the_same_key_frames_and_timestamps(
+    tiny_env: TinyEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 4 straddle segments of 3: an interruption inside a batch keeps only whole
+    segments, and the resumed run (its batches now start at the segment) agrees with an
+    uninterrupted batched run as batches agree with each other."""
+    src = tmp_path / "clip.mp4"
+    make_clip(src, blurred_frames(10), steps=VFR_STEPS)
+    settings = VideoSettings(mask_every=2, segment_frames=3, batch_frames=4, encode=LOSSLESS)
+    whole = tmp_path / "whole.mp4"
+    uninterrupted = run_video(_deblurrer(), src, whole, settings=settings)
+
+    sizes: list[int] = []
+    stop_at = [2]
+    real = Deblurrer.deblur_batch
+
+    def interrupted(self: Deblurrer, images: list[np.ndarray], masks: object = None) -> object:
+        sizes.append(len(images))
+        if len(sizes) == stop_at[0]:  # frames 4-7: 0-3 are out, only segment 0-2 is whole
+            raise KeyboardInterrupt
+        return real(self, images, masks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Deblurrer, "deblur_batch", interrupted)
+    dst = tmp_path / "resumed.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        run_video(_deblurrer(), src, dst, settings=settings)
+    assert not dst.exists()
+    assert sorted(p.name for p in work_folder(dst).iterdir()) == [
+        "seg-000000.mp4",
+        "settings.json",
+    ]
+    sizes.clear()
+    stop_at[0] = 0
+    record = run_video(_deblurrer(), src, dst, settings=settings)
+    assert record["resumed_from"] == 3 and record["frames"] == 10
+    assert sizes == [4, 3]  # frames 3-6 and 7-9; nothing before frame 3 is redone
+    # key frames: 0, 2, 3 (segment start), 5, 6 (segment start), 8, 9 (segment start)
+    assert uninterrupted["key_frames"] == 7 and record["key_frames"] == 5  # from frame 3 on
+    times_a, frames_a, _ = decoded(whole)
+    times_b, frames_b, _ = decoded(dst)
+    assert times_a == times_b and len(frames_b) == 10
+    for a, b in zip(frames_a, frames_b, strict=True):
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
 @pytest.mark.parametrize("step", [2, 3, 6])
 def test_the_default_scene_cut_sees_no_cut_in_a_pan_and_exactly_one_at_a_hard_cut(
     step: int,
