@@ -669,7 +669,8 @@ def render_startup(result: dict[str, Any]) -> str:
 def render_video(result: dict[str, Any]) -> str:
     """bench_video: frames/s and flicker per model, mask strategy and batch; the naive loop."""
     c = result["config"]
-    head = f"{c['width']} x {c['height']}, {c['frames']} frames, tiny random-weight models\n\n"
+    models = c.get("models", "tiny random-weight")
+    head = f"{c['width']} x {c['height']}, {c['frames']} frames, {models} models\n\n"
     rows = [
         [
             r["model"],
