@@ -235,7 +235,8 @@ def _capability_note(comp: Component, opts: Options) -> str:
         lacks.append(("--device", "the CPU"))
     if opts.vit_h and not comp.takes_vit_h:
         lacks.append(("--vit-h", "SAM vit_b"))
-    if not lacks or comp.args(opts) is None:
+    missing = comp.needs is not None and importlib.util.find_spec(comp.needs) is None
+    if not lacks or comp.args(opts) is None or missing:
         return ""
     flags, meaning = " or ".join(f for f, _ in lacks), " and ".join(m for _, m in lacks)
     return f"{comp.module} has no {flags}: its numbers are for {meaning}."
