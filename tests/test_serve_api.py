@@ -34,7 +34,8 @@ def serve_fixture(tiny_env: TinyEnv, tmp_path: Path) -> Iterator[Callable[..., C
     def start(**overrides: Any) -> Client:
         settings = ServeSettings(device="cpu", temp_parent=tmp_path, **overrides)
         service = Service(settings)
-        client = TestClient(create_app(settings, service)).__enter__()
+        app = create_app(settings, service)
+        client = TestClient(app, base_url="http://localhost").__enter__()
         opened.append((client, service))
         assert service.ready.wait(60), service.load_error
         return client, service
@@ -157,6 +158,26 @@ def test_bad_uploads_get_a_clear_4xx_without_paths_or_tracebacks(
         "/api/deblur", files=_upload(photo), headers={"Origin": "https://evil.example"}
     )
     assert crossed.status_code == 403
+
+
+def test_only_loopback_host_names_are_answered_unless_any_host_is_allowed(
+    serve: Callable[..., Client],
+) -> None:
+    """A page that rebinds its own name to 127.0.0.1 sends its own name as Host (and as a
+    same-site Origin): refused, so the page can neither use the server nor read it."""
+    client, _ = serve()
+    for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST"):
+        assert client.get("/api/health", headers={"Host": host}).status_code == 200, host
+    rebound = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+    for answer in (
+        client.get("/api/health", headers=rebound),
+        client.get("/", headers=rebound),
+        client.post("/api/deblur", headers=rebound, files={"file": ("a.png", b"x", "image/png")}),
+    ):
+        assert answer.status_code == 400
+        assert "answers only for localhost, 127.0.0.1, ::1" in answer.json()["detail"]
+    anyone, _ = serve(hosts=None)
+    assert anyone.get("/api/health", headers={"Host": "evil.example:8000"}).status_code == 200
 
 
 def test_a_full_queue_answers_503_and_jobs_report_progress_and_cancel(

@@ -101,6 +101,8 @@ def serve_command(
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_pixels=max_pixels,
         queue_size=queue,
+        # bound beyond this computer, it is reached by names and addresses we cannot list
+        **({} if _loopback(host) else {"hosts": None}),
     )
     with library_logging(verbose=verbose, quiet=quiet):
         if not _loopback(host):

@@ -69,18 +69,26 @@ class _TooLarge(Exception):
 
 
 class Guard:
-    """ASGI middleware: refuses bodies above ``limit`` bytes (413) while they arrive, before
-    anything is parsed or spooled, and cross-site POST/DELETE requests (403: a web page the
-    user visits must not make this server work)."""
+    """ASGI middleware: refuses requests for a Host name outside ``hosts`` (400; None: any),
+    bodies above ``limit`` bytes (413) while they arrive, before anything is parsed or
+    spooled, and cross-site POST/DELETE requests (403: a web page the user visits must not
+    make this server work)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, hosts: tuple[str, ...] | None = None) -> None:
+        self.app, self.limit, self.hosts = app, limit, hosts
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.hosts is not None and _host_name(headers) not in self.hosts:
+            text = (
+                f"This server answers only for {', '.join(self.hosts)}; open it as "
+                f"http://{self.hosts[0]}:PORT/ (or start it with --host to serve other names)."
+            )
+            await _send_error(send, 400, text)
+            return
         if scope["method"] not in ("GET", "HEAD", "OPTIONS") and _cross_site(headers):
             await _send_error(send, 403, "Requests from other web sites are refused.")
             return
@@ -108,6 +116,14 @@ class Guard:
         except _TooLarge:
             if not started:
                 await _send_error(send, 413, _too_large_text(self.limit))
+
+
+def _host_name(headers: dict[str, str]) -> str:
+    """The Host header's name, without port or IPv6 brackets ("" when missing or malformed)."""
+    try:
+        return (urlsplit("//" + headers.get("host", "")).hostname or "").lower()
+    except ValueError:
+        return ""
 
 
 def _cross_site(headers: dict[str, str]) -> bool:
@@ -153,7 +169,7 @@ def create_app(settings: ServeSettings | None = None, service: Service | None = 
     _errors(app)
     _routes(app, svc)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(Guard, limit=settings.max_upload_bytes)
+    app.add_middleware(Guard, limit=settings.max_upload_bytes, hosts=settings.hosts)
     return app
 
 

@@ -68,6 +68,9 @@ class ServeSettings:
     keep_results: int = 32  # finished jobs whose results the page may still fetch
     abandon_after: float = 60.0  # seconds without a poll before a waiting page job is dropped
     temp_parent: Path | None = None  # where the private temp folder goes (None: system temp)
+    # Host header names answered (any port); None: any. The loopback default stops a web page
+    # that rebinds its own name to 127.0.0.1 (DNS rebinding) from using the server.
+    hosts: tuple[str, ...] | None = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
