@@ -219,3 +219,65 @@ def test_a_waiting_job_nobody_polls_is_dropped(
     assert service.job(job["id"]) is not None
     assert service.job(job["id"]).done.wait(10)  # type: ignore[union-attr]
     assert client.get(f"/api/jobs/{job['id']}").json()["state"] == "cancelled"
+
+
+def test_a_client_that_disconnects_cancels_its_deblur_request(
+    tiny_env: TinyEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a real uvicorn server: the client sends a photo to /api/deblur and hangs up
+    while the network runs; the job is cancelled and ends without a result."""
+    import socket
+    import threading
+
+    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+    from sam_deblur_cli.pipeline import Deblurrer
+
+    gate, running = threading.Event(), threading.Event()
+    real = Deblurrer.deblur
+
+    def held(self: Deblurrer, rgb: np.ndarray, masks: object = None) -> np.ndarray:
+        running.set()
+        gate.wait(30)
+        return real(self, rgb, masks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Deblurrer, "deblur", held)
+    settings = ServeSettings(model="nafnet-gopro", device="cpu", temp_parent=tmp_path)
+    service = Service(settings)
+    jobs: list[Any] = []
+    submit = service.submit
+    monkeypatch.setattr(service, "submit", lambda *a: jobs.append(submit(*a)) or jobs[-1])
+    config = uvicorn.Config(create_app(settings, service), host="127.0.0.1", port=0)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        photo = save_photo(tmp_path / "in" / "photo.png")
+        body = (
+            b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="photo.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + photo.read_bytes() + b"\r\n--XyZ--\r\n"
+        )
+        head = (
+            f"POST /api/deblur HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary=XyZ\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(head + body)
+            assert running.wait(60), "the job never reached the network"
+        [job] = jobs  # the client has hung up while its job runs
+        deadline = time.monotonic() + 10
+        while not job.cancelled and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job.cancelled
+        gate.set()
+        assert job.done.wait(30)
+        assert job.state == "cancelled" and job.outputs == {} and not job.folder.exists()
+    finally:
+        gate.set()
+        server.should_exit = True
+        thread.join(30)
+    assert not service.temp_root.exists()
