@@ -8,6 +8,7 @@ FastAPI and uvicorn come with the ``serve`` extra and are imported inside the co
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 from typing import TYPE_CHECKING, Annotated
@@ -101,9 +102,9 @@ def serve_command(
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_pixels=max_pixels,
         queue_size=queue,
-        # bound beyond this computer, it is reached by names and addresses we cannot list
-        **({} if _loopback(host) else {"hosts": None}),
     )
+    if not _loopback(host):  # reached by names and addresses we cannot list
+        settings = dataclasses.replace(settings, hosts=None)
     with library_logging(verbose=verbose, quiet=quiet):
         if not _loopback(host):
             err_console.print(
