@@ -281,3 +281,50 @@ def test_a_client_that_disconnects_cancels_its_deblur_request(
         server.should_exit = True
         thread.join(30)
     assert not service.temp_root.exists()
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("bind", "host_header", "status"),
+    [
+        ("127.0.0.1", "evil.example", 400),
+        ("127.0.0.1", "localhost", 200),
+        ("0.0.0.0", "box.lan", 200),
+    ],
+)
+def test_the_serve_command_answers_other_host_names_only_when_bound_beyond_loopback(
+    tiny_env: TinyEnv, bind: str, host_header: str, status: int
+) -> None:
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = ["serve", "--host", bind, "--port", str(port), "-m", "nafnet-gopro", "--device", "cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sam_deblur_cli", *argv],
+        env=tiny_env.subprocess_env(tiny_sam=False),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/health", headers={"Host": f"{host_header}:{port}"}
+        )
+        deadline, answer = time.monotonic() + 60, None
+        while answer is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(request, timeout=5) as reply:
+                    answer = reply.status
+            except urllib.error.HTTPError as exc:
+                answer = exc.code
+            except OSError:
+                time.sleep(0.2)  # not listening yet
+        assert answer == status, proc.stderr.read().decode() if proc.poll() is not None else ""
+    finally:
+        proc.terminate()
+        proc.wait(30)
