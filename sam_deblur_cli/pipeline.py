@@ -21,7 +21,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -128,8 +128,10 @@ class Deblurrer:
     """One loaded model (and SAM, when it needs masks) that deblurs many images.
 
     ``load_sam=False`` defers building SAM until an image needs generated masks (runs whose
-    masks come from files). Weights are checked here, before any image is touched, so a
-    missing file is a set-up error (exit 2) and not one failure per image.
+    masks come from files). ``share_sam_with``: loaded Deblurrers whose SAM this one uses
+    (the first that makes the same masks on the same device) instead of loading its own.
+    Weights are checked here, before any image is touched, so a missing file is a set-up
+    error (exit 2) and not one failure per image.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class Deblurrer:
         manifest: Manifest | None = None,
         progress: Any = None,
         load_sam: bool = True,
+        share_sam_with: Iterable[Deblurrer] = (),
     ) -> None:
         from sam_deblur_cli import weights
         from sam_deblur_cli.devices import resolve
@@ -156,9 +159,23 @@ class Deblurrer:
         checkpoint = weights.ensure_weights(self.entry, offline=settings.offline, progress=progress)
         self.net = self._load_network(checkpoint)
         self.needs_masks = self.guide_kind != "none"
-        if self.needs_masks and load_sam:
+        if self.needs_masks:
+            self._generator = next(
+                (o._generator for o in share_sam_with if self._same_masks(o) and o._generator),
+                None,
+            )
+        if self.needs_masks and load_sam and self._generator is None:
             self._ensure_sam(progress)
             self._mask_generator()
+
+    def _same_masks(self, other: Deblurrer) -> bool:
+        """Whether ``other``'s mask generator makes exactly the masks this model needs."""
+        return (
+            other.needs_masks
+            and other.recipe_key == self.recipe_key
+            and other.placement.device == self.placement.device
+            and other.manifest.get(other.recipe.sam) == self.manifest.get(self.recipe.sam)
+        )
 
     @property
     def guide_kind(self) -> GuideKind:

@@ -197,3 +197,31 @@ def test_batch_loads_the_model_once_and_decodes_the_next_image_meanwhile(
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_models_with_one_mask_recipe_share_one_sam_and_get_the_same_masks(
+    tiny_env: TinyEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sam_deblur_cli import masks
+
+    built: list[str] = []
+    real = masks.MaskGenerator
+
+    class Counted(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            built.append(str(args[0]))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(masks, "MaskGenerator", Counted)
+    first = Deblurrer(DeblurSettings(model="segnafnet-gopro", device="cpu"))
+    cat = Deblurrer(DeblurSettings(model="masknafnet-gopro", device="cpu"), share_sam_with=[first])
+    assert built == ["sam-vit-h"]  # one SAM for both
+    photo = small_photo()
+    np.testing.assert_array_equal(
+        cat.compute_masks(photo).segmask, first.compute_masks(photo).segmask
+    )
+    # Another recipe (here: other AMG settings) or no masks at all: nothing to share.
+    other = DeblurSettings(model="masknafnet-gopro", device="cpu", amg={"points_per_side": 3})
+    Deblurrer(other, share_sam_with=[first])
+    plain = Deblurrer(DeblurSettings(model="nafnet-gopro", device="cpu"), share_sam_with=[first])
+    assert built == ["sam-vit-h", "sam-vit-h"] and not plain.needs_masks

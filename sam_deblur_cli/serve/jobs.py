@@ -332,7 +332,9 @@ class Service:
             settings = DeblurSettings(
                 model=model, device=s.device, precision=s.precision, tile=s.tile, offline=s.offline
             )
-            self._deblurrers[model] = Deblurrer(settings)
+            # models with the same mask recipe share one SAM (it is the larger part)
+            loaded = tuple(self._deblurrers.values())
+            self._deblurrers[model] = Deblurrer(settings, share_sam_with=loaded)
             self.device = self._deblurrers[model].placement.device
         return self._deblurrers[model]
 
