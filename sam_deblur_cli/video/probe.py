@@ -14,13 +14,31 @@ from sam_deblur_cli.errors import VideoError
 
 
 @dataclass(frozen=True)
+class ColourTags:
+    """A video's colour description as FFmpeg's enum values: ``range`` (AVColorRange: 0
+    unspecified, 1 limited "tv", 2 full "pc"), ``primaries`` (AVColorPrimaries), ``trc``
+    (AVColorTransferCharacteristic) and ``matrix`` (AVColorSpace: 1 BT.709, 6 BT.601, ...);
+    the unspecified values (range 0, the others 2) mean untagged."""
+
+    range: int = 0
+    primaries: int = 2
+    trc: int = 2
+    matrix: int = 2
+
+    @property
+    def tagged(self) -> bool:
+        return self != ColourTags()
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     """The facts the engine needs about one video file.
 
     ``width``/``height`` are the stored (coded) size; ``rotation`` (0, 90, 180 or -90) is the
     counter-clockwise turn a player applies for display. ``frames`` is the container's count
     (0 when it does not say; the decoder's count is what the engine trusts). ``bit_depth`` is
-    that of the source pixel format (8 or more).
+    that of the source pixel format (8 or more); ``colour`` its colour tags (from the first
+    frame; a yuvj pixel format counts as full range).
     """
 
     path: Path
@@ -35,6 +53,7 @@ class VideoInfo:
     frames: int
     duration: float | None
     other_streams: tuple[str, ...]  # "audio:aac", "subtitle:mov_text", ... in stream order
+    colour: ColourTags = ColourTags()
 
 
 @contextmanager
@@ -101,7 +120,21 @@ def probe(path: Path | str) -> VideoInfo:
             frames=stream.frames or 0,
             duration=duration,
             other_streams=others,
+            colour=colour_tags(first),
         )
+
+
+def colour_tags(frame: Any) -> ColourTags:
+    """The colour tags of a decoded ``av.VideoFrame``; an RGB frame has no YUV matrix or
+    range to keep (its tags say nothing about a YUV encoding of it)."""
+    rgb = frame.format.is_rgb
+    full = frame.format.name.startswith("yuvj")  # the pixel format says what the tag may not
+    return ColourTags(
+        range=0 if rgb else int(frame.color_range) or (2 if full else 0),
+        primaries=int(frame.color_primaries),
+        trc=int(frame.color_trc),
+        matrix=2 if rgb else int(frame.colorspace),
+    )
 
 
 def bit_depth(pix_fmt: str) -> int:

@@ -2,7 +2,10 @@
 
 Frames come out as RGB arrays in display orientation (the stream's rotation applied), uint8
 for 8-bit sources and uint16 (full 16-bit range) for deeper ones, so that deblurring a frame
-is deblurring what a viewer sees; ``write`` turns them back before encoding.
+is deblurring what a viewer sees; ``write`` turns them back before encoding. A tagged source
+is turned into RGB with its own matrix and range (BT.709, full range, ...), and ``write``
+turns RGB back with the same ones; an untagged source gets swscale's default (BT.601,
+limited range, or full range for a yuvj pixel format).
 """
 
 from __future__ import annotations
@@ -10,11 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
 from sam_deblur_cli.errors import VideoError
-from sam_deblur_cli.video.probe import VideoInfo, open_input
+from sam_deblur_cli.video.probe import ColourTags, VideoInfo, open_input
+
+# AVColorSpace (a stream's matrix tag) -> the swscale matrix that converts it (av's
+# reformatter.Colorspace values); other matrices have no swscale name.
+_SWS_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9}  # BT.709, FCC, BT.470BG/BT.601, 240M, BT.2020
 
 
 @dataclass
@@ -39,6 +47,7 @@ def iter_frames(info: VideoInfo, *, start: int = 0) -> Iterator[Frame]:
     import av
 
     layout = "rgb24" if info.bit_depth <= 8 else "rgb48le"
+    matrix = yuv_conversion(info.colour, "src")
     index, last_pts = 0, None
     with open_input(info.path) as container:
         stream = container.streams.video[0]
@@ -57,9 +66,21 @@ def iter_frames(info: VideoInfo, *, start: int = 0) -> Iterator[Frame]:
             pts = frame.pts if frame.pts is not None else (last_pts or -1) + 1
             last_pts = pts
             if index >= start:
-                rgb = to_display(frame.to_ndarray(format=layout), info.rotation)
+                rgb = to_display(frame.to_ndarray(format=layout, **matrix), info.rotation)
                 yield Frame(index, pts, info.time_base, rgb)
             index += 1
+
+
+def yuv_conversion(colour: ColourTags, side: str) -> dict[str, Any]:
+    """``VideoFrame.reformat`` arguments that convert YUV with ``colour``'s matrix and range:
+    ``side`` "src" for YUV -> RGB, "dst" for RGB -> YUV. Empty for an untagged source, which
+    keeps swscale's default (and the frame's own pixel-format range)."""
+    args: dict[str, Any] = {}
+    if colour.matrix in _SWS_MATRIX:
+        args[f"{side}_colorspace"] = _SWS_MATRIX[colour.matrix]
+    if colour.range in (1, 2):
+        args[f"{side}_color_range"] = colour.range
+    return args
 
 
 def to_display(stored: np.ndarray, rotation: int) -> np.ndarray:

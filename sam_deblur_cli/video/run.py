@@ -148,10 +148,12 @@ def run_video(
 ) -> Record:
     """Deblur every frame of ``src`` into ``dst``; returns the run's record.
 
-    Same frame count and timestamps as ``src``, the rotation, audio/subtitle packets and
-    container tags kept. An existing ``dst`` is skipped unless ``overwrite``. A frame that
-    fails raises a VideoError naming it, or with ``keep_going_frames`` keeps its input
-    pixels and is listed in ``record["kept_frames"]``. ``dst`` appears only when complete.
+    Same frame count and timestamps as ``src``, the rotation, colour tags, audio/subtitle
+    packets and container tags kept; ``record["notes"]`` lists the streams that ``dst``'s
+    container could not hold and that were converted (one line each). An existing ``dst``
+    is skipped unless ``overwrite``. A frame that fails raises a VideoError naming it, or
+    with ``keep_going_frames`` keeps its input pixels and is listed in
+    ``record["kept_frames"]``. ``dst`` appears only when complete.
     """
     from sam_deblur_cli.video.probe import probe
     from sam_deblur_cli.video.write import assemble, muxer_for, resolve_encoding
@@ -175,7 +177,7 @@ def run_video(
     if engine.frames == 0 and start == 0:
         raise VideoError(f"{src} has no video frames; pass a video with at least one frame.")
     t0 = time.perf_counter()
-    assemble(src, segments, dst, info)
+    notes = assemble(src, segments, dst, info)
     shutil.rmtree(work, ignore_errors=True)
     record["seconds"] = {**engine.seconds, "write": round(time.perf_counter() - t0, 4)}
     total = time.perf_counter() - started
@@ -187,6 +189,7 @@ def run_video(
         kept_frames=engine.kept,
         fps=round(engine.frames / max(total, 1e-9), 3),
         encoding=encoding.describe(),
+        notes=notes,
     )
     if engine.kept:
         record["error"] = f"frames {engine.kept} failed and kept their input pixels"

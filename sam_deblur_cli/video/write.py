@@ -1,10 +1,11 @@
 """Encode deblurred frames and put the finished video together.
 
 Frames are encoded into segment files (a few dozen frames each, the final container's
-format, video only) with their input timestamps, so a variable frame rate survives and an
-interrupted run keeps its finished segments. :func:`assemble` then copies the segments'
-video packets and the input's audio and subtitle packets, unchanged, into the final file
-(written through ``files.atomic_file``: a reader never sees half a video).
+format, video only) with their input timestamps and the input's colour tags, so a variable
+frame rate survives and an interrupted run keeps its finished segments. :func:`assemble` then
+copies the segments' video packets and the input's audio and subtitle packets, unchanged,
+into the final file (written through ``files.atomic_file``: a reader never sees half a
+video); a stream the container cannot hold is converted (``convert``) and noted.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from sam_deblur_cli.errors import UsageError, VideoError
+from sam_deblur_cli.errors import UsageError
 from sam_deblur_cli.files import atomic_file
 from sam_deblur_cli.video.probe import VideoInfo, open_input
-from sam_deblur_cli.video.read import to_stored
+from sam_deblur_cli.video.read import to_stored, yuv_conversion
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,32 @@ def _default_pix_fmt(codec: str, formats: Sequence[str], depth: int) -> str:
     return "yuv420p" if not formats or "yuv420p" in formats else formats[0]
 
 
+def _tag_colour(ctx: Any, info: VideoInfo, pix_fmt: str) -> dict[str, Any]:
+    """Give the encoder ``info``'s colour tags (a YUV output also its matrix and range) and
+    return the ``reformat`` arguments that turn RGB into YUV with that matrix and range."""
+    import av
+
+    colour = info.colour
+    if colour.primaries != 2:
+        ctx.color_primaries = colour.primaries
+    if colour.trc != 2:
+        ctx.color_trc = colour.trc
+    if av.VideoFormat(pix_fmt).is_rgb:
+        return {}
+    conversion = yuv_conversion(colour, "dst")
+    if "dst_color_range" in conversion:
+        ctx.color_range = colour.range
+    if "dst_colorspace" in conversion:
+        ctx.colorspace = colour.matrix
+    elif colour.matrix != 2:
+        logger.warning(
+            "%s: no converter for colour matrix %d; encoded with BT.601 and left untagged",
+            info.path,
+            colour.matrix,
+        )
+    return conversion
+
+
 class SegmentWriter:
     """Encodes frames into one segment file, written atomically (``close()`` keeps it,
     ``abort()`` or an exception leaves nothing). Frames are display-oriented RGB arrays
@@ -149,6 +176,7 @@ class SegmentWriter:
         stream.time_base = info.time_base
         stream.codec_context.time_base = info.time_base
         stream.codec_context.options = dict(encoding.options)
+        self._yuv = _tag_colour(stream.codec_context, info, encoding.pix_fmt)
         self.stream = stream
         self.frames = 0
 
@@ -157,7 +185,8 @@ class SegmentWriter:
 
         layout = "rgb24" if rgb.dtype == np.uint8 else "rgb48le"
         frame = av.VideoFrame.from_ndarray(to_stored(rgb, self.info.rotation), format=layout)
-        frame = frame.reformat(format=self.stream.pix_fmt)
+        frame = frame.reformat(format=self.stream.pix_fmt, **self._yuv)
+        frame.color_primaries, frame.color_trc = self.info.colour.primaries, self.info.colour.trc
         frame.pts, frame.time_base = pts, self.info.time_base
         self.container.mux(self.stream.encode(frame))
         self.frames += 1
@@ -172,10 +201,14 @@ class SegmentWriter:
         self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
-def assemble(src: Path, segments: Sequence[Path], dst: Path, info: VideoInfo) -> None:
+def assemble(src: Path, segments: Sequence[Path], dst: Path, info: VideoInfo) -> list[str]:
     """Write ``dst``: the segments' video packets, then every audio and subtitle stream of
-    ``src`` copied packet for packet, the container metadata and the rotation kept."""
+    ``src`` copied packet for packet where ``dst``'s container holds its codec, else converted
+    (see ``convert``); the container metadata and the rotation kept. Returns one note per
+    converted stream (each also logged as a warning)."""
     import av
+
+    from sam_deblur_cli.video.convert import Converter, converter_for
 
     muxer = muxer_for(dst)
     with ExitStack() as stack:
@@ -188,32 +221,40 @@ def assemble(src: Path, segments: Sequence[Path], dst: Path, info: VideoInfo) ->
         video = out.add_stream_from_template(inputs[0].streams.video[0])
         if info.rotation:
             video.set_display_rotation(info.rotation)
-        copied = {}
+        copied, converted = {}, list[Converter]()
         for stream in source.streams:
             if stream.type not in ("audio", "subtitle"):
                 if stream.type != "video":
                     logger.warning("%s: %s stream %d is not copied", src, stream.type, stream.index)
                 continue
             name = stream.codec_context.name if stream.codec_context else "?"
-            if name not in out.supported_codecs:
-                raise VideoError(
-                    f"{dst.suffix} cannot hold {src}'s {stream.type} ({name}); write to .mkv, "
-                    "which holds every codec, or to the input's own container."
-                )
-            copied[stream.index] = out.add_stream_from_template(stream)
-            copied[stream.index].metadata.update(stream.metadata)
+            if name in out.supported_codecs:
+                copied[stream.index] = out.add_stream_from_template(stream)
+                copied[stream.index].metadata.update(stream.metadata)
+                continue
+            own = stack.enter_context(open_input(src))  # each converted stream demuxes alone
+            converted.append(converter_for(out, muxer, own, own.streams[stream.index], str(src)))
+            logger.warning("%s", converted[-1].note)
         video.metadata.update(source.streams.video[0].metadata)
         streams: list[Iterator[Any]] = [_packets(c, c.streams.video[0], video) for c in inputs]
         if copied:
             streams.append(_copied(source, copied))
+        streams.extend(c.packets() for c in converted)
         for packet in heapq.merge(*streams, key=_packet_time):
             out.mux(packet[1])
+    return [c.note for c in converted]
 
 
 def _packets(container: Any, stream: Any, target: Any) -> Iterator[tuple[float, Any]]:
+    # Matroska stores no decoding times: its demuxer guesses some and leaves others unset,
+    # and with B-frames at a variable frame rate the guesses go backwards, which the muxer
+    # refuses. Without any, the muxer derives them all from the presentation times.
+    guessed = "matroska" in container.format.name
     for packet in container.demux(stream):
         if packet.size == 0 and packet.dts is None:
             continue  # the demuxer's flush packet
+        if guessed:
+            packet.dts = None
         packet.stream = target
         yield _when(packet), packet
 
