@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from tiny_models import TinyEnv, file_hashes
@@ -287,3 +288,22 @@ def test_a_video_shows_frames_done_of_total_fps_and_time_left_on_a_terminal(
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
     # the bar's last state: name, 9 of 9 frames, time left, frames per second
     assert re.search(r"clip\.mp4 .* 9/9 +[0-9:-]+ +\d+\.\d\d frames/s", shown), shown[-600:]
+
+
+def test_audio_the_output_cannot_hold_is_re_encoded_with_a_note_on_stderr_and_in_json(
+    tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from video_clips import Sound
+
+    clip = tmp_path / "clip.mkv"
+    make_clip(clip, blurred_frames(4), sound=Sound("pcm_s16le", 44100, "stereo"))
+    for extra in ([], ["--json"]):
+        dst = tmp_path / f"out{len(extra)}.webm"
+        code, out, err = _run(capsys, clip, *PLAIN, "-o", dst, *extra)
+        assert code == 0, err
+        note = f"{clip}: audio stream 1 (pcm_s16le) re-encoded as Opus 48000 Hz stereo"
+        assert "".join(note.split()) in "".join(err.split())  # the warning, wrapped by Rich
+        if extra:
+            assert [n.startswith(note) for n in json.loads(out)["notes"]] == [True]
+        with av.open(str(dst)) as container:
+            assert container.streams.audio[0].codec_context.name == "opus"

@@ -21,6 +21,8 @@ TIME_BASE = Fraction(1, 1000)
 CFR_STEPS = [40]  # ms between frames: 25 fps
 VFR_STEPS = [30, 70, 40, 50]  # ms: a variable frame rate
 SUBTITLES = [(0, 120, "Bonjour"), (200, 330, "Au revoir")]  # (start ms, end ms, text)
+
+
 @dataclass(frozen=True)
 class Sound:
     """A clip's audio: codec, sample rate, layout and when it starts (seconds)."""
@@ -203,9 +205,8 @@ def cues(path: Path) -> list[tuple[float, float, str]]:
                 continue
             for cue in stream.codec_context.decode2(packet) or ():
                 start = packet.pts * stream.time_base
-                found.append(
-                    (float(start), float(start + packet.duration * stream.time_base), _plain(cue.dialogue))
-                )
+                end = start + packet.duration * stream.time_base
+                found.append((float(start), float(end), _plain(cue.dialogue)))
     return found
 
 
