@@ -98,3 +98,25 @@ def test_the_default_h264_keeps_the_colour_tags_and_an_untagged_clip_stays_untag
     assert record["status"] == "ok" and record["encoding"].startswith("libx264 yuv420p")
     assert probe(dst).colour == want
     assert _tags(dst)[1:] == _tags(src)[1:] and _tags(dst)[0] == want.range
+
+
+def test_an_output_that_cannot_store_the_tags_is_encoded_untagged_with_the_default_and_noted(
+    tiny_env: TinyEnv, tmp_path: Path
+) -> None:
+    src = tmp_path / "hd.mkv"
+    make_clip(src, blurred_frames(3), codec="ffv1", pix_fmt="yuv444p", colour=(FULL, BT709))
+    dst = tmp_path / "hd.avi"  # AVI has no colour fields and FFV1 none of its own
+    deblurrer = _deblurrer()
+    record = run_video(deblurrer, src, dst, settings=VideoSettings(encode=LOSSLESS_YUV))
+    assert record["status"] == "ok"
+    assert record["notes"] == [
+        f"{src}: ffv1 in avi cannot store the colour tags; encoded untagged with the default "
+        "BT.601 conversion (.mkv keeps them)"
+    ]
+    assert probe(dst).colour == ColourTags()
+    own = {"src_colorspace": "itu709", "src_color_range": FULL}
+    expected = [np.clip(np.rint(deblurrer.deblur(rgb) * 255), 0, 255) for rgb in _rgb(src, **own)]
+    outputs = _rgb(dst)  # read as players read an untagged video
+    assert len(outputs) == 3
+    errors = [np.abs(out - want).max() for out, want in zip(outputs, expected, strict=True)]
+    assert max(errors) <= BOUND

@@ -81,12 +81,13 @@ class AudioConverter:
         import av
 
         self.source, self.stream, src = source, stream, stream.codec_context
+        self.where = where
         encoder = av.Codec(codec, "w")
         rate, rates = src.sample_rate, encoder.audio_rates
         if rates and rate not in rates:
             rate = min((r for r in rates if r >= rate), default=max(rates))
         formats = [f.name for f in encoder.audio_formats or []]
-        fmt = src.format.name
+        fmt = src.format.name if src.format else ""
         if formats and fmt not in formats:
             fmt = next((f for f in formats if f.startswith("flt")), formats[0])
         layout = src.layout.name
@@ -115,9 +116,12 @@ class AudioConverter:
         )
 
     def packets(self) -> Iterator[Timed]:
+        # An MP4/MOV track that starts after 0 keeps AAC's priming frame (its edit list can
+        # only skip it for a track starting at 0), so there the decoded audio begins one
+        # frame early; the sound itself lands where the source's did.
         start: int | None = None
         count = 0
-        for frame in chain(_decoded(self.source, self.stream), [None]):
+        for frame in chain(_decoded(self.source, self.stream, self.where), [None]):
             if frame is not None and start is None:
                 start = round((frame.pts or 0) * frame.time_base * self.rate)
             for chunk in self.resampler.resample(frame):
@@ -166,9 +170,18 @@ class SubtitleConverter:
             yield float(packet.pts * base), new
 
 
-def _decoded(source: Any, stream: Any) -> Iterator[Any]:
+def _decoded(source: Any, stream: Any, where: str) -> Iterator[Any]:
+    import av
+
     for packet in source.demux(stream):
-        yield from packet.decode()
+        try:
+            yield from packet.decode()
+        except av.FFmpegError as exc:
+            when = float((packet.pts or 0) * (packet.time_base or 0))
+            raise VideoError(
+                f"{where}'s audio stream {stream.index} does not decode at {when:.3f} s "
+                f"({exc}); write to .mkv to copy it as it is, or repair the file."
+            ) from None
 
 
 def _timed(packets: list[Any], target: Any) -> Iterator[Timed]:

@@ -22,7 +22,7 @@ from sam_deblur_cli.video.probe import ColourTags, VideoInfo, open_input
 
 # AVColorSpace (a stream's matrix tag) -> the swscale matrix that converts it (av's
 # reformatter.Colorspace values); other matrices have no swscale name.
-_SWS_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9}  # BT.709, FCC, BT.470BG/BT.601, 240M, BT.2020
+SWS_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9}  # BT.709, FCC, BT.470BG/BT.601, 240M, BT.2020
 
 
 @dataclass
@@ -76,8 +76,8 @@ def yuv_conversion(colour: ColourTags, side: str) -> dict[str, Any]:
     ``side`` "src" for YUV -> RGB, "dst" for RGB -> YUV. Empty for an untagged source, which
     keeps swscale's default (and the frame's own pixel-format range)."""
     args: dict[str, Any] = {}
-    if colour.matrix in _SWS_MATRIX:
-        args[f"{side}_colorspace"] = _SWS_MATRIX[colour.matrix]
+    if colour.matrix in SWS_MATRIX:
+        args[f"{side}_colorspace"] = SWS_MATRIX[colour.matrix]
     if colour.range in (1, 2):
         args[f"{side}_color_range"] = colour.range
     return args

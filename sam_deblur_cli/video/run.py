@@ -149,14 +149,15 @@ def run_video(
     """Deblur every frame of ``src`` into ``dst``; returns the run's record.
 
     Same frame count and timestamps as ``src``, the rotation, colour tags, audio/subtitle
-    packets and container tags kept; ``record["notes"]`` lists the streams that ``dst``'s
-    container could not hold and that were converted (one line each). An existing ``dst``
+    packets and container tags kept; ``record["notes"]`` lists (one line each) the streams
+    that ``dst``'s container could not hold and that were converted, and colour tags it
+    could not keep. An existing ``dst``
     is skipped unless ``overwrite``. A frame that fails raises a VideoError naming it, or
     with ``keep_going_frames`` keeps its input pixels and is listed in
     ``record["kept_frames"]``. ``dst`` appears only when complete.
     """
     from sam_deblur_cli.video.probe import probe
-    from sam_deblur_cli.video.write import assemble, muxer_for, resolve_encoding
+    from sam_deblur_cli.video.write import assemble, muxer_for, output_colour, resolve_encoding
 
     settings = settings or VideoSettings()
     settings.check()
@@ -168,6 +169,9 @@ def run_video(
     info = probe(src)
     encoding = resolve_encoding(info, dst, settings.encode)
     muxer = muxer_for(dst)
+    colour_note = output_colour(info, encoding, muxer)[1]
+    if colour_note:
+        logger.warning("%s", colour_note)
     work = _prepare_work(dst, _fingerprint(deblurrer, info, settings, encoding))
     done = _finished_segments(work, dst.suffix)
     start = len(done) * settings.segment_frames
@@ -177,7 +181,7 @@ def run_video(
     if engine.frames == 0 and start == 0:
         raise VideoError(f"{src} has no video frames; pass a video with at least one frame.")
     t0 = time.perf_counter()
-    notes = assemble(src, segments, dst, info)
+    notes = ([colour_note] if colour_note else []) + assemble(src, segments, dst, info)
     shutil.rmtree(work, ignore_errors=True)
     record["seconds"] = {**engine.seconds, "write": round(time.perf_counter() - t0, 4)}
     total = time.perf_counter() - started
@@ -443,6 +447,7 @@ def _fingerprint(
             if k not in ("keep_going_frames", "batch_frames")
         },
         "encoding": asdict(encoding),
+        "colour": asdict(info.colour),  # the segments carry the tags
     }
 
 

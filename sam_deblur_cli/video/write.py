@@ -14,7 +14,7 @@ import heapq
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ import numpy as np
 
 from sam_deblur_cli.errors import UsageError
 from sam_deblur_cli.files import atomic_file
-from sam_deblur_cli.video.probe import VideoInfo, open_input
-from sam_deblur_cli.video.read import to_stored, yuv_conversion
+from sam_deblur_cli.video.probe import ColourTags, VideoInfo, open_input
+from sam_deblur_cli.video.read import SWS_MATRIX, to_stored, yuv_conversion
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ CODECS = {
     "libsvtav1": "libsvtav1",
     "ffv1": "ffv1",
 }
+# Containers that store colour tags, and encoders that also write them into the video.
+TAGGING_MUXERS = frozenset({"mp4", "mov", "matroska", "webm"})
+TAGGING_CODECS = frozenset({"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libsvtav1"})
 DEFAULT_CRF = {"libx264": 18, "libx264rgb": 18, "libx265": 20, "libvpx-vp9": 30, "libsvtav1": 30}
 DEFAULT_PRESET = {"libx264": "medium", "libx264rgb": "medium", "libx265": "medium"}
 
@@ -132,12 +135,32 @@ def _default_pix_fmt(codec: str, formats: Sequence[str], depth: int) -> str:
     return "yuv420p" if not formats or "yuv420p" in formats else formats[0]
 
 
-def _tag_colour(ctx: Any, info: VideoInfo, pix_fmt: str) -> dict[str, Any]:
-    """Give the encoder ``info``'s colour tags (a YUV output also its matrix and range) and
+def output_colour(info: VideoInfo, encoding: Encoding, muxer: str) -> tuple[ColourTags, str]:
+    """The colour tags the output gets, and a note ("" if none) where they differ from the
+    source's: an output that cannot store them (FFV1 in AVI) is encoded untagged with
+    swscale's default, and a matrix swscale has no converter for is left untagged, so that
+    players show what was encoded."""
+    colour = info.colour
+    if not colour.tagged:
+        return colour, ""
+    if muxer not in TAGGING_MUXERS and encoding.codec not in TAGGING_CODECS:
+        return ColourTags(), (
+            f"{info.path}: {encoding.codec} in {muxer} cannot store the colour tags; encoded "
+            "untagged with the default BT.601 conversion (.mkv keeps them)"
+        )
+    if colour.matrix != 2 and colour.matrix not in SWS_MATRIX:
+        return replace(colour, matrix=2), (
+            f"{info.path}: no converter for colour matrix {colour.matrix}; encoded with "
+            "BT.601 and the matrix left untagged"
+        )
+    return colour, ""
+
+
+def _tag_colour(ctx: Any, colour: ColourTags, pix_fmt: str) -> dict[str, Any]:
+    """Give the encoder the ``colour`` tags (a YUV output also its matrix and range) and
     return the ``reformat`` arguments that turn RGB into YUV with that matrix and range."""
     import av
 
-    colour = info.colour
     if colour.primaries != 2:
         ctx.color_primaries = colour.primaries
     if colour.trc != 2:
@@ -149,12 +172,6 @@ def _tag_colour(ctx: Any, info: VideoInfo, pix_fmt: str) -> dict[str, Any]:
         ctx.color_range = colour.range
     if "dst_colorspace" in conversion:
         ctx.colorspace = colour.matrix
-    elif colour.matrix != 2:
-        logger.warning(
-            "%s: no converter for colour matrix %d; encoded with BT.601 and left untagged",
-            info.path,
-            colour.matrix,
-        )
     return conversion
 
 
@@ -176,7 +193,8 @@ class SegmentWriter:
         stream.time_base = info.time_base
         stream.codec_context.time_base = info.time_base
         stream.codec_context.options = dict(encoding.options)
-        self._yuv = _tag_colour(stream.codec_context, info, encoding.pix_fmt)
+        self.colour = output_colour(info, encoding, muxer)[0]
+        self._yuv = _tag_colour(stream.codec_context, self.colour, encoding.pix_fmt)
         self.stream = stream
         self.frames = 0
 
@@ -186,7 +204,7 @@ class SegmentWriter:
         layout = "rgb24" if rgb.dtype == np.uint8 else "rgb48le"
         frame = av.VideoFrame.from_ndarray(to_stored(rgb, self.info.rotation), format=layout)
         frame = frame.reformat(format=self.stream.pix_fmt, **self._yuv)
-        frame.color_primaries, frame.color_trc = self.info.colour.primaries, self.info.colour.trc
+        frame.color_primaries, frame.color_trc = self.colour.primaries, self.colour.trc
         frame.pts, frame.time_base = pts, self.info.time_base
         self.container.mux(self.stream.encode(frame))
         self.frames += 1
