@@ -1,7 +1,8 @@
 """Video in and out through PyAV: probing, decoding frames with their timestamps, encoding.
 
-``probe``/``read``/``write`` sit beside ``imageio`` (no torch); ``run`` is the engine that
-feeds frames to a Deblurrer. Nothing here imports ``av`` at module level, so the CLI's
+``probe``/``read``/``write`` sit beside ``imageio`` (no torch), ``convert`` re-encodes the
+streams an output container cannot hold; ``run`` is the engine that feeds frames to a
+Deblurrer. Nothing here imports ``av`` at module level, so the CLI's
 ``--help`` stays instant; this module only knows which file names are videos.
 """
 
