@@ -28,7 +28,7 @@ AUDIO_CODECS = {
 SUBTITLE_CODECS = {"mp4": "mov_text", "mov": "mov_text", "webm": "webvtt", "matroska": "subrip"}
 AUDIO_NAMES = {"aac": "AAC", "libopus": "Opus", "libmp3lame": "MP3"}
 BIT_RATE_PER_CHANNEL = 64_000  # bit/s: 128 kb/s for stereo AAC, Opus or MP3
-# A channel count without a named layout (PCM in Matroska, say) -> FFmpeg's usual layout.
+# A channel count without a named layout (PCM in Matroska, say) -> the common layout.
 DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
 # What text-subtitle encoders need to open: an ASS header with a Default style.
 ASS_HEADER = (
@@ -62,8 +62,8 @@ def converter_for(out: Any, muxer: str, source: Any, stream: Any, where: str) ->
     ctx = stream.codec_context
     name = ctx.name if ctx else "?"
     target = (AUDIO_CODECS if stream.type == "audio" else SUBTITLE_CODECS).get(muxer)
-    text = ctx is not None and (stream.type == "audio" or bool(ctx.codec.text_sub))
-    if target is None or target not in av.codecs_available or not text or not ctx.is_decoder:
+    convertible = ctx is not None and (stream.type == "audio" or bool(ctx.codec.text_sub))
+    if target is None or target not in av.codecs_available or not convertible or not ctx.is_decoder:
         raise VideoError(
             f"The output cannot hold {where}'s {stream.type} ({name}) and it cannot be "
             "converted; write to .mkv, which holds every codec, or to the input's own container."
