@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sam_deblur_cli.batch.plan import Job
+from sam_deblur_cli.batch.plan import Job, StoreJob
 from sam_deblur_cli.errors import InputError, SetupError, UsageError
 
 if TYPE_CHECKING:
@@ -29,10 +29,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class BatchCallbacks:
-    """Progress hooks of :func:`run_batch`; each receives the job or its finished record."""
+    """Progress hooks of :func:`run_batch`; each receives the job or its finished record
+    (the Ray runner's jobs may be store jobs)."""
 
     on_start: Callable[[Job], None] | None = None
-    on_done: Callable[[Job, Record], None] | None = None
+    on_done: Callable[[Job | StoreJob, Record], None] | None = None
 
 
 def run_batch(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from sam_deblur_cli.errors import UsageError
 
@@ -22,6 +22,16 @@ class Job:
     src: Path
     dst: Path
     masks_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class StoreJob:
+    """A job with an end in an object store: ``src`` and ``dst`` are ``s3://`` / ``gs://``
+    URIs or, for the other end, local paths as strings (:mod:`.stores` moves the bytes).
+    Only the Ray engine runs them; they never take a masks file."""
+
+    src: str
+    dst: str
 
 
 def plan_files(
@@ -64,13 +74,13 @@ def overlay_path(dst: Path) -> Path:
     return dst.with_name(f"{dst.stem}_overlay.png")
 
 
-def output_suffix(src: Path, format: str | None) -> str:
+def output_suffix(src: PurePath, format: str | None) -> str:
     """The output extension: ``format``'s usual one, else the input's own (same format).
     A video keeps its own container (``format`` names image formats)."""
     from sam_deblur_cli.imageio import suffix_for_format
     from sam_deblur_cli.video import is_video_path
 
-    return src.suffix if format is None or is_video_path(src) else suffix_for_format(format)
+    return src.suffix if format is None or is_video_path(src.name) else suffix_for_format(format)
 
 
 def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -> list[Path]:
@@ -122,21 +132,26 @@ def mirror_jobs(
 ) -> list[Job]:
     """Jobs sending each of ``sources`` (inside ``in_dir``) to the same place under ``out_dir``,
     with :func:`plan_batch`'s naming rules (shared by the folder scan and path lists)."""
-    wanted = {
-        src: out_dir / src.relative_to(in_dir).with_suffix(output_suffix(src, format))
-        for src in sources
-    }
-    by_key: dict[str, list[Path]] = {}
-    for src, dst in wanted.items():
-        by_key.setdefault(str(dst).casefold(), []).append(src)
-    for clashing in by_key.values():
-        if len(clashing) > 1:
-            for src in clashing:
-                dst = wanted[src]
-                wanted[src] = dst.with_name(f"{dst.stem}_{src.suffix.lstrip('.')}{dst.suffix}")
-    jobs = [Job(src, dst) for src, dst in wanted.items()]
+    sources = list(dict.fromkeys(sources))
+    names = mirrored_names([src.relative_to(in_dir) for src in sources], format)
+    jobs = [Job(src, out_dir / name) for src, name in zip(sources, names, strict=True)]
     check_jobs(jobs)
     return jobs
+
+
+def mirrored_names(inputs: Sequence[PurePath], format: str | None = None) -> list[PurePath]:
+    """The output name of each input, both relative to their folders (or object-store
+    prefixes): :func:`plan_batch`'s rules, the one place they are written."""
+    wanted = [rel.with_suffix(output_suffix(rel, format)) for rel in inputs]
+    by_key: dict[str, list[int]] = {}
+    for index, dst in enumerate(wanted):
+        by_key.setdefault(str(dst).casefold(), []).append(index)
+    for clashing in by_key.values():
+        if len(clashing) > 1:
+            for index in clashing:
+                dst, extension = wanted[index], inputs[index].suffix.lstrip(".")
+                wanted[index] = dst.with_name(f"{dst.stem}_{extension}{dst.suffix}")
+    return wanted
 
 
 def check_jobs(jobs: Sequence[Job]) -> None:
@@ -167,17 +182,9 @@ def plan_path_list(
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if out_dir.resolve() == in_dir.resolve():
         raise UsageError(f"The output folder {out_dir} is the input folder; choose another one.")
-    try:
-        lines = Path(list_file).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"Cannot read the path list {list_file} ({exc}); pass a text file."
-        ) from None
     root = in_dir.resolve()
     sources: list[Path] = []
-    for line in dict.fromkeys(line.strip() for line in lines):
-        if not line or line.startswith("#"):
-            continue
+    for line in listed_lines(list_file):
         path = Path(line) if Path(line).is_absolute() else in_dir / line
         if root != path.resolve() and root not in path.resolve().parents:
             raise UsageError(
@@ -185,3 +192,16 @@ def plan_path_list(
             )
         sources.append(in_dir / path.resolve().relative_to(root))
     return mirror_jobs(in_dir, out_dir, sources, format)
+
+
+def listed_lines(list_file: Path) -> list[str]:
+    """The entries of a path list: stripped lines, once each, in order, without blank lines
+    and ``#`` comments (UsageError when the file cannot be read as text)."""
+    try:
+        lines = Path(list_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"Cannot read the path list {list_file} ({exc}); pass a text file."
+        ) from None
+    stripped = dict.fromkeys(line.strip() for line in lines)
+    return [line for line in stripped if line and not line.startswith("#")]

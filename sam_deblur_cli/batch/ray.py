@@ -7,7 +7,9 @@ crash resumes. Ray Data carries only rows of paths (``index``, ``src``, ``dst``,
 into a pool of actors; each actor holds one Deblurrer (SAM + network, loaded once) and does
 the decoding, masks, deblurring and writing itself, returning a small row per job
 (``index``, ``record`` as JSON, worker facts). Pixels and label maps never cross Ray's
-object store, and one corrupt file fails only its own row.
+object store, and one corrupt file fails only its own row. Jobs with an object-store end
+(:class:`.plan.StoreJob`, ``s3://`` / ``gs://``) go the same way; the actor moves their
+bytes through :mod:`.stores`.
 
 Ray is imported inside the functions (``pip install 'sam-deblur-cli[ray]'``).
 """
@@ -23,7 +25,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from sam_deblur_cli import errors
-from sam_deblur_cli.batch.plan import Job
+from sam_deblur_cli.batch import stores
+from sam_deblur_cli.batch.plan import Job, StoreJob
 from sam_deblur_cli.errors import SetupError, UsageError
 
 if TYPE_CHECKING:
@@ -33,8 +36,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'sam-deblur-cli[ray]'"
-# Environment the workers need to find the same weights (shared filesystems) and stay offline.
-FORWARDED_ENV = ("SAM_DEBLUR_WEIGHTS", "SAM_DEBLUR_HOME", "HF_HOME", "HF_HUB_OFFLINE")
+# Environment the workers need to find the same weights (shared filesystems), stay offline
+# and reach the same object stores.
+FORWARDED_ENV = (
+    "SAM_DEBLUR_WEIGHTS",
+    "SAM_DEBLUR_HOME",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    *stores.CREDENTIAL_ENV,
+)
 Workers = int | tuple[int, int] | None
 
 
@@ -71,7 +81,7 @@ def parse_workers(text: str) -> tuple[int, int]:
 
 def run_batch_ray(
     settings: DeblurSettings,
-    jobs: Iterable[Job],
+    jobs: Iterable[Job | StoreJob],
     options: FileOptions | None = None,
     *,
     ray_options: RayOptions | None = None,
@@ -84,7 +94,7 @@ def run_batch_ray(
     are reported once the run is over. ``worker_log``, when given, receives one dict per
     job that ran (``index``, ``pid``, ``node``, ``gpu_ids``). Raises UsageError when Ray is
     not installed or the reservations cannot be met, and the run's SetupError if the
-    actors cannot load the models.
+    actors cannot load the models. Store jobs' existing outputs are found by one listing.
     """
     from sam_deblur_cli.batch.local import BatchCallbacks
     from sam_deblur_cli.pipeline import FileOptions
@@ -94,7 +104,8 @@ def run_batch_ray(
     ray_options = ray_options or RayOptions()
     jobs = list(jobs)
     _check_settings(settings)
-    todo = [i for i, job in enumerate(jobs) if options.overwrite or not job.dst.exists()]
+    done = set() if options.overwrite else _existing(jobs)
+    todo = [i for i in range(len(jobs)) if i not in done]
     records: dict[int, Record] = {}
     if todo:
         ray = _import_ray()
@@ -116,6 +127,16 @@ def run_batch_ray(
             if callbacks.on_done is not None:
                 callbacks.on_done(job, records[index])
     return [records[i] for i in range(len(jobs))]
+
+
+def _existing(jobs: Sequence[Job | StoreJob]) -> set[int]:
+    """Indices of the jobs whose output exists (resume)."""
+    stored = stores.existing_outputs(job.dst for job in jobs if isinstance(job, StoreJob))
+    return {
+        i
+        for i, job in enumerate(jobs)
+        if (job.dst in stored if isinstance(job, StoreJob) else job.dst.exists())
+    }
 
 
 def _import_ray() -> Any:
@@ -201,7 +222,7 @@ def _run_rows(
     settings: DeblurSettings,
     options: FileOptions,
     ray_options: RayOptions,
-    jobs: Sequence[Job],
+    jobs: Sequence[Job | StoreJob],
     todo: Sequence[int],
 ) -> Iterable[dict[str, Any]]:
     """Stream the result rows of the ``todo`` jobs from an actor pool (any order)."""
@@ -215,7 +236,8 @@ def _run_rows(
             "index": i,
             "src": str(jobs[i].src),
             "dst": str(jobs[i].dst),
-            "masks": "" if jobs[i].masks_file is None else str(jobs[i].masks_file),
+            "masks": _masks(jobs[i]),
+            "store": isinstance(jobs[i], StoreJob),
         }
         for i in todo
     ]
@@ -262,34 +284,49 @@ class DeblurActor:
         self.worker = json.dumps(_worker_facts())
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """numpy columns (index, src, dst, masks) -> columns (index, record as JSON, worker)."""
+        """numpy columns (index, src, dst, masks, store) -> columns (index, record as JSON,
+        worker)."""
         import numpy as np
 
-        rows = zip(batch["src"], batch["dst"], batch["masks"], strict=True)
-        records = [self._one(str(src), str(dst), str(masks)) for src, dst, masks in rows]
+        rows = zip(batch["src"], batch["dst"], batch["masks"], batch["store"], strict=True)
+        records = [
+            self._one(str(src), str(dst), str(masks), bool(store))
+            for src, dst, masks, store in rows
+        ]
         return {
             "index": np.asarray(batch["index"]),
             "record": np.array([json.dumps(record) for record in records], dtype=object),
             "worker": np.array([self.worker] * len(records), dtype=object),
         }
 
-    def _one(self, src: str, dst: str, masks: str) -> Record:
+    def _one(self, src: str, dst: str, masks: str, store: bool) -> Record:
         from pathlib import Path
 
         from sam_deblur_cli.batch.local import run_job, timed_read
 
-        job = Job(Path(src), Path(dst), Path(masks) if masks else None)
+        job = (
+            StoreJob(src, dst)
+            if store
+            else Job(Path(src), Path(dst), Path(masks) if masks else None)
+        )
         if self.deblurrer is None:
             return _setup_record(job, self.error)
         try:
+            if isinstance(job, StoreJob):
+                return stores.run_store_job(self.deblurrer, job, self.options)
+            local = job
             return run_job(
-                self.deblurrer, job, self.options, lambda: timed_read(job.src, self.options)
+                self.deblurrer, local, self.options, lambda: timed_read(local.src, self.options)
             )
         except errors.SetupError as exc:
             return _setup_record(job, exc)
 
 
-def _setup_record(job: Job, exc: BaseException | None) -> Record:
+def _masks(job: Job | StoreJob) -> str:
+    return "" if isinstance(job, StoreJob) or job.masks_file is None else str(job.masks_file)
+
+
+def _setup_record(job: Job | StoreJob, exc: BaseException | None) -> Record:
     return {
         "input": str(job.src),
         "output": str(job.dst),
@@ -336,7 +373,7 @@ def _driver_template(settings: DeblurSettings) -> Record:
     }
 
 
-def _skipped(template: Record, job: Job) -> Record:
+def _skipped(template: Record, job: Job | StoreJob) -> Record:
     """A skipped record with the local runner's fields (``Deblurrer.new_record``)."""
     return {
         "input": str(job.src),

@@ -57,6 +57,7 @@ from sam_deblur_cli.errors import (
 )
 
 if TYPE_CHECKING:
+    from sam_deblur_cli.batch.plan import StoreJob
     from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings, FileOptions, Job, Record
     from sam_deblur_cli.video.run import VideoSettings
 
@@ -137,6 +138,8 @@ DEBLUR_HELP = (
 BATCH_HELP = (
     "Deblur every image (and video) of IN_DIR into OUT_DIR; a second run resumes "
     "(skips what exists).\n\n"
+    "With --engine ray, IN_DIR and OUT_DIR may also be s3://BUCKET/PREFIX or "
+    "gs://BUCKET/PREFIX (credentials from the environment).\n\n"
     "Outputs keep their input's name and sub-folder. When two inputs would share an output "
     "(a.png and a.jpg with --format png), both get their input extension added: "
     "a_png.png and a_jpg.png.\n\n"
@@ -185,7 +188,12 @@ def deblur_command(
 @takes_groups
 def batch_command(
     in_dir: Annotated[
-        Path, typer.Argument(help="Folder of images.", metavar="IN_DIR", show_default=False)
+        str,
+        typer.Argument(
+            help="Folder of images (or an s3:// / gs:// prefix with --engine ray).",
+            metavar="IN_DIR",
+            show_default=False,
+        ),
     ],
     *,
     output: Annotated[
@@ -207,18 +215,27 @@ def batch_command(
 ) -> None:
     """Deblur every image of a folder into another folder."""
 
-    def plan() -> list[Job]:
+    def plan() -> Sequence[Job | StoreJob]:
         from sam_deblur_cli.batch.plan import plan_batch, plan_path_list
+        from sam_deblur_cli.batch.stores import is_uri, plan_store_batch
 
+        if is_uri(in_dir) or is_uri(output):
+            if not engine.uses_ray:
+                raise UsageError("s3:// and gs:// inputs and outputs need --engine ray; add it.")
+            return plan_store_batch(
+                in_dir, output, recursive=recursive, paths_from=paths_from, format=options.format
+            )
         if paths_from is not None:
-            return plan_path_list(in_dir, Path(output), paths_from, format=options.format)
-        return plan_batch(in_dir, Path(output), recursive=recursive, format=options.format)
+            return plan_path_list(Path(in_dir), Path(output), paths_from, format=options.format)
+        return plan_batch(Path(in_dir), Path(output), recursive=recursive, format=options.format)
 
     _run(plan, options, engine)
 
 
 def _run(
-    plan: Callable[[], list[Job]], options: DeblurOptions, engine: EngineOptions | None = None
+    plan: Callable[[], Sequence[Job | StoreJob]],
+    options: DeblurOptions,
+    engine: EngineOptions | None = None,
 ) -> None:
     """Shared body: set-up errors exit 2 before any image; failures of inputs exit 1."""
     out = options.out
@@ -230,7 +247,7 @@ def _run(
             if engine is not None and engine.uses_ray:
                 records = _process_ray(jobs, settings, file_options, out, engine, video)
             else:
-                records = _process(jobs, settings, file_options, out, video)
+                records = _process(_local(jobs), settings, file_options, out, video)
     except SamDeblurError as exc:
         raise fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
@@ -241,6 +258,15 @@ def _run(
     if len(failed) > 0 and len(records) > 1:
         failure_table(failed, len(records))
     raise typer.Exit(EXIT_INPUT if failed else EXIT_OK)
+
+
+def _local(jobs: Sequence[Job | StoreJob]) -> list[Job]:
+    """The jobs, every one on this machine (planning refuses store jobs without Ray)."""
+    from sam_deblur_cli.batch.plan import Job
+
+    local = [job for job in jobs if isinstance(job, Job)]
+    assert len(local) == len(jobs), "store jobs run on Ray only"
+    return local
 
 
 def _process(
@@ -294,7 +320,7 @@ def _images(
         def start(job: Job) -> None:
             progress.describe(job.src.name)
 
-        def done(job: Job, record: Record) -> None:
+        def done(job: Job | StoreJob, record: Record) -> None:
             progress.advance(record)
             _report(record, out)
 
@@ -347,7 +373,7 @@ def _video(
 
 
 def _process_ray(
-    jobs: Sequence[Job],
+    jobs: Sequence[Job | StoreJob],
     settings: DeblurSettings,
     options: FileOptions,
     out: OutputMode,
@@ -355,19 +381,19 @@ def _process_ray(
     video: VideoSettings,
 ) -> list[Record]:
     """The photos on Ray (``batch/ray.py``), then the videos here with the local engine (the
-    Ray actors deblur photos only); records in job order."""
+    Ray actors deblur photos only; store jobs hold none); records in job order."""
     from sam_deblur_cli.video import is_video_path
 
     videos = {i for i, job in enumerate(jobs) if is_video_path(job.src)}
     photos = [job for i, job in enumerate(jobs) if i not in videos]
     on_ray = iter(_photos_on_ray(photos, settings, options, out, engine) if photos else [])
-    here = [jobs[i] for i in sorted(videos)]
+    here = _local([jobs[i] for i in sorted(videos)])
     local = iter(_process(here, settings, options, out, video) if here else [])
     return [next(local) if i in videos else next(on_ray) for i in range(len(jobs))]
 
 
 def _photos_on_ray(
-    jobs: Sequence[Job],
+    jobs: Sequence[Job | StoreJob],
     settings: DeblurSettings,
     options: FileOptions,
     out: OutputMode,
@@ -386,7 +412,7 @@ def _photos_on_ray(
     bar = not out.quiet and err_console.is_terminal
     with StageProgress(len(jobs), STAGES, label="deblurring on Ray", enabled=bar) as progress:
 
-        def done(job: Job, record: Record) -> None:
+        def done(job: Job | StoreJob, record: Record) -> None:
             progress.advance(record)
             _report(record, out)
 
