@@ -182,6 +182,11 @@ def plan_path_list(
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if out_dir.resolve() == in_dir.resolve():
         raise UsageError(f"The output folder {out_dir} is the input folder; choose another one.")
+    return mirror_jobs(in_dir, out_dir, listed_paths(in_dir, list_file), format)
+
+
+def listed_paths(in_dir: Path, list_file: Path) -> list[Path]:
+    """The paths ``list_file`` names, under ``in_dir`` (UsageError for one outside it)."""
     root = in_dir.resolve()
     sources: list[Path] = []
     for line in listed_lines(list_file):
@@ -191,7 +196,7 @@ def plan_path_list(
                 f"{line} (in {list_file}) is not inside {in_dir}; list paths relative to it."
             )
         sources.append(in_dir / path.resolve().relative_to(root))
-    return mirror_jobs(in_dir, out_dir, sources, format)
+    return sources
 
 
 def listed_lines(list_file: Path) -> list[str]:

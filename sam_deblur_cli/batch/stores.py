@@ -17,6 +17,7 @@ lists the output prefix once instead of asking for each object.
 from __future__ import annotations
 
 import functools
+import logging
 import mimetypes
 import os
 import re
@@ -30,15 +31,18 @@ from typing import TYPE_CHECKING, Any
 from sam_deblur_cli.batch.plan import (
     StoreJob,
     listed_lines,
+    listed_paths,
     mirrored_names,
     overlay_path,
     scan_folder,
 )
-from sam_deblur_cli.errors import ImageReadError, ImageWriteError, UsageError
+from sam_deblur_cli.errors import ImageReadError, ImageWriteError, SetupError, UsageError
 
 if TYPE_CHECKING:
     from sam_deblur_cli.imageio import Picture
     from sam_deblur_cli.pipeline import Deblurrer, FileOptions, Record
+
+logger = logging.getLogger(__name__)
 
 SCHEMES = ("s3", "gs", "gcs")
 # What a Ray worker needs to reach the same buckets as the command (sent with the run).
@@ -109,8 +113,7 @@ def plan_store_batch(
         rels = _scan_prefix(in_root, out_root, recursive=recursive)
     else:
         folder = Path(in_root)
-        found = scan_folder(folder, recursive=recursive)
-        rels = [PurePosixPath(path.relative_to(folder).as_posix()) for path in found]
+        rels = [_relative(path, folder) for path in scan_folder(folder, recursive=recursive)]
     _refuse_videos(in_root, rels)
     names = mirrored_names(rels, format)
     jobs = [
@@ -122,6 +125,10 @@ def plan_store_batch(
 
 
 def _listed(in_root: str, list_file: Path) -> list[PurePosixPath]:
+    """The keys (or paths, for a folder) ``list_file`` names, relative to ``in_root``."""
+    if not is_uri(in_root):
+        folder = Path(in_root)
+        return [_relative(path, folder) for path in listed_paths(folder, list_file)]
     rels = []
     for line in listed_lines(list_file):
         if is_uri(line):
@@ -137,6 +144,10 @@ def _listed(in_root: str, list_file: Path) -> list[PurePosixPath]:
             )
         rels.append(rel)
     return list(dict.fromkeys(rels))
+
+
+def _relative(path: Path, folder: Path) -> PurePosixPath:
+    return PurePosixPath(path.relative_to(folder).as_posix())
 
 
 def _scan_prefix(in_root: str, out_root: str, *, recursive: bool) -> list[PurePosixPath]:
@@ -320,8 +331,13 @@ def _publish(record: Record, local: Path, uri: str) -> None:
             upload(Path(record["overlay"]), overlay)
             record["overlay"] = overlay
         upload(local, uri)
+    except SetupError:
+        raise
     except ImageWriteError as exc:
         record.update(status="failed", error=str(exc))
+    except Exception as exc:  # as in run_job: this input's unforeseen failure ends only it
+        logger.info("unexpected failure uploading %s", uri, exc_info=True)
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     seconds = record["seconds"]
     seconds["write"] = round(seconds.get("write", 0.0) + time.perf_counter() - start, 4)
 
