@@ -7,11 +7,14 @@ also checks the key layout). Each side runs in its own process: a warm-up on a s
 crop, then full-size forwards timed, the first with its peak memory; the outputs are
 compared in the parent.
 
-    python -m benchmarks.bench_network [--quick] [--device cpu|cuda] [--json PATH]
+    python -m benchmarks.bench_network [--quick] [--device cpu|cuda]
+                                       [--layout auto|channels_last|nchw] [--json PATH]
 
 On CUDA both sides run float32 with TF32 off and then bf16 autocast-free casts of the same
 modules; time is taken after a device synchronise and memory is the growth of torch's
-peak allocation over the forward (RSS on the CPU).
+peak allocation over the forward (RSS on the CPU). Ours runs in the layout ``restore``
+gives it (``--layout auto``: NCHW for float32 with TF32 off on CUDA, else channels_last),
+or the one asked for.
 """
 
 from __future__ import annotations
@@ -184,6 +187,7 @@ def stage_run(
     repeat: int,
     device: str = "cpu",
     precision: str = "fp32",
+    layout: str = "auto",
 ) -> dict[str, Any]:
     """One side in its own process: warm up on a 64 x 64 crop (kernels, allocator), then
     ``repeat`` full-size forwards; best and median wall time, peak memory growth of the
@@ -191,9 +195,17 @@ def stage_run(
     from sam_deblur_cli.devices import tf32_mode
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    from sam_deblur_cli.restore import Target, memory_format_for
+
     net = _build(side, cfg, tlc).to(device=device, dtype=dtype)
     x = _image(h, w).to(device=device, dtype=dtype)
     cuda = device.startswith("cuda")
+    if side == "ours":
+        formats = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
+        target = Target(torch.device(device), dtype)
+        net.memory_format = formats.get(layout) or memory_format_for(
+            target, False if cuda else None
+        )
 
     def forward() -> tuple[Tensor, float]:
         start = time.perf_counter()
@@ -232,6 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small image, fewer blocks")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--layout", choices=("auto", "channels_last", "nchw"), default="auto")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     precisions = ["fp32", "bf16"] if args.device == "cuda" else ["fp32"]
@@ -243,13 +256,13 @@ def main(argv: list[str] | None = None) -> None:
         h, w, repeat = 720, 1280, 1  # a run takes seconds; the ratio is what matters
     if args.device == "cuda":
         repeat = max(repeat, 10)  # milliseconds on a GPU
-    config = {**cfg, "height": h, "width_px": w, "device": args.device}
+    config = {**cfg, "height": h, "width_px": w, "device": args.device, "layout": args.layout}
     results: dict[str, Any] = {"config": config, "runs": {}}
     rows = []
     for precision, tlc in [(p, t) for p in precisions for t in (False, True)]:
         run = (args.device, precision)
         up = in_child(stage_run, "upstream", cfg, tlc, h, w, repeat, *run)
-        ours = in_child(stage_run, "ours", cfg, tlc, h, w, repeat, *run)
+        ours = in_child(stage_run, "ours", cfg, tlc, h, w, repeat, *run, args.layout)
         t_up, t_ours = up["time"], ours["time"]
         m_up, m_ours = up["peak_bytes"], ours["peak_bytes"]
         diff = float(np.abs(up["output"] - ours["output"]).max())

@@ -66,6 +66,21 @@ def test_fp32_on_the_gpu_equals_the_cpu(variant: str, tlc: bool) -> None:
     assert np.abs(gpu - cpu).max() < 1e-4
 
 
+@pytest.mark.parametrize("variant", ["plain", "map"])
+def test_strict_fp32_runs_nchw_and_tf32_channels_last_with_the_same_network(variant: str) -> None:
+    net = _net(variant)
+    image, guide = _inputs(variant)
+    seen: list[bool] = []
+    hook = net.intro.register_forward_hook(
+        lambda _m, inputs, _o: seen.append(inputs[0].is_contiguous())
+    )
+    strict = restore(net, image, guide, device="cuda", precision="fp32", tf32=False)
+    tf32 = restore(net, image, guide, device="cuda", precision="fp32", tf32=True)
+    hook.remove()
+    assert seen == [True, False]  # NCHW for strict fp32, channels_last with TF32
+    assert np.abs(strict - tf32).max() < 1e-2  # TF32's ~10 mantissa bits, nothing more
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_half_precisions_stay_close_to_fp32(precision: str) -> None:
     net = _net("map")

@@ -46,12 +46,18 @@ def make_guide(variant: str, h: int, w: int, labels: str = "vanished") -> torch.
 SIZES = [(16, 400), (37, 401)]
 
 
+@pytest.mark.parametrize(
+    "layout", [torch.channels_last, torch.contiguous_format], ids=["channels_last", "nchw"]
+)
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("tlc", [False, True], ids=["global", "tlc"])
 @pytest.mark.parametrize("variant", ["plain", "cat", "map"])
-def test_network_matches_oracle(variant: str, tlc: bool, size: tuple[int, int]) -> None:
+def test_network_matches_oracle(
+    variant: str, tlc: bool, size: tuple[int, int], layout: torch.memory_format
+) -> None:
     net = random_net(variant)
     set_tlc(net, tlc)
+    net.memory_format = layout  # both layouts (and LayerNorm paths) compute upstream's network
     image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(2))
     image *= torch.linspace(0, 1, size[1]) ** 2  # dark to bright, so local means matter
     guide = make_guide(variant, *size)

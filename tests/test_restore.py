@@ -416,3 +416,21 @@ def test_a_batch_checks_sizes_and_every_guide() -> None:
     with pytest.raises(UsageError, match="needs SAM masks"):
         restore_batch(net, images)
     assert restore_batch(net, [], []) == []
+
+
+def test_strict_fp32_on_cuda_runs_nchw_and_everything_else_channels_last() -> None:
+    from sam_deblur_cli.restore import Target, _layout, memory_format_for
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert memory_format_for(Target(cuda, torch.float32), False) == torch.contiguous_format
+    for target, tf32 in [
+        (Target(cuda, torch.float32), None),
+        (Target(cuda, torch.float32), True),
+        (Target(cuda, torch.bfloat16), False),
+        (Target(cpu, torch.float32), False),
+    ]:
+        assert memory_format_for(target, tf32) == torch.channels_last, (target, tf32)
+    net = build_network(NetConfig(variant="plain", width=8, enc_blk_nums=(1, 1, 1, 1)))
+    with _layout(net, Target(cuda, torch.float32), False):
+        assert net.memory_format == torch.contiguous_format
+    assert net.memory_format == torch.channels_last and "memory_format" not in vars(net)

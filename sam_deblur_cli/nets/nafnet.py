@@ -2,8 +2,10 @@
 
 Parameter names follow upstream exactly (``intro``, ``encoders.0.0.norm1.weight``, ``downs.0``,
 ``middle_blks``, ``ups.0.0``, ``decoders``, ``ending``) so a published state dict loads with
-``strict=True``. Features run in the channels_last memory format: the per-pixel LayerNorm is
-then one fused pass and the 1x1 / depthwise convolutions are faster on CPU and GPU alike.
+``strict=True``. Features run in the channels_last memory format by default: the per-pixel
+LayerNorm is then one fused pass and the 1x1 / depthwise convolutions are faster on the CPU
+and in reduced precision on GPUs. ``NAFNet.memory_format`` switches a network to contiguous
+NCHW (upstream's layout, and its LayerNorm arithmetic), which strict float32 on CUDA prefers.
 """
 
 from __future__ import annotations
@@ -28,10 +30,18 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        # On a channels_last tensor both permutes are free views, so this is a single
-        # read and a single write of the map instead of upstream's five elementwise passes.
-        nhwc = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
-        return nhwc.permute(0, 3, 1, 2)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            # both permutes are free views, so this is a single read and a single write of
+            # the map instead of upstream's five elementwise passes
+            nhwc = F.layer_norm(
+                x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps
+            )
+            return nhwc.permute(0, 3, 1, 2)
+        # NCHW: upstream's arithmetic (a layer_norm over a strided channel axis is slower)
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        y = (x - mu) / (var + self.eps).sqrt()
+        return self.weight.view(1, -1, 1, 1) * y + self.bias.view(1, -1, 1, 1)
 
 
 def simple_gate(x: Tensor) -> Tensor:
@@ -84,6 +94,9 @@ class NAFNet(nn.Module):
     """Plain NAFNet: ``forward(image) -> restored``, both N x 3 x H x W RGB (output not clamped)."""
 
     guide_kind: ClassVar[GuideKind] = "none"
+    # The features' layout (torch.channels_last or torch.contiguous_format); see
+    # restore.memory_format_for for which one a run gets.
+    memory_format: torch.memory_format = torch.channels_last
 
     def __init__(
         self,
@@ -122,7 +135,7 @@ class NAFNet(nn.Module):
         ``x_in`` is N x (3 + extra) x Hp x Wp with the RGB image first; returns N x 3 x Hp x Wp
         (the global residual adds the image channels only).
         """
-        x = self.intro(x_in.contiguous(memory_format=torch.channels_last))
+        x = self.intro(x_in.contiguous(memory_format=self.memory_format))
         skips = []
         for encoder, down in zip(self.encoders, self.downs, strict=True):
             x = encoder(x)
