@@ -68,22 +68,29 @@ def flicker(path: Path, reference: list[np.ndarray]) -> float:
 
 
 def naive(deblurrer: object, src: Path, dst: Path) -> None:
+    """Decode every frame, deblur each, encode: with the engine's default encoder settings
+    (libx264 yuv420p, crf 18, preset medium), so the two differ only in how they run."""
     import av
 
     from sam_deblur_cli.imageio import to_uint8
+    from sam_deblur_cli.video.probe import probe
+    from sam_deblur_cli.video.write import EncodeOptions, resolve_encoding
+
+    encoding = resolve_encoding(probe(src), dst, EncodeOptions())
 
     with av.open(str(src)) as container:
         stream = container.streams.video[0]
         frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
         tb = stream.time_base
     with av.open(str(dst), "w") as out:
-        video = out.add_stream("libx264")
+        video = out.add_stream(encoding.codec)
         video.width, video.height, video.pix_fmt = (
             frames[0][1].shape[1],
             frames[0][1].shape[0],
-            "yuv420p",
+            encoding.pix_fmt,
         )
         video.time_base = video.codec_context.time_base = tb
+        video.codec_context.options = dict(encoding.options)
         for pts, rgb in frames:
             frame = av.VideoFrame.from_ndarray(to_uint8(deblurrer.deblur(rgb)), format="rgb24")  # type: ignore[attr-defined]
             frame.pts, frame.time_base = pts, tb
