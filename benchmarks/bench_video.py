@@ -4,11 +4,13 @@ the naive loop (decode everything, `Deblurrer.deblur` per frame, encode) in one 
 Models are the tiny random-weight models of the test suite (``tests/tiny_models.py``: NAFNet
 width 8 and a tiny SAM behind a test manifest), so the numbers measure the video machinery
 (decode, masks, threads, encode) more than a real network; the relative cost of SAM every
-frame versus every K frames carries over. The clip is the astronaut photo, upscaled: its left
-half still, its right half sliding 4 px a frame under a 9 px box blur. Flicker: mean absolute
-frame-to-frame change of the output over the still half, divided by the same for the input
-(1.0 = no more flicker than the source). ``batch``: frames per network batch (``1`` one at a
-time, ``auto`` up to 8 as memory allows).
+frame versus every K frames carries over. The first rows run no network at all (each frame
+as it is: decoding, colour conversion, queues and encoding only). The clip is the astronaut
+photo, upscaled: its left half still, its right half sliding 4 px a frame under a 9 px box
+blur, encoded with libx264 (crf 23). Flicker: the mean absolute frame-to-frame change over
+the still half, in 8-bit levels, of the decoded output (and, in the config, of the decoded
+input); the no-network rows show what re-encoding alone adds. ``batch``: frames per network
+batch (``1`` one at a time, ``auto`` up to 8 as memory allows).
 
     python -m benchmarks.bench_video [--quick] [--frames N] [--device cpu|cuda] [--real]
                                      [--json PATH]
@@ -54,17 +56,22 @@ def make_clip(path: Path, frames: int, width: int, height: int) -> list[np.ndarr
     return images
 
 
-def flicker(path: Path, reference: list[np.ndarray]) -> float:
+def flicker(path: Path) -> float:
+    """Mean absolute change from one decoded frame to the next over the still left half, in
+    8-bit levels."""
     from video_clips import decoded
 
     _, frames, _ = decoded(path)
     half = frames[0].shape[1] // 2
+    still = [f[:, :half].astype(np.float32) for f in frames]
+    return float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(still)]))
 
-    def change(seq: list[np.ndarray]) -> float:
-        still = [f[:, :half].astype(np.float32) for f in seq]
-        return float(np.mean([np.abs(b - a).mean() for a, b in itertools.pairwise(still)]))
 
-    return change(frames) / max(change(reference), 1e-3)
+IDENTITY = "identity (no network)"
+
+
+def _identity(rgb: np.ndarray, masks: object = None) -> np.ndarray:
+    return rgb.astype(np.float32) / np.float32(255)
 
 
 def naive(deblurrer: object, src: Path, dst: Path) -> None:
@@ -124,12 +131,14 @@ def main(argv: list[str] | None = None) -> None:
         from sam_deblur_cli.video.run import VideoSettings, run_video
 
         src = root / "clip.mp4"
-        reference = make_clip(src, frames, width, height)
+        make_clip(src, frames, width, height)
+        input_flicker = flicker(src)
         rows: list[dict[str, Any]] = []
         from sam_deblur_cli.video.run import SCENE_CUT
 
         cut_label = f"every 4 + cut {SCENE_CUT}"
         cases: list[tuple[str, str, tuple[int, float | None] | None, int | str]] = [
+            (IDENTITY, "-", None, 1),
             ("nafnet-gopro", "-", None, 1),
             ("nafnet-gopro", "-", None, "auto"),
             ("segnafnet-gopro", "every frame", (1, None), 1),
@@ -141,9 +150,12 @@ def main(argv: list[str] | None = None) -> None:
         warm: set[tuple[str, int | str]] = set()
         for model, label, keys, batch in cases:
             if model not in deblurrers:  # loaded once per model
+                name = "nafnet-gopro" if model == IDENTITY else model
                 deblurrer = Deblurrer(
-                    DeblurSettings(model=model, device=args.device, tlc=False, tile=None)
+                    DeblurSettings(model=name, device=args.device, tlc=False, tile=None)
                 )
+                if model == IDENTITY:  # the machinery alone: no network at all
+                    deblurrer.deblur = _identity  # type: ignore[method-assign]
                 if deblurrer.needs_masks:  # no mask cache: each strategy pays for its SAM runs
                     deblurrer._mask_generator().cache = None
                 deblurrers[model] = deblurrer
@@ -165,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
                     batch,
                     frames / seconds,
                     record["key_frames"],
-                    flicker(dst, reference),
+                    flicker(dst),
                 )
             )
             if keys in (None, (1, None)) and batch == 1:
@@ -174,11 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                 naive(deblurrer, src, dst)
                 seconds = time.perf_counter() - start
                 sam_runs = frames if keys else 0
-                rows.append(
-                    _row(
-                        model, "naive loop", 1, frames / seconds, sam_runs, flicker(dst, reference)
-                    )
-                )
+                rows.append(_row(model, "naive loop", 1, frames / seconds, sam_runs, flicker(dst)))
     config = {
         "models": "published" if args.real else "tiny random-weight",
         "width": width,
@@ -186,10 +194,11 @@ def main(argv: list[str] | None = None) -> None:
         "frames": frames,
         "device": args.device,
         "cpus": os.cpu_count(),
+        "input_flicker": round(input_flicker, 4),
     }
     print(
         f"{width} x {height}, {frames} frames, {config['models']} models, {args.device} "
-        f"({os.cpu_count()} CPU cores)"
+        f"({os.cpu_count()} CPU cores); input flicker {config['input_flicker']:.4f} levels"
     )
     print(render(rows))
     write_json(args.json, {"config": config, "rows": rows})
@@ -204,7 +213,7 @@ def _row(
         "batch": batch,
         "frames_per_s": round(fps, 3),
         "sam_runs": sam_runs,
-        "flicker": round(flick, 3),
+        "flicker": round(flick, 4),
     }
 
 
@@ -212,7 +221,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     """The README's table: one line per model, mask strategy and batch size."""
     from benchmarks.common import markdown_table
 
-    head = ["model", "masks", "batch", "frames/s", "SAM runs", "flicker (out/in, still half)"]
+    head = ["model", "masks", "batch", "frames/s", "SAM runs", "flicker (levels, still half)"]
     body = [
         [
             r["model"],
@@ -220,7 +229,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             r["batch"],
             f"{r['frames_per_s']:.2f}",
             r["sam_runs"],
-            f"{r['flicker']:.2f}",
+            f"{r['flicker']:.4f}",
         ]
         for r in rows
     ]

@@ -671,7 +671,10 @@ def render_video(result: dict[str, Any]) -> str:
     """bench_video: frames/s and flicker per model, mask strategy and batch; the naive loop."""
     c = result["config"]
     models = c.get("models", "tiny random-weight")
-    head = f"{c['width']} x {c['height']}, {c['frames']} frames, {models} models\n\n"
+    head = f"{c['width']} x {c['height']}, {c['frames']} frames, {models} models"
+    if "input_flicker" in c:
+        head += f"; flicker in 8-bit levels (the input's: {c['input_flicker']:.4f})"
+    head += "\n\n"
     rows = [
         [
             r["model"],
@@ -679,11 +682,11 @@ def render_video(result: dict[str, Any]) -> str:
             str(r["batch"]),
             f"{r['frames_per_s']:.2f}",
             str(r["sam_runs"]),
-            f"{r['flicker']:.2f}",
+            f"{r['flicker']:.4f}",
         ]
         for r in result["rows"]
     ]
-    columns = ["model", "masks", "batch", "frames/s", "SAM runs", "flicker (out/in)"]
+    columns = ["model", "masks", "batch", "frames/s", "SAM runs", "flicker"]
     return head + markdown_table(columns, rows)
 
 

@@ -131,7 +131,14 @@ def test_video_train_ray_sections_render_their_scripts_json(
     from benchmarks.run import render_component, render_targets
 
     video = {
-        "config": {"width": 640, "height": 360, "frames": 6, "device": "cpu", "cpus": 2},
+        "config": {
+            "width": 640,
+            "height": 360,
+            "frames": 6,
+            "device": "cpu",
+            "cpus": 2,
+            "input_flicker": 0.0123,
+        },
         "rows": [
             {
                 "model": "segnafnet-gopro",
@@ -139,7 +146,7 @@ def test_video_train_ray_sections_render_their_scripts_json(
                 "batch": "auto",
                 "frames_per_s": 1.25,
                 "sam_runs": 2,
-                "flicker": 3.5,
+                "flicker": 0.035,
             }
         ],
     }
@@ -162,7 +169,8 @@ def test_video_train_ray_sections_render_their_scripts_json(
         for key, result in (("video", video), ("train", train), ("ray", ray))
     }
     assert "layout not recognised" not in "".join(sections.values())
-    assert "| segnafnet-gopro | every 4 | auto | 1.25 | 2 | 3.50 |" in sections["video"]
+    assert "| segnafnet-gopro | every 4 | auto | 1.25 | 2 | 0.0350 |" in sections["video"]
+    assert "(the input's: 0.0123)" in sections["video"]
     assert "step ours/upstream-style 0.50" in sections["train"]
     assert "| ours | 0.500 | 16.00 | 25.0% | 1.50 GB |" in sections["train"]
     assert "| ray, 1 worker(s) | 18.0 | 0.44 | +0.75 |" in sections["ray"]

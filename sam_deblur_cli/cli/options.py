@@ -237,8 +237,8 @@ BatchFrames = Annotated[
     str,
     typer.Option(
         "--batch-frames",
-        help="Video: frames the network takes at once, or auto (up to 8, as many as fit in "
-        "memory); 1 gives each frame exactly its photo result.",
+        help="Video: frames the network takes at once, or auto (on a GPU up to 8, as many as "
+        "fit in memory; on the CPU 1); 1 gives each frame exactly its photo result.",
         rich_help_panel=VIDEO_PANEL,
     ),
 ]

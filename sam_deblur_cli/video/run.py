@@ -5,10 +5,11 @@ overlap. Masks come from key frames: every ``mask_every``-th frame, the first fr
 segment and any frame whose colours differ from the frame before's by more than
 ``scene_cut`` (a cut, see :func:`scene_change`); frames in between reuse the key frame's
 MaskResult. The network takes ``batch_frames`` consecutive frames at a time
-(restore_batch: as many as fit in memory, "auto" up to 8); a batch that fails is redone
-frame by frame, so a failing frame is still named. Frames are encoded into segment files
-in a hidden work folder beside the output; a run that stops (Ctrl-C, a failing frame)
-keeps the finished segments and the next run with the same settings starts after them.
+(restore_batch: as many as fit in memory; "auto": up to 8 on a GPU, 1 on the CPU); a batch
+that fails is redone frame by frame, so a failing frame is still named. Frames are encoded
+into segment files in a hidden work folder beside the output; a run that stops (Ctrl-C, a
+failing frame) keeps the finished segments and the next run with the same settings starts
+after them.
 The final file is written atomically from the segments and the input's audio and subtitle
 packets.
 """
@@ -51,8 +52,9 @@ class VideoSettings:
     """How videos are deblurred and encoded (the same for every video of a run)."""
 
     mask_every: int = 1  # SAM on every K-th frame; the frames between reuse its masks
-    # frames per network batch, or "auto" (up to 8, as many as fit). 1 (the library's
-    # default) gives each frame exactly its photo result; batches agree to float rounding.
+    # frames per network batch, or "auto" (on a GPU up to 8, as many as fit; 1 on the CPU).
+    # 1 (the library's default) gives each frame exactly its photo result; batches agree with
+    # it to float rounding.
     batch_frames: int | Literal["auto"] = 1
     scene_cut: float | None = SCENE_CUT  # force a key frame above this scene_change
     keep_going_frames: bool = False  # a failing frame keeps its input pixels instead of stopping
@@ -272,10 +274,15 @@ class _Engine:
             frames.put(exc)
 
     def _batch_size(self) -> int:
+        """Frames per network call: "auto" is up to MAX_AUTO_BATCH on a GPU (restore_batch
+        fits it to memory) and 1 on the CPU, where a batch only adds memory traffic
+        (benchmarks/bench_video.py measured batches slower there)."""
         from sam_deblur_cli.restore import MAX_AUTO_BATCH
 
         size = self.settings.batch_frames
-        return MAX_AUTO_BATCH if size == "auto" else size  # restore_batch fits it to memory
+        if size != "auto":
+            return size
+        return MAX_AUTO_BATCH if self.deblurrer.placement.is_gpu else 1
 
     def _deblur_group(self, group: list[Frame]) -> list[np.ndarray]:
         """Output pixels of consecutive frames: one network batch, masks per frame in order;
