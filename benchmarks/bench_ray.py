@@ -135,6 +135,20 @@ def _diff(a: Path, b: Path) -> tuple[int, int]:
     return worst, count
 
 
+def table(result: dict[str, Any]) -> str:
+    """Wall seconds, images/s and Ray's overhead per image of each engine (Markdown)."""
+    rows = [
+        [
+            name,
+            f"{seconds:.1f}",
+            f"{result['images_per_s'][name]:.2f}",
+            f"{result['overhead_per_image_s'][name]:+.2f}" if name.startswith("ray") else "-",
+        ]
+        for name, seconds in result["seconds"].items()
+    ]
+    return markdown_table(["engine", "wall s", "images/s", "overhead s/image"], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -145,15 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     images = args.images or (8 if args.quick else 32)
     size = args.size or (128 if args.quick else 256)
     result = run(images, size)
-    rows = [
-        [
-            name,
-            f"{seconds:.1f}",
-            f"{result['images_per_s'][name]:.2f}",
-            f"{result['overhead_per_image_s'][name]:+.2f}" if name.startswith("ray") else "",
-        ]
-        for name, seconds in result["seconds"].items()
-    ]
     diff = result["default_threads_diff"]
     print(
         f"{images} images of {size} x {size}, {result['cpus']} CPUs; Ray's outputs identical "
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         f"at torch's default threads: {diff['pixels']} values differ, by at most "
         f"{diff['max_levels']} level(s)"
     )
-    print(markdown_table(["engine", "wall s", "images/s", "overhead s/image"], rows))
+    print(table(result))
     write_json(args.json, result)
     return 0
 

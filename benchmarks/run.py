@@ -713,20 +713,13 @@ def render_train(result: dict[str, Any]) -> str:
 
 def render_ray(result: dict[str, Any]) -> str:
     """bench_ray: the same folder through the local batch and through Ray."""
+    from benchmarks.bench_ray import table
+
     head = (
         f"{result['images']} images of {result['size']} px, {result['cpus']} CPUs; "
         f"outputs identical to the local run at 1 thread: {result['identical_outputs']}\n\n"
     )
-    rows = [
-        [
-            name,
-            f"{seconds:.1f}",
-            f"{result['images_per_s'][name]:.2f}",
-            f"{result['overhead_per_image_s'][name]:+.2f}" if name.startswith("ray") else "-",
-        ]
-        for name, seconds in result["seconds"].items()
-    ]
-    return head + markdown_table(["engine", "wall s", "images/s", "overhead s/image"], rows)
+    return head + table(result)
 
 
 def render_generic(result: Any) -> str:
