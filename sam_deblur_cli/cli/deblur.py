@@ -278,7 +278,7 @@ def _process(
 ) -> list[Record]:
     from contextlib import nullcontext
 
-    from sam_deblur_cli.cli.weights import download_progress
+    from sam_deblur_cli.cli.output import download_progress
     from sam_deblur_cli.pipeline import Deblurrer
     from sam_deblur_cli.video import is_video_path
 

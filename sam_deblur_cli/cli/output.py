@@ -18,6 +18,8 @@ from rich.console import Console
 if TYPE_CHECKING:
     from rich.progress import Progress, ProgressColumn
 
+    from sam_deblur_cli.weights import ProgressCallback
+
 # Rich consoles: stdout for results (tables, JSON), stderr for messages and progress.
 console = Console()
 err_console = Console(stderr=True)
@@ -59,6 +61,40 @@ def progress_bar(*extra: ProgressColumn, enabled: bool = True) -> Progress:
         *extra,
     )
     return Progress(*columns, console=err_console, disable=not enabled, transient=True)
+
+
+@contextmanager
+def download_progress() -> Iterator[ProgressCallback]:
+    """A Rich progress display on stderr, fed by the library's ``(label, done, total)`` calls.
+
+    Other commands pass the yielded callback as ``progress=`` wherever weights may download.
+    """
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as bars:
+        tasks: dict[str, TaskID] = {}
+
+        def update(label: str, done: int, total: int | None) -> None:
+            if label not in tasks:
+                tasks[label] = bars.add_task(label, total=total)
+            bars.update(tasks[label], completed=done, total=total)
+
+        yield update
 
 
 class StageProgress:

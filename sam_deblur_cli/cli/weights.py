@@ -5,8 +5,6 @@ Results go to stdout (tables, paths, JSON lines); progress bars and errors go to
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import typer
 from sam_deblur_cli import weights as lib
 from sam_deblur_cli.cli.app import app, console, echo_json, err_console, fail
 from sam_deblur_cli.cli.options import Json, Offline
+from sam_deblur_cli.cli.output import download_progress
 from sam_deblur_cli.errors import EXIT_OK, SamDeblurError
 
 weights_app = typer.Typer(
@@ -23,40 +22,6 @@ weights_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(weights_app, name="weights")
-
-
-@contextmanager
-def download_progress() -> Iterator[lib.ProgressCallback]:
-    """A Rich progress display on stderr, fed by the library's ``(label, done, total)`` calls.
-
-    Other commands pass the yielded callback as ``progress=`` wherever weights may download.
-    """
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TaskID,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as bars:
-        tasks: dict[str, TaskID] = {}
-
-        def update(label: str, done: int, total: int | None) -> None:
-            if label not in tasks:
-                tasks[label] = bars.add_task(label, total=total)
-            bars.update(tasks[label], completed=done, total=total)
-
-        yield update
 
 
 def _human_size(size: int | None) -> str:
