@@ -3,8 +3,9 @@ the naive loop (decode everything, `Deblurrer.deblur` per frame, encode) in one 
 
 Models are the tiny random-weight models of the test suite (``tests/tiny_models.py``: NAFNet
 width 8 and a tiny SAM behind a test manifest), so the numbers measure the video machinery
-(decode, masks, threads, encode) more than a real network; the relative cost of SAM every
-frame versus every K frames carries over. The first rows run no network at all (each frame
+(decode, masks, threads, encode) more than a real network; the SAM runs per strategy carry
+over to real models, their cost does not (the tiny SAM is cheap). The first rows run no
+network at all (each frame
 as it is: decoding, colour conversion, queues and encoding only). The clip is the astronaut
 photo, upscaled: its left half still, its right half sliding 4 px a frame under a 9 px box
 blur, encoded with libx264 (crf 23). Flicker: the mean absolute frame-to-frame change over
