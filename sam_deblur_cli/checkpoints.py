@@ -3,7 +3,8 @@
 ``.pth`` files go through ``torch.load(weights_only=True, map_location="cpu")``, so a
 pickle that carries code is refused before anything in it runs; ``.safetensors`` files
 hold tensors only. torch is imported inside the functions: the CLI imports this module
-at start-up.
+at start-up. Both kinds are memory-mapped (zip-format ``.pth`` with ``mmap=True``): reading
+copies nothing, tensors are copy-on-write views of the file's pages.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _read_pickle(path: Path) -> object:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"Checkpoint {path} contains pickled code, which is never run for safety; "
@@ -67,6 +68,15 @@ def _read_pickle(path: Path) -> object:
         raise CheckpointError(
             f"Checkpoint {path} could not be read ({exc}); it may be truncated, download it again."
         ) from exc
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` is in torch's zip format (the only one ``torch.load`` can map)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False  # torch.load reports it
 
 
 def _unwrap(raw: object, path: Path) -> dict[str, Tensor]:
@@ -100,9 +110,13 @@ def filter_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def load_strict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+def load_strict(
+    module: nn.Module, state_dict: Mapping[str, Tensor], *, assign: bool = False
+) -> None:
     """Load ``state_dict`` into ``module`` with every key and shape matching, in place.
 
+    ``assign=True`` makes the checkpoint's tensors the module's (for a module built on the
+    meta device), cast to the module's dtypes and made contiguous as a copy would be.
     Raises ``CheckpointError`` naming the missing, unexpected and mis-shaped keys (with
     both shapes) instead of torch's long traceback.
     """
@@ -128,7 +142,14 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
             f"The checkpoint does not fit this network ({'; '.join(problems)}); "
             "pick the model entry that matches the file."
         )
-    module.load_state_dict(state_dict, strict=True)
+    if assign:
+        import torch
+
+        state_dict = {
+            k: v.to(dtype=expected[k].dtype, memory_format=torch.contiguous_format)
+            for k, v in state_dict.items()
+        }
+    module.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def _listing(keys: list[str]) -> str:

@@ -83,3 +83,90 @@ def test_an_unknown_sam_architecture_is_one_error_before_any_download(tmp_path: 
     assert f"names the SAM architecture {entry.arch!r}" in messages[0]
     assert "vit_b" in messages[0] and "fix the manifest" in messages[0]
     assert weights.locate(entry) is None
+
+
+def assert_identical(ours: torch.nn.Module, stock: torch.nn.Module) -> None:
+    """Every parameter and buffer (non-persistent ones too) equal in value, dtype, device,
+    layout and requires_grad; the same training mode everywhere."""
+    for kind in ("named_parameters", "named_buffers"):
+        got, want = dict(getattr(ours, kind)()), dict(getattr(stock, kind)())
+        assert got.keys() == want.keys(), kind
+        for key, value in want.items():
+            mine = got[key]
+            assert (mine.dtype, mine.device, mine.shape) == (value.dtype, value.device, value.shape)
+            assert mine.is_contiguous() and mine.requires_grad == value.requires_grad, key
+            assert torch.equal(mine, value), key
+    assert [m.training for m in ours.modules()] == [m.training for m in stock.modules()]
+
+
+@pytest.mark.parametrize("arch", ["tiny", "vit_b"])
+def test_load_equals_segment_anythings_builder_loading_the_same_file(
+    tmp_path: Path, arch: str
+) -> None:
+    from segment_anything import sam_model_registry
+
+    path = tmp_path / "sam.pth"
+    if arch == "tiny":
+        arch = register_tiny_sam()
+        torch.save(build_tiny_sam(seed=5).state_dict(), path)
+    else:  # a ViT-B-sized random checkpoint (the published one has these shapes)
+        with torch.device("meta"):
+            shapes = sam_model_registry[arch]().state_dict()
+        torch.manual_seed(5)
+        torch.save({k: torch.rand(v.shape) for k, v in shapes.items()}, path)
+    entry = dataclasses.replace(load_entry(tmp_path), arch=arch)
+    ours = models.load(entry, path)
+    if arch == "vit_b":
+        stock = sam_model_registry[arch](checkpoint=str(path))
+    else:  # the tiny builder refuses a checkpoint: load it the way _build_sam does
+        stock = sam_model_registry[arch]()
+        stock.load_state_dict(torch.load(path))
+    assert_identical(ours, stock)
+
+
+def load_entry(tmp_path: Path) -> weights.Entry:
+    register_tiny_sam()
+    return weights.load_manifest(write_tiny_sam_manifest(tmp_path / "models")).get("sam-tiny")
+
+
+def test_load_initialises_nothing(manifest: weights.Manifest, tmp_path: Path) -> None:
+    """Initial weights cost time and draw from the global generator; a load draws nothing."""
+    entry = manifest.get("segnafnet-tiny")
+    torch.save(models.build(entry).state_dict(), tmp_path / "net.pth")
+    for name, path in (("sam-tiny", tmp_path / "models" / "sam_tiny.pth"), (entry.name, None)):
+        torch.manual_seed(0)
+        expected = torch.rand(4)
+        torch.manual_seed(0)
+        models.load(manifest.get(name), path or tmp_path / "net.pth")
+        assert torch.equal(torch.rand(4), expected), name
+
+
+def test_a_half_precision_checkpoint_loads_as_float32(
+    manifest: weights.Manifest, tmp_path: Path
+) -> None:
+    entry = manifest.get("nafnet-tiny")
+    state = {k: v.half() for k, v in models.build(entry).state_dict().items()}
+    torch.save(state, tmp_path / "half.pth")
+    net = models.load(entry, tmp_path / "half.pth")
+    assert {p.dtype for p in net.state_dict().values()} == {torch.float32}
+    assert_same_weights(net, {k: v.float() for k, v in state.items()})
+
+
+def test_buffers_a_meta_build_leaves_are_restored_and_unknown_ones_refused(
+    tmp_path: Path,
+) -> None:
+    from segment_anything import sam_model_registry
+
+    stock = sam_model_registry[register_tiny_sam()]()
+    with torch.device("meta"):
+        skeleton = sam_model_registry[register_tiny_sam()]()
+    for name in ("pixel_mean", "pixel_std"):  # as a torch that reaches torch.Tensor(list) would
+        skeleton.register_buffer(name, torch.empty(3, 1, 1, device="meta"), persistent=False)
+    skeleton.load_state_dict(stock.state_dict(), assign=True)
+    models.restore_buffers(skeleton)
+    assert_identical(skeleton, stock)
+    assert skeleton.state_dict().keys() == stock.state_dict().keys()  # still non-persistent
+
+    skeleton.register_buffer("unknown", torch.empty(1, device="meta"))
+    with pytest.raises(RuntimeError, match="unknown"):
+        models.restore_buffers(skeleton)

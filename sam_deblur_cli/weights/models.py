@@ -4,7 +4,17 @@ The one place that turns an :class:`Entry` into a ``torch.nn.Module``: a deblur 
 ``NetConfig`` goes to ``nets.build_network``, a SAM entry's ``arch`` to segment_anything's
 ``sam_model_registry`` with ``checkpoint=None`` (its builders would ``torch.load`` the file
 unsafely). Weights are read by ``checkpoints.read_state_dict`` (``weights_only``: pickled
-code is refused, never run) and loaded with every key and shape matching.
+code is refused, never run; memory-mapped) and loaded with every key and shape matching.
+
+``load`` never initialises weights that the checkpoint overwrites: the network is built on
+the meta device and the checkpoint's tensors are assigned to it (cast to the network's
+dtypes). Non-persistent buffers are not in a checkpoint; they are restored from the
+builder: SAM's ``pixel_mean``/``pixel_std`` are made with the legacy ``torch.Tensor(list)``
+constructor, which the meta device context does not reach, so they come out real (any
+buffer left on the meta device is rebuilt from ``_RESTORED_BUFFERS`` or raises). Our own
+networks have no buffers. The result equals the builder's model with the file loaded into
+it, tensor for tensor (tests/test_weights_models.py pins it against segment_anything's
+builder).
 
 torch, the networks and segment_anything are imported inside the functions.
 """
@@ -67,13 +77,54 @@ def build_net(config: NetConfig) -> torch.nn.Module:
 def load(entry: Entry, path: Path, *, config: NetConfig | None = None) -> torch.nn.Module:
     """``build(entry, config=config)`` with the checkpoint at ``path`` loaded strictly.
 
+    Built on the meta device and assigned the checkpoint's tensors (see the module
+    docstring): eval mode, float32, on the CPU, with no time spent on initial weights.
     Raises ``CheckpointError`` for an unreadable or unsafe file, or one that does not fit.
     """
+    import torch
+
     from sam_deblur_cli.checkpoints import load_strict, read_state_dict
 
-    module = build(entry, config=config)
-    load_strict(module, read_state_dict(path))
+    with torch.device("meta"):
+        module = build(entry, config=config)
+    load_strict(module, read_state_dict(path), assign=True)
+    restore_buffers(module)
     return module
+
+
+# Non-persistent buffers a builder may leave on the meta device, by owner class name and
+# buffer name: a function of the owner giving the value on the CPU. segment_anything's
+# ``Sam`` normalises with the ImageNet statistics in every builder (``build_sam.py``).
+_RESTORED_BUFFERS: dict[tuple[str, str], Callable[[torch.nn.Module], torch.Tensor]] = {
+    ("Sam", "pixel_mean"): lambda _: _column([123.675, 116.28, 103.53]),
+    ("Sam", "pixel_std"): lambda _: _column([58.395, 57.12, 57.375]),
+}
+
+
+def _column(values: list[float]) -> torch.Tensor:
+    import torch
+
+    return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1)
+
+
+def restore_buffers(module: torch.nn.Module) -> None:
+    """Give every buffer still on the meta device its builder's value, in place.
+
+    Raises ``RuntimeError`` (a bug, not a user error) for a meta tensor with no known value.
+    """
+    for owner in module.modules():
+        for name, buffer in list(owner.named_buffers(recurse=False)):
+            if buffer is None or not buffer.is_meta:
+                continue
+            make = _RESTORED_BUFFERS.get((type(owner).__name__, name))
+            if make is None:
+                raise RuntimeError(f"{type(owner).__name__}.{name} has no value after loading")
+            owner.register_buffer(
+                name, make(owner), persistent=name not in owner._non_persistent_buffers_set
+            )
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"{', '.join(left)} still on the meta device after loading")
 
 
 def check(entry: Entry, path: Path) -> None:
