@@ -83,6 +83,7 @@ class DeblurSettings:
     amg: dict[str, float | int] = field(default_factory=dict)  # generator parameter overrides
     channel_order: str | None = None  # override the recipe's "bgr" / "rgb"
     fast_masks: bool = True  # False: segment-anything's stock generator
+    sam_precision: str = "fp32"  # SAM's image encoder: fp32 | bf16 | fp16 (CUDA only)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     require_gpu: bool = False
     precision: str = "auto"  # auto | fp32 | fp16 | bf16 (fp32 on the CPU)
@@ -153,6 +154,9 @@ class Deblurrer:
         self.placement = resolve(
             settings.device, settings.precision, require_gpu=settings.require_gpu
         )
+        from sam_deblur_cli.masks.precision import check_sam_precision
+
+        check_sam_precision(settings.sam_precision, self.placement.device)  # before any loading
         self.recipe = self._effective_recipe()
         self.tlc = self.entry.tlc if settings.tlc is None else settings.tlc
         self._generator: MaskGenerator | None = None
@@ -188,7 +192,10 @@ class Deblurrer:
         recipe = self.recipe
         if dataclasses.is_dataclass(recipe) and not isinstance(recipe, type):
             recipe = dataclasses.asdict(recipe)
-        return json.dumps({"recipe": recipe, "fast": self.settings.fast_masks}, sort_keys=True)
+        key = {"recipe": recipe, "fast": self.settings.fast_masks}
+        if self.settings.sam_precision != "fp32":
+            key["sam_precision"] = self.settings.sam_precision
+        return json.dumps(key, sort_keys=True)
 
     def _effective_recipe(self) -> Any:
         """The model entry's mask recipe with the settings' overrides applied (None: no masks)."""
@@ -205,9 +212,11 @@ class Deblurrer:
         """Sentences naming how this run's masks differ from those the model was trained on."""
         if self.entry.recipe is None:
             return []
+        from sam_deblur_cli.masks.precision import precision_departures
         from sam_deblur_cli.masks.sam import recipe_departures
 
-        return recipe_departures(self.entry.recipe, self.recipe, model=self.entry.name)
+        notes = recipe_departures(self.entry.recipe, self.recipe, model=self.entry.name)
+        return notes + precision_departures(self.settings.sam_precision, model=self.entry.name)
 
     @property
     def net_config(self) -> NetConfig:
@@ -261,6 +270,7 @@ class Deblurrer:
                 device=self.placement.device,
                 fast=self.settings.fast_masks,
                 offline=self.settings.offline,
+                sam_precision=self.settings.sam_precision,
             )
         return self._generator
 

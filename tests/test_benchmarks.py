@@ -18,6 +18,7 @@ SECTIONS = (
     "## Network",
     "## End to end",
     "## Start-up",
+    "## Cold start",
     "## Video",
     "## Training step",
     "## Ray batch",
@@ -39,8 +40,18 @@ def test_smoke_run_writes_report_and_json(tmp_path: Path) -> None:
     assert data["mode"] == "smoke" and data["device"] == "cpu"
     assert data["machine"]["cores"] >= 1 and data["machine"]["ram_bytes"] > 0
     comps = data["components"]
-    assert set(comps) == {"masks", "map", "network", "e2e", "startup", "video", "train", "ray"}
-    skipped = ("masks", "network", "startup", "video", "train", "ray")
+    assert set(comps) == {
+        "masks",
+        "map",
+        "network",
+        "e2e",
+        "startup",
+        "cold",
+        "video",
+        "train",
+        "ray",
+    }
+    skipped = ("masks", "network", "startup", "cold", "video", "train", "ray")
     assert {comps[k]["status"] for k in skipped} == {"skipped"}
     assert comps["e2e"]["status"] == "ok", comps["e2e"].get("error")
 

@@ -92,6 +92,7 @@ class DeblurOptions(OptionGroup):
             amg=r.amg,
             channel_order=r.channel_order,
             fast_masks=r.fast_masks,
+            sam_precision=r.sam_precision,
             device=self.device,
             require_gpu=self.require_gpu,
             precision=self.precision,

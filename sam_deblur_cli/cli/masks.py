@@ -75,6 +75,7 @@ def masks_command(
         amg=recipe.amg,
         channel_order=recipe.channel_order,
         fast_masks=recipe.fast_masks,
+        sam_precision=recipe.sam_precision,
         device=device,
         offline=offline,
         cache=not no_cache,

@@ -77,6 +77,15 @@ StockMasks = Annotated[
         rich_help_panel=MODEL_PANEL,
     ),
 ]
+SamPrecision = Annotated[
+    str,
+    typer.Option(
+        "--sam-precision",
+        help="SAM's image encoder in fp32, bf16 or fp16 (CUDA only; the models learned on "
+        "fp32 masks).",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
 # Old spellings, kept working for scripts: `masks --stock`, `eval --fast-masks` (the default).
 StockAlias = Annotated[bool, typer.Option("--stock", hidden=True)]
 FastMasksAlias = Annotated[bool, typer.Option("--fast-masks", hidden=True)]
@@ -372,6 +381,7 @@ class MaskRecipeOptions(OptionGroup):
     sam: Sam = None
     stock_masks: StockMasks = False
     stock: StockAlias = False
+    sam_precision: SamPrecision = "fp32"
     channel_order: ChannelOrder = None
     points_per_side: PointsPerSide = None
     pred_iou_thresh: PredIou = None

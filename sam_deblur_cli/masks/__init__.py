@@ -145,6 +145,8 @@ class MaskGenerator:
     ``recipe`` is the recipe to follow (overrides already applied, see
     ``sam.override_recipe``): its ``channel_order`` and ``amg`` parameters; the SAM entry
     is ``sam_entry_name``. ``device`` is a torch device string (``devices.resolve_device``).
+    ``sam_precision``: SAM's image encoder in fp32 (published), bf16 or fp16 (CUDA only,
+    ``masks.precision``; a UsageError here otherwise).
     """
 
     def __init__(
@@ -157,7 +159,12 @@ class MaskGenerator:
         fast: bool = True,
         offline: bool = False,
         cache: bool = True,
+        sam_precision: str = "fp32",
     ) -> None:
+        from sam_deblur_cli.masks.precision import check_sam_precision
+
+        check_sam_precision(sam_precision, device)
+        self.sam_precision = sam_precision
         self.entry = manifest.get(sam_entry_name)
         self.recipe = recipe
         self.device = device
@@ -192,7 +199,10 @@ class MaskGenerator:
         from sam_deblur_cli.masks import sam
 
         if self._generator is None:
+            from sam_deblur_cli.masks.precision import apply_sam_precision
+
             model = sam.load_sam(self.entry, device=self.device, offline=self.offline)
+            apply_sam_precision(model, self.sam_precision)
             self._generator = sam.make_generator(model, self.recipe.amg, fast=self.fast)
         self.sam_runs += 1
         return self._generator(sam.to_sam_input(rgb_uint8, self.recipe.channel_order))
@@ -208,4 +218,5 @@ class MaskGenerator:
             channel_order=self.recipe.channel_order,
             amg=dict(self.recipe.amg),
             generator="fast" if self.fast else "stock",
+            sam_precision=self.sam_precision,
         )

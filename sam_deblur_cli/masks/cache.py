@@ -48,8 +48,10 @@ def cache_key(
     channel_order: str,
     amg: Mapping[str, float | int],
     generator: str,
+    sam_precision: str = "fp32",
 ) -> str:
-    """The key of one image's masks: pixels, SAM entry and weights, recipe, generator kind.
+    """The key of one image's masks: pixels, SAM entry and weights, recipe, generator kind,
+    SAM's precision (fp32 adds nothing, so keys made before the option still hit).
 
     ``rgb_uint8`` is the image before the channel order is applied; ``channel_order`` is
     part of the key. AMG parameters are compared with defaults filled in.
@@ -63,6 +65,8 @@ def cache_key(
         "amg": effective_amg(amg),
         "generator": generator,
     }
+    if sam_precision != "fp32":
+        description["sam_precision"] = sam_precision
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 

@@ -53,6 +53,7 @@ class MaskSettings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     offline: bool = False
     cache: bool = True  # read and write the mask cache
+    sam_precision: str = "fp32"  # SAM's image encoder: fp32 | bf16 | fp16 (CUDA only)
 
 
 def parse_formats(text: str) -> list[str]:
@@ -96,6 +97,7 @@ def open_generator(settings: MaskSettings) -> tuple[MaskGenerator, list[str]]:
     """
     from sam_deblur_cli.devices import resolve_device
     from sam_deblur_cli.masks import MaskGenerator
+    from sam_deblur_cli.masks.precision import precision_departures
     from sam_deblur_cli.masks.sam import override_recipe, recipe_departures
     from sam_deblur_cli.weights import load_manifest
 
@@ -117,8 +119,10 @@ def open_generator(settings: MaskSettings) -> tuple[MaskGenerator, list[str]]:
         fast=s.fast_masks,
         offline=s.offline,
         cache=s.cache,
+        sam_precision=s.sam_precision,
     )
-    return generator, recipe_departures(trained, recipe, model=s.model)
+    notes = recipe_departures(trained, recipe, model=s.model)
+    return generator, notes + precision_departures(s.sam_precision, model=s.model)
 
 
 def make_folder(output: Path) -> None:

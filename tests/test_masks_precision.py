@@ -1,0 +1,102 @@
+"""--sam-precision: SAM's encoder in bf16/fp16 on CUDA, opt-in, in the cache key and notes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_sam import build_tiny_sam, register_tiny_sam, write_tiny_sam_manifest
+
+from sam_deblur_cli import weights
+from sam_deblur_cli.cli import main
+from sam_deblur_cli.errors import UsageError
+from sam_deblur_cli.masks import MaskGenerator
+from sam_deblur_cli.masks.cache import cache_key
+from sam_deblur_cli.masks.precision import (
+    apply_sam_precision,
+    check_sam_precision,
+    precision_departures,
+)
+
+
+def test_reduced_precision_is_refused_off_cuda_and_unknown_names_everywhere() -> None:
+    check_sam_precision("fp32", "cpu")
+    check_sam_precision("bf16", "cuda:0")
+    check_sam_precision("fp16", "cuda")
+    for precision, device in (("bf16", "cpu"), ("fp16", "mps")):
+        with pytest.raises(UsageError, match=f"--sam-precision {precision} runs SAM on a CUDA"):
+            check_sam_precision(precision, device)
+    with pytest.raises(UsageError, match="use one of fp32, bf16, fp16"):
+        check_sam_precision("int8", "cuda")
+
+
+def test_the_encoder_runs_under_autocast_and_hands_on_float32(one_torch_thread: None) -> None:
+    """On the CPU for the test (autocast works there; the option allows CUDA only)."""
+    sam = build_tiny_sam(0)
+    image = torch.rand(1, 3, 1024, 1024) * 255
+    with torch.inference_mode():
+        fp32 = sam.image_encoder(sam.preprocess(image))
+        apply_sam_precision(sam, "bf16")
+        bf16 = sam.image_encoder(sam.preprocess(image))
+        apply_sam_precision(sam, "fp32")
+        again = sam.image_encoder(sam.preprocess(image))
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    assert not torch.equal(bf16, fp32)  # the encoder really ran in bf16
+    torch.testing.assert_close(bf16, fp32, rtol=0.1, atol=0.1)
+    assert torch.equal(again, fp32)  # fp32 restores the published encoder exactly
+    assert set(sam.state_dict()) == set(build_tiny_sam(0).state_dict())
+
+
+def test_precision_is_in_the_cache_key_only_when_reduced() -> None:
+    image = np.zeros((4, 6, 3), np.uint8)
+    common = {
+        "sam_name": "sam-vit-h",
+        "sam_sha256": "0" * 64,
+        "channel_order": "bgr",
+        "amg": {},
+        "generator": "fast",
+    }
+    old = cache_key(image, **common)
+    assert cache_key(image, **common, sam_precision="fp32") == old
+    keys = {cache_key(image, **common, sam_precision=p) for p in ("bf16", "fp16")}
+    assert len(keys) == 2 and old not in keys
+
+
+def test_a_reduced_precision_is_a_departure_from_the_recipe() -> None:
+    assert precision_departures("fp32", model="m") == []
+    [note] = precision_departures("bf16", model="segnafnet-gopro")
+    assert "bf16" in note and "fp32" in note and "segnafnet-gopro" in note
+
+
+def test_the_generator_refuses_before_loading_sam(tmp_path: Path) -> None:
+    register_tiny_sam()
+    manifest = weights.load_manifest(write_tiny_sam_manifest(tmp_path / "models"))
+    recipe = manifest.get("segnafnet-tiny").recipe
+    assert recipe is not None
+    with pytest.raises(UsageError, match="CUDA GPU only"):
+        MaskGenerator("sam-tiny", recipe, manifest=manifest, device="cpu", sam_precision="fp16")
+
+
+@pytest.mark.parametrize("command", ["masks", "deblur"])
+def test_the_cli_refuses_bf16_on_the_cpu_with_one_line(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    register_tiny_sam()
+    monkeypatch.setenv("SAM_DEBLUR_WEIGHTS", str(write_tiny_sam_manifest(tmp_path / "models")))
+    monkeypatch.setenv("COLUMNS", "200")
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(photo)
+    argv = [str(photo), "-o", str(tmp_path / "out"), "--model", "segnafnet-tiny"]
+    argv += ["--device", "cpu", "--sam-precision", "bf16"]
+    code = main(["masks", *argv] if command == "masks" else argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--sam-precision bf16 runs SAM on a CUDA GPU only" in " ".join(err.split())
+    assert not (tmp_path / "out").exists()
