@@ -119,7 +119,9 @@ def result_from_maskset(maskset: MaskSet) -> MaskResult:
     """Encode generated masks (generator order) into segmask and groups, upstream's way."""
     from sam_deblur_cli.masks.encode import count_groups, encode_segmask, labels_from_segmask
 
-    segmask = encode_segmask(maskset.iter_masks(), maskset.shape)
+    segmask = getattr(maskset, "segmask", None)  # made on the GPU by masks.fast_device
+    if segmask is None:
+        segmask = encode_segmask(maskset.iter_masks(), maskset.shape)
     labels = labels_from_segmask(segmask)
     return MaskResult(segmask, labels, count_groups(labels), len(maskset), maskset)
 

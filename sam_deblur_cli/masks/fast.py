@@ -90,6 +90,10 @@ class FastMaskGenerator:
             logger.info("Using the stock mask generator: %s.", self.delegate_reason)
             return self._generate_stock(image)
         with torch.inference_mode():
+            if self.sam.device.type == "cuda":  # the whole pipeline on the GPU
+                from sam_deblur_cli.masks.fast_device import generate_on_device
+
+                return generate_on_device(self, image)
             return self._generate_fast(image)
 
     def decode_points(
