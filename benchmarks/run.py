@@ -5,7 +5,8 @@
 
 Components (each ``python -m benchmarks.bench_<name> --json FILE``, sequentially, so their
 peak memory never mixes): mask stage, MAP, network, end to end, CLI start-up, cold start
-(SAM loading; a cold `sam-deblur photo.jpg` in full mode), video, training step, Ray batch
+(SAM loading; a cold `sam-deblur photo.jpg` in full mode), steady-state mask generation
+(CUDA, or full mode), video, training step, Ray batch
 (skipped when Ray is not installed). A component that fails or times out is shown as such
 with its last error line; the rest go on. The report is Markdown
 (machine; one section per component; targets) with absolute numbers and ours/stock ratios
@@ -77,6 +78,14 @@ def _e2e_args(opts: Options) -> list[str]:
     return [*flags, "--device", opts.device, *(["--vit-h"] if opts.vit_h else [])]
 
 
+def _steady_args(opts: Options) -> list[str] | None:
+    # Stock SAM at 32 x 32 points takes minutes on 2 cores: the CPU runs it in full mode only.
+    if opts.mode == "smoke" or (opts.mode == "quick" and opts.device == "cpu"):
+        return None
+    repeat = "1" if opts.device == "cpu" else "3"
+    return ["--device", opts.device, "--repeat", repeat, *(["--vit-h"] if opts.vit_h else [])]
+
+
 def _startup_args(opts: Options) -> list[str] | None:
     # A smoke run skips it: an eager torch import is seconds the test budget lacks.
     return None if opts.mode == "smoke" else ["--repeat", "1" if opts.mode == "quick" else "3"]
@@ -125,6 +134,16 @@ COMPONENTS = (
         "benchmarks.bench_cold",
         _quick_flag,
         {"quick": 300, "full": 3600},
+        core=False,
+    ),
+    Component(
+        "steady",
+        "Steady-state mask generation",
+        "benchmarks.bench_steady",
+        _steady_args,
+        {"quick": 600, "full": 1800},
+        takes_device=True,
+        takes_vit_h=True,
         core=False,
     ),
     Component(
@@ -683,6 +702,13 @@ def render_cold(result: dict[str, Any]) -> str:
     return table(result)
 
 
+def render_steady(result: dict[str, Any]) -> str:
+    """bench_steady: SAM loaded once, warm; ours vs stock mask generation to the segmask."""
+    from benchmarks.bench_steady import table
+
+    return table(result)
+
+
 def render_video(result: dict[str, Any]) -> str:
     """bench_video: frames/s and flicker per model, mask strategy and batch; the naive loop."""
     c = result["config"]
@@ -759,6 +785,7 @@ _RENDERERS: dict[str, Callable[[Any], str]] = {
     "e2e": render_e2e,
     "startup": render_startup,
     "cold": render_cold,
+    "steady": render_steady,
     "video": render_video,
     "train": render_train,
     "ray": render_ray,

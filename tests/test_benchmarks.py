@@ -19,6 +19,7 @@ SECTIONS = (
     "## End to end",
     "## Start-up",
     "## Cold start",
+    "## Steady-state mask generation",
     "## Video",
     "## Training step",
     "## Ray batch",
@@ -47,11 +48,12 @@ def test_smoke_run_writes_report_and_json(tmp_path: Path) -> None:
         "e2e",
         "startup",
         "cold",
+        "steady",
         "video",
         "train",
         "ray",
     }
-    skipped = ("masks", "network", "startup", "cold", "video", "train", "ray")
+    skipped = ("masks", "network", "startup", "cold", "steady", "video", "train", "ray")
     assert {comps[k]["status"] for k in skipped} == {"skipped"}
     assert comps["e2e"]["status"] == "ok", comps["e2e"].get("error")
 

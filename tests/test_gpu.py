@@ -157,3 +157,63 @@ def _box() -> object:
     from PIL import ImageFilter
 
     return ImageFilter.BoxBlur(2)
+
+
+def _sharp_tiny_sam() -> torch.nn.Module:
+    from tiny_sam import build_tiny_sam
+
+    sam = build_tiny_sam(0)
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(50.0)  # confident logits, so masks are not all noise
+    return sam.cuda()
+
+
+def test_masks_on_the_device_equal_stock_on_cuda_fp32() -> None:
+    """The CUDA path (masks/fast_device.py, from FastMaskGenerator.generate) against
+    segment-anything's generator on the same GPU: same segmask on >= 99.9 % of pixels,
+    and exactly the same with the decoder output controlled (same logits on both sides)."""
+    from mask_bench import bench
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from sam_deblur_cli.masks.encode import encode_segmask
+    from sam_deblur_cli.masks.fast import FastMaskGenerator
+    from sam_deblur_cli.masks.recipe import AmgParams
+
+    sam, image = _sharp_tiny_sam(), bench.test_image((480, 640))
+    params = {"points_per_side": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.2}
+    anns = SamAutomaticMaskGenerator(sam, **params).generate(image)
+    maskset = FastMaskGenerator(sam, AmgParams(**params)).generate(image)
+    assert type(maskset).__name__ == "DeviceMaskSet" and len(anns) > 0
+    stock = encode_segmask([a["segmentation"] for a in anns], image.shape[:2])
+    assert (maskset.segmask == stock).mean() >= 0.999  # type: ignore[attr-defined]
+
+    shape, params = (720, 1280), {"points_per_side": 32}
+    image = bench.test_image(shape)
+    generator = SamAutomaticMaskGenerator(sam, **params)
+    bench.patch_stock(generator, bench.ControlledLogits(bench.input_size_of(shape)))
+    anns = generator.generate(image)
+    fast = FastMaskGenerator(sam, AmgParams(**params))
+    bench.patch_fast(fast, bench.ControlledLogits(bench.input_size_of(shape)))
+    maskset = fast.generate(image)
+    stock = encode_segmask([a["segmentation"] for a in anns], shape)
+    assert len(anns) > 50 and np.array_equal(maskset.segmask, stock)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_sam_precision_runs_the_encoder_reduced_on_cuda(precision: str) -> None:
+    from mask_bench import bench
+
+    from sam_deblur_cli.masks.fast import FastMaskGenerator
+    from sam_deblur_cli.masks.precision import apply_sam_precision
+    from sam_deblur_cli.masks.recipe import AmgParams
+
+    sam, image = _sharp_tiny_sam(), bench.test_image((480, 640))
+    params = AmgParams(points_per_side=16, pred_iou_thresh=0.0, stability_score_thresh=0.2)
+    fp32 = FastMaskGenerator(sam, params).generate(image)
+    apply_sam_precision(sam, precision)  # type: ignore[arg-type]
+    reduced = FastMaskGenerator(sam, params).generate(image)
+    agree = (reduced.segmask == fp32.segmask).mean()  # type: ignore[attr-defined]
+    counts = f"{len(reduced)} vs {len(fp32)} masks"
+    print(f"SAM {precision} vs fp32 (tiny random SAM): {agree:.4%} pixels equal, {counts}")
+    assert len(reduced) > 0 and agree > 0.5
