@@ -1,8 +1,8 @@
 """Steady-state mask generation: SAM loaded once, warmed up, then timed; ours vs stock.
 
 One photo (skimage's astronaut) at 1024 on its long side, SAM vit_b (vit_h with
-``--vit-h``; the tiny test architecture with ``--smoke``) with random weights, the default
-recipe's generator settings (32 x 32 points), on ``--device cpu|cuda``. Ours is
+``--vit-h``) with random weights, the default recipe's generator settings (32 x 32
+points), on ``--device cpu|cuda``; ``--smoke``: the tiny test SAM, 96 x 128, 8 x 8 points. Ours is
 ``FastMaskGenerator`` (on CUDA: ``masks/fast_device.py``) up to the upstream segmask;
 stock is ``SamAutomaticMaskGenerator`` built as its README shows, then upstream's encoding.
 Two rows: the real decoder (random weights let few masks through, so post-processing is
@@ -28,8 +28,9 @@ from typing import Any
 SIZE = (683, 1024)  # H, W: the astronaut is square; a 3:2 photo at 1024 on its long side
 
 
-def run(arch: str, device: str, repeat: int) -> dict[str, Any]:
-    """Both rows for SAM ``arch`` on ``device``; the JSON-able result."""
+def run(arch: str, device: str, repeat: int, *, smoke: bool = False) -> dict[str, Any]:
+    """Both rows for SAM ``arch`` on ``device``; the JSON-able result. ``smoke``: a
+    96 x 128 photo and 8 x 8 points (seconds on a CPU, to check that the script runs)."""
     import numpy as np
     import torch
     from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
@@ -37,21 +38,22 @@ def run(arch: str, device: str, repeat: int) -> dict[str, Any]:
     from benchmarks.bench_masks import ControlledLogits, input_size_of, patch_fast, patch_stock
     from benchmarks.bench_masks import test_image as photo
     from benchmarks.common import time_it
-    from benchmarks.stock_pipeline import register_tiny_arch
+    from benchmarks.stock_pipeline import CONTROLLED_CELLS, register_tiny_arch
     from sam_deblur_cli.masks.fast import FastMaskGenerator
     from sam_deblur_cli.masks.recipe import AmgParams
 
     register_tiny_arch()
     torch.manual_seed(0)
     sam = sam_model_registry[arch]().to(device).eval()
-    image = photo(SIZE)
+    size, points, cells = ((96, 128), 8, 40) if smoke else (SIZE, 32, CONTROLLED_CELLS)
+    image = photo(size)
     rows = []
     for controlled in (False, True):
-        stock = SamAutomaticMaskGenerator(sam, output_mode="binary_mask")
-        ours = FastMaskGenerator(sam, AmgParams())
+        stock = SamAutomaticMaskGenerator(sam, points_per_side=points, output_mode="binary_mask")
+        ours = FastMaskGenerator(sam, AmgParams(points_per_side=points))
         if controlled:
-            patch_stock(stock, ControlledLogits(input_size_of(SIZE)))
-            patch_fast(ours, ControlledLogits(input_size_of(SIZE)))
+            patch_stock(stock, ControlledLogits(input_size_of(size), n_cells=cells))
+            patch_fast(ours, ControlledLogits(input_size_of(size), n_cells=cells))
         out: dict[str, Any] = {}
         row: dict[str, Any] = {"decoder": "controlled logits" if controlled else "real"}
         sides = (("stock", partial(_stock, stock, image)), ("ours", partial(_ours, ours, image)))
@@ -65,7 +67,8 @@ def run(arch: str, device: str, repeat: int) -> dict[str, Any]:
         row["segmask_agreement"] = float(np.mean(out["ours"][0] == out["stock"][0]))
         rows.append(row)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    return {"config": {"sam_arch": arch, "device": name, "size": list(SIZE)}, "rows": rows}
+    config = {"sam_arch": arch, "device": name, "size": list(size), "points_per_side": points}
+    return {"config": config, "rows": rows}
 
 
 def _stock(generator: Any, image: Any) -> tuple[Any, int]:
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.stock_pipeline import TINY_ARCH
 
     arch = TINY_ARCH if args.smoke else "vit_h" if args.vit_h else "vit_b"
-    result = run(arch, args.device, args.repeat)
+    result = run(arch, args.device, args.repeat, smoke=args.smoke)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
