@@ -170,3 +170,18 @@ def test_buffers_a_meta_build_leaves_are_restored_and_unknown_ones_refused(
     skeleton.register_buffer("unknown", torch.empty(1, device="meta"))
     with pytest.raises(RuntimeError, match="unknown"):
         models.restore_buffers(skeleton)
+
+
+def test_check_maps_zip_files_and_still_reads_the_legacy_format(
+    manifest: weights.Manifest, tmp_path: Path
+) -> None:
+    from sam_deblur_cli.checkpoints import read_state_dict
+
+    entry = manifest.get("nafnet-tiny")
+    state = models.build(entry).state_dict()
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    torch.save(state, tmp_path / "zip.pth")
+    for name in ("legacy.pth", "zip.pth"):
+        models.check(entry, tmp_path / name)
+        assert_same_weights(models.load(entry, tmp_path / name), state)
+        assert read_state_dict(tmp_path / name, mmap=True).keys() == state.keys()

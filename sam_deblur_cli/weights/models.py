@@ -4,7 +4,7 @@ The one place that turns an :class:`Entry` into a ``torch.nn.Module``: a deblur 
 ``NetConfig`` goes to ``nets.build_network``, a SAM entry's ``arch`` to segment_anything's
 ``sam_model_registry`` with ``checkpoint=None`` (its builders would ``torch.load`` the file
 unsafely). Weights are read by ``checkpoints.read_state_dict`` (``weights_only``: pickled
-code is refused, never run; memory-mapped) and loaded with every key and shape matching.
+code is refused, never run) and loaded with every key and shape matching.
 
 ``load`` never initialises weights that the checkpoint overwrites: the network is built on
 the meta device and the checkpoint's tensors are assigned to it (cast to the network's
@@ -137,7 +137,7 @@ def check(entry: Entry, path: Path) -> None:
 
     from sam_deblur_cli.checkpoints import load_strict, read_state_dict
 
-    state = read_state_dict(path)
+    state = read_state_dict(path, mmap=True)  # shapes only: the values are never read
     with torch.device("meta"):
         skeleton = build(entry)
     with warnings.catch_warnings():
