@@ -6,7 +6,7 @@ call (imports excluded) and hashing every parameter and buffer (name, dtype, dev
 bytes) afterwards, so that identical models show identical digests:
 
 - ``torch.load``: the file alone (``weights_only=True``), the yardstick;
-- ``ours``: ``weights.models.load`` (meta-device build, memory-mapped file, tensors assigned);
+- ``ours``: ``weights.models.load`` (meta-device build, the file read, its tensors assigned);
 - ``ours before``: the loader before that: a build with initial weights, ``torch.load``
   without mmap, ``load_state_dict`` copying into it;
 - ``stock``: ``sam_model_registry[arch](checkpoint=file)``, segment-anything's README way.
