@@ -6,8 +6,7 @@ hold tensors only. torch is imported inside the functions: the CLI imports this 
 at start-up. ``mmap=True`` maps a zip-format ``.pth`` instead of reading it (tensors are
 copy-on-write views of the file's pages): for shape checks, which never touch the values.
 Weights a model keeps are read into memory: mapped weights are file pages the kernel may
-drop and fault back in from disk mid-run (measured: a cold ViT-H photo's mask stage took
-longer in wall time with mapped weights, at equal CPU time, on a busy shared machine).
+drop under memory pressure and fault back in from disk mid-run.
 """
 
 from __future__ import annotations
