@@ -231,8 +231,8 @@ def run_side(
         count = len(anns)
         masks = iter([a["segmentation"] for a in anns])
     else:
+        from sam_deblur_cli.amg import AmgParams
         from sam_deblur_cli.masks.fast import FastMaskGenerator
-        from sam_deblur_cli.masks.recipe import AmgParams
 
         fast = FastMaskGenerator(sam, AmgParams(points_per_side=points))
         if controlled is not None:

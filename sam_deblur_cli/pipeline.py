@@ -11,8 +11,9 @@ Only what a run needs is loaded: a model without a mask guide never builds SAM, 
 run whose masks come from files builds it only if an image without a mask file shows up.
 Heavy modules (torch, the networks, SAM) are imported inside the functions that use them.
 
-Planning outputs lives in ``sam_deblur_cli.batch.plan`` (its names are re-exported here, as
-before the split); running many files is ``sam_deblur_cli.batch.local.run_batch``, one layer up.
+Output names come from ``sam_deblur_cli.naming``; planning many inputs is
+``sam_deblur_cli.batch.plan`` and running them ``sam_deblur_cli.batch.local.run_batch``, one
+layer up.
 """
 
 from __future__ import annotations
@@ -26,51 +27,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from sam_deblur_cli.batch.plan import (
-    Job,
-    check_jobs,
-    default_output,
-    output_suffix,
-    overlay_path,
-    plan_batch,
-    plan_files,
-    scan_folder,
-)
 from sam_deblur_cli.errors import InputError, UsageError
+from sam_deblur_cli.naming import default_output, overlay_path
 
 if TYPE_CHECKING:
     import numpy as np
 
     from sam_deblur_cli.imageio import Picture
     from sam_deblur_cli.masks import MaskGenerator, MaskResult
-    from sam_deblur_cli.nets import NetConfig
+    from sam_deblur_cli.nets import GuideKind, NetConfig
     from sam_deblur_cli.weights import Entry, Manifest
 
-__all__ = [  # the planning names are re-exports from sam_deblur_cli.batch.plan
+__all__ = [
     "STAGES",
     "DeblurSettings",
     "Deblurrer",
     "FileOptions",
-    "Job",
     "Record",
     "as_float_rgb",
     "as_uint8_rgb",
-    "check_jobs",
     "deblur_array",
     "deblur_file",
-    "default_output",
     "normalize_tile",
-    "output_suffix",
-    "overlay_path",
-    "plan_batch",
-    "plan_files",
-    "scan_folder",
 ]
 
 logger = logging.getLogger(__name__)
 
 Record = dict[str, Any]
-GuideKind = Literal["none", "segmask", "labels"]
 STAGES = ("read", "masks", "deblur", "write")
 
 
@@ -180,7 +163,7 @@ class Deblurrer:
     @property
     def guide_kind(self) -> GuideKind:
         """``"none"`` (plain), ``"segmask"`` (CAT) or ``"labels"`` (MAP)."""
-        return cast(GuideKind, self.net.guide_kind)
+        return cast("GuideKind", self.net.guide_kind)
 
     @property
     def recipe_key(self) -> str:

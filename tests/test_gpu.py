@@ -135,7 +135,8 @@ def test_fast_masks_on_the_gpu_match_the_cpu(tiny_env: TinyEnv) -> None:
 
 
 def test_eval_on_the_gpu_runs_the_papers_protocol(tiny_env: TinyEnv, tmp_path: Path) -> None:
-    from sam_deblur_cli.evaluate import EvalSettings, evaluate, open_dataset
+    from sam_deblur_cli.datasets import open_dataset
+    from sam_deblur_cli.evaluate import EvalSettings, evaluate
 
     for name in ("astronaut", "chelsea"):
         sharp = small_photo(name, 4)[:96, :128]

@@ -35,6 +35,7 @@ from sam_deblur_cli.imageio import (
     to_uint8,
     write_image,
 )
+from sam_deblur_cli.imageio import formats as image_formats
 
 CAT = data.chelsea()[::6, ::6][:40, :56].copy()  # 40 x 56: not square, so rotations show
 ASTRONAUT = data.astronaut()[::16, ::16].copy()  # 32 x 32
@@ -593,7 +594,7 @@ def test_missing_heif_support_says_what_to_install(
 ) -> None:
     path = tmp_path / "phone.heic"
     path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
-    monkeypatch.setattr(imageio, "_heif_registered", False)
+    monkeypatch.setattr(image_formats, "_heif_registered", False)
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if not installed
     with pytest.raises(ImageReadError, match=r"phone\.heic.*pip install pillow-heif"):
         read_image(path)

@@ -1,8 +1,9 @@
 """Where each input goes: jobs (input -> output) for files and folders, and their checks.
 
-Pure path logic, no pixels: nothing here reads an image. Every engine (the local runner,
-and later Ray, video or a server) plans with these functions, so outputs land in the same
-places whichever runs them. Planning errors are UsageErrors, raised before any work.
+Pure path logic, no pixels: nothing here reads an image. The batch engines (local, Ray,
+object stores) and the default command plan with these functions; output names themselves
+come from :mod:`sam_deblur_cli.naming`, which the single-image flow uses too. Planning errors
+are UsageErrors, raised before any work.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from sam_deblur_cli.errors import UsageError
+from sam_deblur_cli.naming import default_output, is_video_path, output_suffix
 
 
 @dataclass(frozen=True)
@@ -64,25 +66,6 @@ def plan_files(
     return jobs
 
 
-def default_output(src: Path, format: str | None = None) -> Path:
-    """``photo.jpg`` -> ``photo_deblurred.jpg`` beside it (``format`` may change the extension)."""
-    return src.with_name(f"{src.stem}_deblurred{output_suffix(src, format)}")
-
-
-def overlay_path(dst: Path) -> Path:
-    """Where ``--overlay`` puts the mask overlay of output ``dst`` (always a PNG)."""
-    return dst.with_name(f"{dst.stem}_overlay.png")
-
-
-def output_suffix(src: PurePath, format: str | None) -> str:
-    """The output extension: ``format``'s usual one, else the input's own (same format).
-    A video keeps its own container (``format`` names image formats)."""
-    from sam_deblur_cli.imageio import suffix_for_format
-    from sam_deblur_cli.video import is_video_path
-
-    return src.suffix if format is None or is_video_path(src.name) else suffix_for_format(format)
-
-
 def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -> list[Path]:
     """Image and video files of ``in_dir`` (by extension, hidden files skipped), sorted.
 
@@ -91,7 +74,6 @@ def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -
     if not in_dir.is_dir():
         raise UsageError(f"{in_dir} is not a folder; pass the folder that holds the images.")
     from sam_deblur_cli.imageio import is_image_path
-    from sam_deblur_cli.video import is_video_path
 
     pattern = "**/*" if recursive else "*"
     excluded = exclude.resolve() if exclude is not None and exclude.exists() else None

@@ -57,8 +57,8 @@ from sam_deblur_cli.errors import (
 )
 
 if TYPE_CHECKING:
-    from sam_deblur_cli.batch.plan import StoreJob
-    from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings, FileOptions, Job, Record
+    from sam_deblur_cli.batch.plan import Job, StoreJob
+    from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings, FileOptions, Record
     from sam_deblur_cli.video.run import VideoSettings
 
 

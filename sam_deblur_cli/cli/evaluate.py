@@ -39,7 +39,8 @@ from sam_deblur_cli.errors import EXIT_INPUT
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from sam_deblur_cli.evaluate import Dataset, EvalResult, EvalSettings, ModelSummary
+    from sam_deblur_cli.datasets import Dataset
+    from sam_deblur_cli.evaluate import EvalResult, EvalSettings, ModelSummary
 
 
 EVAL_HELP = (
@@ -145,7 +146,8 @@ def eval_command(
     out: OutputMode,
 ) -> None:
     """Measure models on blurred/sharp pairs: PSNR, SSIM and mode-collapse rate."""
-    from sam_deblur_cli.evaluate import EvalSettings, check_writable, open_dataset
+    from sam_deblur_cli.datasets import open_dataset
+    from sam_deblur_cli.evaluate import EvalSettings, check_writable
 
     with library_logging(verbose=out.verbose, quiet=out.quiet):
         value = _parse_mask_value(mask_value)

@@ -50,18 +50,3 @@ __all__ = [
     "to_uint16",
     "write_image",
 ]
-
-_heif_registered = False
-
-
-def _register_heif() -> bool:
-    """Register pillow-heif's opener on first need; False if that optional package is missing."""
-    global _heif_registered
-    if not _heif_registered:
-        try:
-            import pillow_heif
-        except ImportError:
-            return False
-        pillow_heif.register_heif_opener()
-        _heif_registered = True
-    return True

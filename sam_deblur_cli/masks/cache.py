@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sam_deblur_cli.amg import effective_amg
 from sam_deblur_cli.errors import ImageWriteError, MaskError
 from sam_deblur_cli.files import write_bytes
 from sam_deblur_cli.masks.formats import read_segmask_png, write_segmask_png
-from sam_deblur_cli.masks.recipe import effective_amg
 
 if TYPE_CHECKING:
-    from sam_deblur_cli.masks import MaskResult
+    from sam_deblur_cli.masks.result import MaskResult
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class MaskCache:
 
     def get(self, key: str, shape: tuple[int, int]) -> MaskResult | None:
         """The cached masks of an image of ``shape`` (H, W), or None (missing or corrupt)."""
-        from sam_deblur_cli.masks import result_from_segmask
+        from sam_deblur_cli.masks.result import result_from_segmask
 
         png, meta = self._paths(key)
         if not meta.is_file():

@@ -26,10 +26,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sam_deblur_cli.amg import AmgParams
 from sam_deblur_cli.errors import InputError
 from sam_deblur_cli.masks.maskset import MaskRecord, MaskSet
-from sam_deblur_cli.masks.recipe import AmgParams
-from sam_deblur_cli.masks.sam import StockMaskGenerator
+from sam_deblur_cli.masks.stock import StockMaskGenerator
 from sam_deblur_cli.masks.upscale import ExactUpscaler, one_cpu_thread
 
 if TYPE_CHECKING:

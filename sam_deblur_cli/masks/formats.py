@@ -28,7 +28,7 @@ from sam_deblur_cli.masks.encode import count_groups, labels_from_groups
 from sam_deblur_cli.masks.maskset import ListMaskSet, MaskRecord, MaskSet
 
 if TYPE_CHECKING:
-    from sam_deblur_cli.masks import MaskResult
+    from sam_deblur_cli.masks.result import MaskResult
 
 METADATA_HEADER = (
     "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,"
@@ -154,7 +154,7 @@ def read_groups_npz(path: str | Path) -> np.ndarray:
 
 def load_mask_file(path: str | Path, shape: tuple[int, int]) -> MaskResult:
     """Read a segmask PNG or a groups ``.npz`` made for an image of ``shape`` (H, W)."""
-    from sam_deblur_cli.masks import MaskResult, result_from_segmask
+    from sam_deblur_cli.masks.result import MaskResult, result_from_segmask
 
     path = Path(path)
     if path.suffix.lower() == ".npz":
@@ -246,10 +246,7 @@ def write_overlay_png(
     path: str | Path, rgb_uint8: np.ndarray, result: MaskResult, *, alpha: float = 0.5
 ) -> Path:
     """Render and save the overlay of ``result`` on the photo (RGB uint8 H x W x 3)."""
-    plain = None
-    if result.segmask is not None and not result.segmask.all():
-        plain = 0  # gray value 0 is the smallest, so its group is label 0
-    overlay = render_overlay(rgb_uint8, result.labels, plain_label=plain, alpha=alpha)
+    overlay = render_overlay(rgb_uint8, result.labels, plain_label=result.plain_label, alpha=alpha)
     return _write_file(path, _png_writer(overlay))
 
 

@@ -37,10 +37,10 @@ from fastapi.staticfiles import StaticFiles
 
 from sam_deblur_cli.errors import ImageReadError, PixelLimitError, SamDeblurError, UsageError
 from sam_deblur_cli.serve.jobs import (
-    Job,
     JobKind,
     JobRequest,
     QueueFull,
+    ServeJob,
     ServeSettings,
     Service,
     check_mask_format,
@@ -290,14 +290,14 @@ async def job_form(
     return form
 
 
-def _job(svc: Service, job_id: str) -> Job:
+def _job(svc: Service, job_id: str) -> ServeJob:
     job = svc.job(job_id)
     if job is None:
         raise HTTPException(404, f"No job {job_id}; it finished long ago or never existed.")
     return job
 
 
-async def _submit(svc: Service, form: Upload, kind: JobKind, *, previews: bool) -> Job:
+async def _submit(svc: Service, form: Upload, kind: JobKind, *, previews: bool) -> ServeJob:
     """Save the upload privately, decode it, check the options, queue it (the job owns the
     folder from then on; before that, any refusal removes it)."""
     if not 1 <= form.quality <= 100:
@@ -356,7 +356,7 @@ def _decode_and_check(svc: Service, src: Path, request: JobRequest) -> Any:
     return picture
 
 
-async def _wait_and_answer(svc: Service, request: Request, job: Job) -> Response:
+async def _wait_and_answer(svc: Service, request: Request, job: ServeJob) -> Response:
     """Wait for ``job``; cancel it if the client goes away; the result or its error as JSON."""
     while not job.done.is_set():
         if await request.is_disconnected():
@@ -369,7 +369,7 @@ async def _wait_and_answer(svc: Service, request: Request, job: Job) -> Response
     return _file(job, "result")
 
 
-def _file(job: Job, key: str) -> Response:
+def _file(job: ServeJob, key: str) -> Response:
     item = job.outputs[key]
     headers = {"Content-Disposition": f'attachment; filename="{item.filename}"', "X-Job-Id": job.id}
     return Response(item.data, media_type=item.media_type, headers=headers)

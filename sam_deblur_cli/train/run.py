@@ -17,7 +17,7 @@ from sam_deblur_cli.errors import UsageError
 from sam_deblur_cli.train.config import TrainConfig, check, load_config, save_config
 
 if TYPE_CHECKING:
-    from sam_deblur_cli.evaluate import Issue
+    from sam_deblur_cli.datasets import Issue
     from sam_deblur_cli.train.data import MaskSource, Progress, TrainImage
     from sam_deblur_cli.train.loop import Callbacks, Dist, Trainer, TrainResult
 
@@ -161,7 +161,7 @@ def train_run(
 
 
 def _has_masks(folder: Path) -> bool:
-    from sam_deblur_cli.evaluate import open_dataset
+    from sam_deblur_cli.datasets import open_dataset
 
     return open_dataset(folder).has_masks
 

@@ -1,6 +1,6 @@
 """The weights cache on disk: its folders, the imported copies' index, the verified-hash memory.
 
-Layout under ``cache_root()`` (``$SAM_DEBLUR_HOME``, else the platformdirs user cache):
+Layout under ``paths.cache_root()`` (``$SAM_DEBLUR_HOME``, else the platformdirs user cache):
 
     hub/                      huggingface_hub cache (blobs + snapshot links, pinned revisions)
     imported/NAME/FILE        copies made by ``import_weights`` (the user's file is never touched)
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,29 +23,14 @@ from typing import Any
 from sam_deblur_cli.errors import ChecksumError
 from sam_deblur_cli.files import atomic_text_file
 from sam_deblur_cli.weights.manifest import Entry
+from sam_deblur_cli.weights.paths import cache_root
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
 """``(label, done_bytes, total_bytes_or_None)``; labels look like ``"verify NAME"``."""
 
-LIBRARY_NAME = "sam-deblur"
 CHUNK = 4 << 20  # bytes read at a time when hashing or copying
-
-
-def cache_root() -> Path:
-    """Where weights live: ``$SAM_DEBLUR_HOME``, else the user cache dir for ``sam-deblur``."""
-    override = os.environ.get("SAM_DEBLUR_HOME")
-    if override:
-        return Path(override).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir(LIBRARY_NAME, appauthor=False))
-
-
-def hub_cache_dir() -> Path:
-    """The huggingface_hub cache inside ours (never the user's shared ~/.cache/huggingface)."""
-    return cache_root() / "hub"
 
 
 # --------------------------------------------------------------------------- json records
@@ -89,13 +73,14 @@ def remember(real: Path, sha256: str) -> None:
     _write_json(_verified_path(), records)
 
 
-def _forget(real: Path) -> None:
+def forget(real: Path) -> None:
+    """Drop what was recorded for ``real``, so that the next check hashes it again."""
     records = _read_json(_verified_path())
     if records.pop(str(real), None) is not None:
         _write_json(_verified_path(), records)
 
 
-def _remembered_sha256(real: Path) -> str | None:
+def remembered_sha256(real: Path) -> str | None:
     """The sha256 recorded for ``real`` if the file is unchanged since (same size and mtime)."""
     record = _read_json(_verified_path()).get(str(real))
     if not isinstance(record, dict):
@@ -181,7 +166,7 @@ def expected_sha256(entry: Entry) -> str:
 def is_verified(entry: Entry, path: Path) -> bool:
     """Whether ``path`` was hashed before, is unchanged since, and matched ``entry``'s sha256."""
     expected = expected_sha256(entry)
-    return bool(expected) and _remembered_sha256(path.resolve()) == expected
+    return bool(expected) and remembered_sha256(path.resolve()) == expected
 
 
 def discard(path: Path) -> None:
@@ -189,7 +174,7 @@ def discard(path: Path) -> None:
     real = path.resolve()
     path.unlink(missing_ok=True)
     real.unlink(missing_ok=True)
-    _forget(real)
+    forget(real)
 
 
 def check(entry: Entry, path: Path, *, progress: ProgressCallback | None, force: bool) -> None:
@@ -199,7 +184,7 @@ def check(entry: Entry, path: Path, *, progress: ProgressCallback | None, force:
     """
     expected = expected_sha256(entry)
     real = path.resolve()
-    if not force and expected and _remembered_sha256(real) == expected:
+    if not force and expected and remembered_sha256(real) == expected:
         return
     actual = sha256_file(real, progress=progress, label=f"verify {entry.name}")
     if expected and actual != expected:

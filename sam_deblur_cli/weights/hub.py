@@ -1,7 +1,7 @@
 """Hugging Face Hub transport: the only module that imports ``huggingface_hub``.
 
 It is imported inside the functions that need it, so importing this module stays cheap for
-the CLI. Files land in ``cache.hub_cache_dir()`` at the manifest's pinned revision; failures
+the CLI. Files land in ``paths.hub_cache_dir()`` at the manifest's pinned revision; failures
 become one ``WeightsError`` sentence of advice. ``httpx2`` (transport errors that
 huggingface_hub lets through) and ``tqdm`` (its progress-bar hook) are declared dependencies.
 """
@@ -15,8 +15,9 @@ from typing import Any
 
 from sam_deblur_cli._version import __version__
 from sam_deblur_cli.errors import DownloadError, WeightsError, WeightsNotFoundError
-from sam_deblur_cli.weights.cache import LIBRARY_NAME, ProgressCallback, hub_cache_dir
+from sam_deblur_cli.weights.cache import ProgressCallback
 from sam_deblur_cli.weights.manifest import Entry, HubSource
+from sam_deblur_cli.weights.paths import LIBRARY_NAME, hub_cache_dir
 
 log = logging.getLogger(__name__)
 

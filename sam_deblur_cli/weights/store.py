@@ -20,8 +20,9 @@ from sam_deblur_cli.errors import (
 )
 from sam_deblur_cli.files import atomic_file
 from sam_deblur_cli.weights import cache, hub
-from sam_deblur_cli.weights.cache import CHUNK, ProgressCallback, cache_root
+from sam_deblur_cli.weights.cache import CHUNK, ProgressCallback
 from sam_deblur_cli.weights.manifest import Entry, HubSource, LocalSource, PageSource
+from sam_deblur_cli.weights.paths import cache_root
 
 
 def locate(entry: Entry) -> Path | None:
@@ -65,10 +66,9 @@ def verify(entry: Entry, *, progress: ProgressCallback | None = None) -> Path:
     """Re-hash ``entry``'s local file now; a mismatch removes it and raises ``ChecksumError``."""
     path = local_path(entry)
     if isinstance(entry.source, LocalSource):
-        from sam_deblur_cli.weights.cache import _forget
         from sam_deblur_cli.weights.local import local_file
 
-        _forget(path.resolve())  # hash it now
+        cache.forget(path.resolve())  # hash it now
         return local_file(entry)
     cache.check(entry, path, progress=progress, force=True)
     return path
