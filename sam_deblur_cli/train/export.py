@@ -8,17 +8,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from sam_deblur_cli.train.config import TrainConfig
     from sam_deblur_cli.train.loop import Trainer
 
 MODEL_FILE = "model.pth"
 
 
+def export_weights(state_dict: dict[str, Tensor], path: Path) -> Path:
+    """Write ``{"params": state_dict}`` (BasicSR's format, upstream's loader reads it)."""
+    from sam_deblur_cli.train.checkpoint import torch_save
+
+    return torch_save({"params": state_dict}, path)
+
+
 def export_model(trainer: Trainer, *, register: bool = True) -> tuple[Path, str | None]:
     """Write ``RUN_DIR/model.pth`` (the EMA weights when the run keeps an EMA) and, with
     ``register``, the local model entry; returns the file and the registered name."""
-    from sam_deblur_cli.train.loop import export_weights
-
     path = export_weights(trainer.final_state_dict(), Path(trainer.cfg.run_dir) / MODEL_FILE)
     name = register_model(trainer.cfg, path) if register else None
     return path, name

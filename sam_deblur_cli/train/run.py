@@ -19,7 +19,8 @@ from sam_deblur_cli.train.config import TrainConfig, check, load_config, save_co
 if TYPE_CHECKING:
     from sam_deblur_cli.datasets import Issue
     from sam_deblur_cli.train.data import MaskSource, Progress, TrainImage
-    from sam_deblur_cli.train.loop import Callbacks, Dist, Trainer, TrainResult
+    from sam_deblur_cli.train.dist import Dist
+    from sam_deblur_cli.train.loop import Callbacks, Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +119,12 @@ def train_run(
     model when it completes. ``trainer_hook`` receives the Trainer before it runs (the CLI
     connects Ctrl-C to ``request_stop`` there)."""
     from sam_deblur_cli.train.data import check_crop
-    from sam_deblur_cli.train.loop import Dist, Trainer, _pick_device, init_distributed
+    from sam_deblur_cli.train.dist import Dist, init_distributed, pick_device
+    from sam_deblur_cli.train.loop import Trainer
 
     dist = Dist.from_env()
     cfg = resolve_config(cfg, resume=resume, world=dist.world)
-    device = _pick_device(cfg, dist)
+    device = pick_device(cfg, dist)
     init_distributed(dist, device)
     masks = mask_source(cfg, device)
     images = _rank_ordered(
