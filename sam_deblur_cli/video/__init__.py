@@ -2,9 +2,11 @@
 
 ``probe``/``read``/``write`` are PyAV in and out (no torch), ``convert`` re-encodes the
 streams an output container cannot hold; ``run`` is the engine that feeds frames to a
-Deblurrer. Nothing here imports ``av`` at module level, so the CLI's ``--help`` stays
-instant; this module only names the video containers we read (defined in
-:mod:`sam_deblur_cli.naming`, beside the output names that depend on them).
+Deblurrer, with ``keyframes`` (which frames get fresh masks, scene cuts) and ``resume``
+(the work folder of finished segments and its fingerprint). Nothing here imports ``av``
+at module level, so the CLI's ``--help`` stays instant; this module only names the video
+containers we read (defined in :mod:`sam_deblur_cli.naming`, beside the output names that
+depend on them).
 """
 
 from __future__ import annotations
