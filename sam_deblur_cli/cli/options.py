@@ -521,3 +521,171 @@ class EngineOptions(OptionGroup):
                 "--ray-address, --gpus-per-worker and --workers apply to --engine ray; add it."
             )
         return self.engine == "ray"
+
+
+# --------------------------------------------------------------------------- train
+
+TRAIN_DATA_PANEL = "Data and masks"
+TRAIN_NET_PANEL = "Network"
+TRAIN_OPT_PANEL = "Optimisation"
+TRAIN_RUN_PANEL = "Run folder"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainNetOptions(OptionGroup):
+    """The network a run trains and where it starts (``train``)."""
+
+    variant: Annotated[
+        str | None,
+        typer.Option("--variant", help="plain, cat or map.", rich_help_panel=TRAIN_NET_PANEL),
+    ] = None
+    width: Annotated[int, typer.Option("--width", rich_help_panel=TRAIN_NET_PANEL)] = 32
+    enc_blocks: Annotated[
+        str,
+        typer.Option(
+            "--enc-blocks", help="NAFBlocks per encoder level.", rich_help_panel=TRAIN_NET_PANEL
+        ),
+    ] = "1,1,1,28"
+    mask_dropout: Annotated[
+        float | None,
+        typer.Option(
+            "--mask-dropout",
+            help="Default 0.5 for map, 0 otherwise.",
+            rich_help_panel=TRAIN_NET_PANEL,
+        ),
+    ] = None
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="Start from a checkpoint file or model name; a plain NAFNet may start a "
+            "cat/map net.",
+            rich_help_panel=TRAIN_NET_PANEL,
+        ),
+    ] = None
+    default_tlc: Annotated[
+        bool,
+        typer.Option(
+            "--default-tlc/--no-default-tlc",
+            help="Whether the registered model runs TLC by default (--tlc/--no-tlc of the "
+            "other commands overrides it).",
+            rich_help_panel=TRAIN_NET_PANEL,
+        ),
+    ] = False
+    # the old spelling, which elsewhere means "TLC for this run"
+    tlc: Annotated[bool | None, typer.Option("--tlc/--no-tlc", hidden=True)] = None
+
+    @property
+    def registered_tlc(self) -> bool:
+        """The TLC default of the registered model (``--default-tlc`` or the old ``--tlc``)."""
+        return self.default_tlc if self.tlc is None else self.tlc
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainDataOptions(OptionGroup):
+    """What a run reads and how (``train``)."""
+
+    masks_from: Annotated[
+        str,
+        typer.Option(
+            "--masks-from",
+            help="dataset (mask files), sam (SAM once per image, cached) or predeblur:MODEL.",
+            rich_help_panel=TRAIN_DATA_PANEL,
+        ),
+    ] = "dataset"
+    crop: Annotated[
+        int, typer.Option("--crop", help="Random crop size.", rich_help_panel=TRAIN_DATA_PANEL)
+    ] = 256
+    val: Annotated[
+        Path | None,
+        typer.Option(
+            "--val",
+            help="Held-out pairs, validated on whole images.",
+            rich_help_panel=TRAIN_DATA_PANEL,
+        ),
+    ] = None
+    data_workers: Annotated[
+        int,
+        typer.Option(
+            "--data-workers",
+            help="Data loader worker processes.",
+            rich_help_panel=TRAIN_DATA_PANEL,
+        ),
+    ] = 4
+    # the old spelling, which in ``batch`` means Ray workers
+    workers: Annotated[int | None, typer.Option("--workers", hidden=True)] = None
+    skip_bad_pairs: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad-pairs",
+            help="Leave unusable files out instead of stopping.",
+            rich_help_panel=TRAIN_DATA_PANEL,
+        ),
+    ] = False
+
+    @property
+    def loader_workers(self) -> int:
+        """Data loader processes (``--data-workers`` or the old ``--workers``)."""
+        return self.data_workers if self.workers is None else self.workers
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptOptions(OptionGroup):
+    """The optimisation (``train``); the defaults are upstream's recipe."""
+
+    steps: Annotated[int, typer.Option("--steps", rich_help_panel=TRAIN_OPT_PANEL)] = 200_000
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--batch",
+            help="GLOBAL batch per step (all GPUs x --accum).",
+            rich_help_panel=TRAIN_OPT_PANEL,
+        ),
+    ] = 32
+    accum: Annotated[
+        int,
+        typer.Option(
+            "--accum", help="Micro-batches accumulated per step.", rich_help_panel=TRAIN_OPT_PANEL
+        ),
+    ] = 1
+    lr: Annotated[float, typer.Option("--lr", rich_help_panel=TRAIN_OPT_PANEL)] = 1e-3
+    ema: Annotated[
+        float, typer.Option("--ema", help="EMA decay (0: off).", rich_help_panel=TRAIN_OPT_PANEL)
+    ] = 0.0
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=TRAIN_OPT_PANEL)] = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRunOptions(OptionGroup):
+    """The run folder: how often it is written, what it keeps, the model it registers."""
+
+    val_every: Annotated[int, typer.Option("--val-every", rich_help_panel=TRAIN_RUN_PANEL)] = 10_000
+    save_every: Annotated[int, typer.Option("--save-every", rich_help_panel=TRAIN_RUN_PANEL)] = (
+        5_000
+    )
+    keep: Annotated[
+        int,
+        typer.Option(
+            "--keep",
+            help="Numbered checkpoints kept besides last and best.",
+            rich_help_panel=TRAIN_RUN_PANEL,
+        ),
+    ] = 2
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Model name to register (default: the run folder's name).",
+            rich_help_panel=TRAIN_RUN_PANEL,
+        ),
+    ] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions(OptionGroup):
+    """Every setting of a new training run (``train``), by panel."""
+
+    net: TrainNetOptions = TrainNetOptions()
+    data: TrainDataOptions = TrainDataOptions()
+    opt: TrainOptOptions = TrainOptOptions()
+    run: TrainRunOptions = TrainRunOptions()
