@@ -91,18 +91,20 @@ def _config(
     data: Path, run_dir: Path, train: TrainOptions, *, precision: str, device: str
 ) -> TrainConfig:
     """The configuration of a new run from the command line."""
+    from sam_deblur_cli.nets import NetConfig
     from sam_deblur_cli.train.config import TrainConfig
 
     net, feed, opt, run = train.net, train.data, train.opt, train.run
-    assert net.variant is not None  # the command checked it
     blocks = _blocks(net.enc_blocks)
     return TrainConfig(
         data=str(data),
         run_dir=str(run_dir),
-        variant=net.variant,
-        width=net.width,
-        enc_blocks=blocks,
-        dec_blocks=(1,) * len(blocks),
+        net=NetConfig(
+            variant=net.variant,  # type: ignore[arg-type]  # train.config.check refuses others
+            width=net.width,
+            enc_blk_nums=blocks,
+            dec_blk_nums=(1,) * len(blocks),
+        ),
         mask_dropout=net.mask_dropout,
         steps=opt.steps,
         batch=opt.batch,

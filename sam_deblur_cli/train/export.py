@@ -34,13 +34,12 @@ def export_model(trainer: Trainer, *, register: bool = True) -> tuple[Path, str 
 def register_model(cfg: TrainConfig, path: Path) -> str:
     """Record ``path`` as the local model ``cfg.model_name`` (architecture, mask recipe,
     mask value, TLC default, sha256) in the user manifest."""
-    from sam_deblur_cli.train.models import net_config
     from sam_deblur_cli.weights.local import LocalModel, add_local_model
 
     model = LocalModel(
         name=cfg.model_name,
         file=path.resolve(),
-        net=net_config(cfg),
+        net=cfg.net,
         recipe=cfg.recipe if cfg.variant != "plain" else None,
         tlc=cfg.tlc,
         description=f"trained by sam-deblur train ({cfg.variant}, {cfg.steps} steps)",

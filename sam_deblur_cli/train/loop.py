@@ -368,10 +368,9 @@ class Trainer:
 
     def _eval_net(self) -> nn.Module:
         from sam_deblur_cli.checkpoints import load_strict
-        from sam_deblur_cli.train.models import net_config
         from sam_deblur_cli.weights.models import build_net
 
-        net = build_net(net_config(self.cfg))
+        net = build_net(self.cfg.net)
         load_strict(net, self.final_state_dict())
         return net
 
