@@ -18,19 +18,10 @@ import typer
 from sam_deblur_cli.cli.app import app
 from sam_deblur_cli.cli.options import (
     DEFAULT_MODEL,
-    FILE_PANEL,
-    MODEL_PANEL,
-    RUN_PANEL,
-    Device,
     EvalCommand,
-    FastMasksAlias,
+    EvalOptions,
     Models,
-    Offline,
     OutputMode,
-    Precision,
-    StockMasks,
-    Tile,
-    Tlc,
     takes_groups,
 )
 from sam_deblur_cli.cli.output import console, echo_json, err_console, library_logging, progress_bar
@@ -73,107 +64,39 @@ def eval_command(
     ] = None,
     *,
     model: Models = [DEFAULT_MODEL],  # noqa: B006 (Typer copies the default)
-    masks_from: Annotated[
-        Literal["auto", "dataset", "sam"],
-        typer.Option(
-            "--masks-from",
-            help="Masks for SAM-guided models: the dataset's mask files, or SAM run once per "
-            "image and recipe. auto: the dataset's when it has a mask folder.",
-            rich_help_panel=MODEL_PANEL,
-        ),
-    ] = "auto",
-    stock_masks: StockMasks = False,
-    fast_masks: FastMasksAlias = False,
-    tlc: Tlc = None,
-    mask_value: Annotated[
-        str | None,
-        typer.Option(
-            "--mask-value",
-            help="Feed MAP models masks of this value instead of their entry's: 1/255 (as "
-            "upstream's loader) or 1. To check which convention a checkpoint learned.",
-            show_default=False,
-            rich_help_panel=MODEL_PANEL,
-        ),
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Only the first N pairs.")
-    ] = None,
-    ssim: Annotated[
-        Literal["3d", "classic"],
-        typer.Option(
-            "--ssim", help="3d: NAFNet's SSIM as in the paper; classic: per-channel 11x11."
-        ),
-    ] = "3d",
-    device: Device = "auto",
-    precision: Precision = "fp32",
-    tile: Tile = "0",
-    tf32: Annotated[
-        bool,
-        typer.Option(
-            "--tf32/--no-tf32",
-            help="Allow TF32 in fp32 convolutions on CUDA GPUs (faster, not the paper's protocol).",
-            rich_help_panel=RUN_PANEL,
-        ),
-    ] = False,
-    offline: Offline = False,
-    save: Annotated[
-        Path | None,
-        typer.Option(
-            "--save",
-            help="Save restored images as DIR/MODEL/NAME.png.",
-            show_default=False,
-            rich_help_panel=FILE_PANEL,
-        ),
-    ] = None,
-    csv_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--csv",
-            help="Write per-image rows to this CSV file.",
-            show_default=False,
-            rich_help_panel=FILE_PANEL,
-        ),
-    ] = None,
-    json_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--json-out",
-            help="Write summaries, per-image rows and issues to this JSON file.",
-            show_default=False,
-            rich_help_panel=FILE_PANEL,
-        ),
-    ] = None,
+    protocol: EvalOptions,
     out: OutputMode,
 ) -> None:
     """Measure models on blurred/sharp pairs: PSNR, SSIM and mode-collapse rate."""
     from sam_deblur_cli.datasets import open_dataset
     from sam_deblur_cli.evaluate import EvalSettings, check_writable
 
+    p = protocol
     with library_logging(verbose=out.verbose, quiet=out.quiet):
-        value = _parse_mask_value(mask_value)
+        value = _parse_mask_value(p.mask_value)
         dataset = open_dataset(source, sharp)
-        for report in (csv_path, json_path):
+        for report in (p.csv_path, p.json_path):
             if report is not None:
                 check_writable(report)
         settings = EvalSettings(
             models=tuple(model),
-            masks_from=masks_from,
-            tlc=tlc,
-            limit=limit,
-            save_dir=save,
-            ssim=ssim,
-            device=device,
-            precision=precision,
-            tile=_tile(tile),
-            tf32=tf32,
+            masks_from=p.masks_from,
+            tlc=p.tlc,
+            limit=p.limit,
+            save_dir=p.save,
+            ssim=p.ssim,
+            device=p.device,
+            precision=p.precision,
+            tile=_tile(p.tile),
+            tf32=p.tf32,
             mask_value=value,
             # --fast-masks is the old spelling of the default; --stock-masks departs from it.
-            fast_masks=not stock_masks,
-            offline=offline,
+            fast_masks=not p.stock_masks,
+            offline=p.offline,
         )
         result = _run_with_progress(dataset, settings, enabled=not out.quiet)
     _show(result, str(source), out)
-    _write_reports(result, csv_path, json_path)
+    _write_reports(result, p.csv_path, p.json_path)
     if not result.complete:
         raise typer.Exit(EXIT_INPUT)
 

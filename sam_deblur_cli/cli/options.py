@@ -25,7 +25,7 @@ import inspect
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from typer.core import TyperCommand
@@ -453,6 +453,86 @@ def legacy_json_path(args: list[str]) -> list[str]:
 
 def _is_report_path(token: str) -> bool:
     return not token.startswith("-") and not Path(token).is_dir()
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions(OptionGroup):
+    """eval's settings after ``--model``, in its help's order: where masks come from, the
+    protocol (device, precision, tiling, TLC, mask value, SSIM), the report files."""
+
+    masks_from: Annotated[
+        Literal["auto", "dataset", "sam"],
+        typer.Option(
+            "--masks-from",
+            help="Masks for SAM-guided models: the dataset's mask files, or SAM run once per "
+            "image and recipe. auto: the dataset's when it has a mask folder.",
+            rich_help_panel=MODEL_PANEL,
+        ),
+    ] = "auto"
+    stock_masks: StockMasks = False
+    fast_masks: FastMasksAlias = False  # the old spelling of the default
+    tlc: Tlc = None
+    mask_value: Annotated[
+        str | None,
+        typer.Option(
+            "--mask-value",
+            help="Feed MAP models masks of this value instead of their entry's: 1/255 (as "
+            "upstream's loader) or 1. To check which convention a checkpoint learned.",
+            show_default=False,
+            rich_help_panel=MODEL_PANEL,
+        ),
+    ] = None
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N pairs.")] = (
+        None
+    )
+    ssim: Annotated[
+        Literal["3d", "classic"],
+        typer.Option(
+            "--ssim", help="3d: NAFNet's SSIM as in the paper; classic: per-channel 11x11."
+        ),
+    ] = "3d"
+    device: Device = "auto"
+    precision: Precision = "fp32"  # the paper's protocol
+    tile: Tile = "0"  # whole images: one that does not fit is skipped
+    tf32: Annotated[
+        bool,
+        typer.Option(
+            "--tf32/--no-tf32",
+            help="Allow TF32 in fp32 convolutions on CUDA GPUs (faster, not the paper's protocol).",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = False
+    offline: Offline = False
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            "--save",
+            help="Save restored images as DIR/MODEL/NAME.png.",
+            show_default=False,
+            rich_help_panel=FILE_PANEL,
+        ),
+    ] = None
+    csv_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv",
+            help="Write per-image rows to this CSV file.",
+            show_default=False,
+            rich_help_panel=FILE_PANEL,
+        ),
+    ] = None
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json-out",
+            help="Write summaries, per-image rows and issues to this JSON file.",
+            show_default=False,
+            rich_help_panel=FILE_PANEL,
+        ),
+    ] = None
 
 
 # --------------------------------------------------------------------------- batch engines
