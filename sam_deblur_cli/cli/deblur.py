@@ -47,6 +47,7 @@ from sam_deblur_cli.cli.output import (
     library_logging,
     note,
     reason,
+    say,
 )
 from sam_deblur_cli.errors import (
     EXIT_INPUT,
@@ -429,27 +430,14 @@ def _report(record: Record, out: OutputMode) -> None:
     if status == "ok" and not out.quiet:
         total = sum(record["seconds"].values())
         # stderr, like the progress bar it must print above; stdout is kept for --json.
-        err_console.print(
-            f"{record['input']} -> {record['output']} ({total:.1f} s)",
-            highlight=False,
-            soft_wrap=True,
-        )
+        say(f"{record['input']} -> {record['output']} ({total:.1f} s)")
         if record.get("kept_frames"):
-            err_console.print(
-                f"[yellow]warning:[/] {record['input']}: {record['error']}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            say(f"{record['input']}: {record['error']}", label="warning:", style="yellow")
     elif status == "skipped" and not out.quiet:
-        err_console.print(
-            f"[yellow]skipped[/] {record['input']}: "
-            f"{record['output']} exists (--overwrite replaces it)",
-            highlight=False,
-            soft_wrap=True,
+        say(
+            f"{record['input']}: {record['output']} exists (--overwrite replaces it)",
+            label="skipped",
+            style="yellow",
         )
     elif status == "failed":
-        err_console.print(
-            f"[bold red]failed:[/] {record['input']}: {reason(record)}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        say(f"{record['input']}: {reason(record)}", label="failed:", style="bold red")

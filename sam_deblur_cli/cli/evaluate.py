@@ -33,7 +33,15 @@ from sam_deblur_cli.cli.options import (
     Tlc,
     takes_groups,
 )
-from sam_deblur_cli.cli.output import console, echo_json, err_console, library_logging, progress_bar
+from sam_deblur_cli.cli.output import (
+    cell,
+    console,
+    echo_json,
+    escape,
+    library_logging,
+    progress_bar,
+    say,
+)
 from sam_deblur_cli.errors import EXIT_INPUT
 
 if TYPE_CHECKING:
@@ -191,10 +199,10 @@ def _show(result: EvalResult, title: str, out: OutputMode) -> None:
     else:
         console.print(_table(result, title=title))
         for line in _notes(result.summaries()):
-            console.print(line, highlight=False)
+            say(line, stdout=True)
     for issue in result.issues:
         who = f"{issue.name} ({issue.model})" if issue.model else issue.name
-        err_console.print(f"[yellow]skipped[/] {who}: {issue.reason}", highlight=False)
+        say(f"{who}: {issue.reason}", label="skipped", style="yellow")
 
 
 def _write_reports(result: EvalResult, csv_path: Path | None, json_path: Path | None) -> None:
@@ -250,12 +258,12 @@ def _table(result: EvalResult, title: str) -> Table:
     if result.mask_values:
         parts.insert(2, "Masks: the value MAP masks were fed at")
     caption = "; ".join(parts)
-    table = Table(title=title, caption=caption)
+    table = Table(title=escape(title), caption=escape(caption))
     for header in ("Model", "TLC", "Masks", "PSNR", "SSIM", "MCR", "Images", "Skipped"):
         table.add_column(header, justify="left" if header == "Model" else "right")
     for s in result.summaries():
         table.add_row(
-            s.model,
+            cell(s.model),
             {True: "on", False: "off", None: "-"}[s.tlc],
             s.mask_value or "-",
             _number(s.psnr, "{:.2f}"),

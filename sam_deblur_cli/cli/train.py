@@ -16,7 +16,7 @@ import typer
 
 from sam_deblur_cli.cli.app import app
 from sam_deblur_cli.cli.options import OUTPUT, Device, Precision, Quiet, Verbose
-from sam_deblur_cli.cli.output import err_console, fail, library_logging, note, progress_bar
+from sam_deblur_cli.cli.output import err_console, fail, library_logging, note, progress_bar, say
 from sam_deblur_cli.errors import EXIT_INTERRUPTED, UsageError
 
 if TYPE_CHECKING:
@@ -170,17 +170,15 @@ def train_command(
         return
     result, folder = outcome.result, outcome.config.run_dir
     if result.interrupted:
-        err_console.print(
+        say(
             f"stopped at step {result.step} of {result.steps}; continue with "
             f"`sam-deblur train --resume {folder}`"
         )
         raise typer.Exit(EXIT_INTERRUPTED)
     best = f", best validation PSNR {result.best_psnr:.2f} dB" if result.best_psnr else ""
-    err_console.print(f"trained {result.steps} steps{best}; model: {outcome.model_path}")
+    say(f"trained {result.steps} steps{best}; model: {outcome.model_path}")
     if outcome.registered:
-        err_console.print(
-            f"registered as {outcome.registered}: `sam-deblur PHOTO --model {outcome.registered}`"
-        )
+        say(f"registered as {outcome.registered}: `sam-deblur PHOTO --model {outcome.registered}`")
 
 
 def _blocks(text: str) -> tuple[int, ...]:
@@ -194,7 +192,7 @@ def _callbacks(bar: Any, task: Any) -> Any:
     from sam_deblur_cli.train.loop import Callbacks
 
     def start(step: int, total: int, description: str) -> None:
-        err_console.print(f"training: {description}", highlight=False)
+        say(f"training: {description}")
         bar.update(task, description="training", completed=step, total=total)
 
     def logged(row: dict[str, Any]) -> None:
@@ -206,7 +204,7 @@ def _callbacks(bar: Any, task: Any) -> Any:
         on_start=start,
         on_step=lambda step, total: bar.update(task, completed=step),
         on_log=logged,
-        on_message=lambda text: err_console.print(text, highlight=False),
+        on_message=lambda text: say(text),
     )
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import typer
 
 from sam_deblur_cli import weights as lib
-from sam_deblur_cli.cli.app import app, console, echo_json, err_console, fail
+from sam_deblur_cli.cli.app import app, console, echo_json, fail
 from sam_deblur_cli.cli.options import Json, Offline
-from sam_deblur_cli.cli.output import download_progress
+from sam_deblur_cli.cli.output import cell, download_progress, say
 from sam_deblur_cli.errors import EXIT_OK, SamDeblurError
 
 weights_app = typer.Typer(
@@ -83,9 +83,8 @@ def list_weights(json_output: Json = False) -> None:
     for entry, r in zip(entries, records, strict=True):
         verified = ("yes" if r["verified"] else "no") if r["cached"] else "-"
         cached = "yes" if r["cached"] else "no"
-        table.add_row(
-            entry.name, entry.kind, _human_size(r["size"]), _source_text(entry), cached, verified
-        )
+        cells = (entry.name, entry.kind, _human_size(r["size"]), _source_text(entry))
+        table.add_row(*(cell(text) for text in cells), cached, verified)
     console.print(table)
 
 
@@ -127,7 +126,7 @@ def verify(
     if not names:
         names = [entry.name for entry in manifest if lib.locate(entry) is not None]
         if not names:
-            err_console.print(f"no model is cached in {lib.cache_root()}")
+            say(f"no model is cached in {lib.cache_root()}")
 
     def one(entry: lib.Entry) -> None:
         with download_progress() as progress:
@@ -155,7 +154,7 @@ def import_(
     entry = lib.load_manifest().get(name)
     with download_progress() as progress:
         dest = lib.import_weights(entry, file, progress=progress)
-    err_console.print(f"imported {file} as {entry.name} (sha256 {lib.expected_sha256(entry)})")
+    say(f"imported {file} as {entry.name} (sha256 {lib.expected_sha256(entry)})")
     typer.echo(str(dest))
 
 
@@ -168,6 +167,6 @@ def remove(names: list[str] = typer.Argument(..., help="Model names.")) -> None:
         for gone in removed:
             typer.echo(f"{entry.name}\tremoved\t{gone}")
         if not removed:
-            err_console.print(f"{entry.name} was not cached")
+            say(f"{entry.name} was not cached")
 
     _each(names, one)
