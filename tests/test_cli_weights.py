@@ -144,3 +144,68 @@ def test_import_accepts_the_right_file_and_refuses_the_wrong_one(
 def test_unknown_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "path", "no-such-model")
     assert code == 2 and "Unknown model 'no-such-model'" in err
+
+
+class _Payload:
+    """Pickles as a call to ``Path.touch``: a checkpoint carrying code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def _bad_checkpoint(kind: str, path: Path) -> None:
+    """Write the file a user might end up with instead of the checkpoint."""
+    import pickle
+    import zipfile
+
+    good = torch_bytes({"params": tiny_state_dict("map")})
+    if kind == "text":
+        path.write_text("hello\n")
+    elif kind == "html":
+        path.write_text("<!DOCTYPE html>\n<html><head><title>Drive</title></head></html>\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("SAM-Deblur/README.md", "weights are elsewhere")
+    elif kind == "pickled-code":
+        with path.open("wb") as f:  # protocol 4: torch warns about it before refusing
+            pickle.dump({"params": _Payload(path.with_name("pwned"))}, f, protocol=4)
+    else:
+        path.write_bytes(torch_bytes({"params": tiny_state_dict("plain")}))
+
+
+@pytest.mark.filterwarnings("error")  # a library warning reaching the user fails the test
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("text", "is a text file, not a weights file"),
+        ("html", "is a web page (HTML), not a weights file: the browser saved the download page"),
+        ("empty", "is empty (0 bytes); download the file again"),
+        ("truncated", "is truncated or damaged ("),
+        ("zip", "is a zip archive without a PyTorch state dict (it holds SAM-Deblur/README.md)"),
+        ("pickled-code", "contains pickled code, which is never run for safety"),
+        ("wrong-architecture", "does not fit this network (missing keys: pre_seg"),
+    ],
+)
+def test_import_names_what_a_bad_file_is_in_one_line(
+    published: Published,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    says: str,
+) -> None:
+    bad = tmp_path / "TinyMap.pth"
+    _bad_checkpoint(kind, bad)
+    code, out, err = run(capsys, "import", "tiny-map", str(bad))
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {bad} cannot be imported as tiny-map: "), err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and "Warning" not in err
+    assert not (tmp_path / "pwned").exists()
+    assert run(capsys, "path", "tiny-map")[0] == 2  # nothing was imported

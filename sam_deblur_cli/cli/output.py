@@ -111,7 +111,9 @@ def download_progress() -> Iterator[ProgressCallback]:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, transient=True) as bars:
+    # Off the terminal (logs, pipes, tests) a bar would leave only a blank line behind.
+    bars_shown = err_console.is_terminal
+    with Progress(*columns, console=err_console, transient=True, disable=not bars_shown) as bars:
         tasks: dict[str, TaskID] = {}
 
         def update(label: str, done: int, total: int | None) -> None:
