@@ -46,6 +46,7 @@ from sam_deblur_cli.cli.output import (
     failure_table,
     library_logging,
     note,
+    nothing_to_do,
     reason,
     say,
 )
@@ -53,6 +54,7 @@ from sam_deblur_cli.errors import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    NothingToDoError,
     SamDeblurError,
     UsageError,
 )
@@ -220,15 +222,24 @@ def batch_command(
         from sam_deblur_cli.batch.plan import plan_batch, plan_path_list
         from sam_deblur_cli.batch.stores import is_uri, plan_store_batch
 
+        jobs: Sequence[Job | StoreJob]
         if is_uri(in_dir) or is_uri(output):
             if not engine.uses_ray:
                 raise UsageError("s3:// and gs:// inputs and outputs need --engine ray; add it.")
-            return plan_store_batch(
+            jobs = plan_store_batch(
                 in_dir, output, recursive=recursive, paths_from=paths_from, format=options.format
             )
-        if paths_from is not None:
-            return plan_path_list(Path(in_dir), Path(output), paths_from, format=options.format)
-        return plan_batch(Path(in_dir), Path(output), recursive=recursive, format=options.format)
+        elif paths_from is not None:
+            jobs = plan_path_list(Path(in_dir), Path(output), paths_from, format=options.format)
+        else:
+            jobs = plan_batch(
+                Path(in_dir), Path(output), recursive=recursive, format=options.format
+            )
+        if not jobs:
+            where = f"{paths_from} lists" if paths_from is not None else f"{in_dir} holds"
+            deeper = "" if recursive or paths_from is not None else " (add -r for sub-folders)"
+            raise NothingToDoError(f"{where} no images or videos{deeper}.")
+        return jobs
 
     _run(plan, options, engine)
 
@@ -245,10 +256,19 @@ def _run(
             settings, file_options = options.settings(), options.file_options()
             jobs = plan()
             video = options.video_settings()
-            if engine is not None and engine.uses_ray:
-                records = _process_ray(jobs, settings, file_options, out, engine, video)
-            else:
-                records = _process(_local(jobs), settings, file_options, out, video)
+            _check_videos(jobs, video)
+            # Everything that needs no model is settled before one is built or downloaded.
+            settled = _preflight(jobs, settings, file_options, out)
+            todo = [job for i, job in enumerate(jobs) if i not in settled]
+            done: Sequence[Record] = []
+            if todo and engine is not None and engine.uses_ray:
+                done = _process_ray(todo, settings, file_options, out, engine, video)
+            elif todo:
+                done = _process(_local(todo), settings, file_options, out, video)
+            rest = iter(done)
+            records = [settled[i] if i in settled else next(rest) for i in range(len(jobs))]
+    except NothingToDoError as exc:
+        raise nothing_to_do(str(exc), json=out.json) from None
     except SamDeblurError as exc:
         raise fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
@@ -259,6 +279,40 @@ def _run(
     if len(failed) > 0 and len(records) > 1:
         failure_table(failed, len(records))
     raise typer.Exit(EXIT_INPUT if failed else EXIT_OK)
+
+
+def _check_videos(jobs: Sequence[Job | StoreJob], video: VideoSettings) -> None:
+    """The video options, and no masks file given to a video (before any model)."""
+    from sam_deblur_cli.batch.plan import Job
+    from sam_deblur_cli.video import is_video_path
+
+    video.check()
+    for job in jobs:
+        if isinstance(job, Job) and job.masks_file is not None and is_video_path(job.src):
+            raise UsageError("--masks belongs to a photo; a video gets its masks from SAM.")
+
+
+def _preflight(
+    jobs: Sequence[Job | StoreJob], settings: DeblurSettings, options: FileOptions, out: OutputMode
+) -> dict[int, Record]:
+    """The records of the local jobs settled with no model (existing outputs skipped,
+    unreadable inputs failed), reported at once; SetupErrors stop the run here."""
+    from sam_deblur_cli.batch.plan import Job, preflight
+    from sam_deblur_cli.pipeline import blank_record
+
+    local = {i: job for i, job in enumerate(jobs) if isinstance(job, Job)}
+    indices = list(local)
+    verdicts = preflight(
+        list(local.values()), overwrite=options.overwrite, max_pixels=options.max_pixels
+    )
+    records: dict[int, Record] = {}
+    for position, (status, error) in sorted(verdicts.items()):
+        index = indices[position]
+        record = blank_record(local[index].src, local[index].dst, settings)
+        record.update(status=status, error=error)
+        _report(record, out)
+        records[index] = record
+    return records
 
 
 def _local(jobs: Sequence[Job | StoreJob]) -> list[Job]:
@@ -283,9 +337,6 @@ def _process(
     from sam_deblur_cli.pipeline import Deblurrer
     from sam_deblur_cli.video import is_video_path
 
-    if not jobs:
-        err_console.print("[yellow]No images found.[/]")
-        return []
     # SAM only when some image has no mask file (and the model takes masks at all).
     uses_sam = any(job.masks_file is None for job in jobs)
     # First use downloads weights: a bar on a terminal (a 2.6 GB SAM must not look like a
@@ -299,9 +350,6 @@ def _process(
         note(" ".join(notes) + " Results may be worse.")
     videos = {i: job for i, job in enumerate(jobs) if is_video_path(job.src)}
     images = [job for i, job in enumerate(jobs) if i not in videos]
-    if any(job.masks_file is not None for job in videos.values()):
-        raise UsageError("--masks belongs to a photo; a video gets its masks from SAM.")
-    video.check()
     records = iter(_images(deblurrer, images, options, out, bar) if images else [])
     done = {
         i: _video(deblurrer, job, video, options.overwrite, out, bar) for i, job in videos.items()

@@ -56,6 +56,18 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def nothing_to_do(message: str, *, json: bool) -> typer.Exit:
+    """Say that a run found no input (a yellow line; with ``json`` also the record
+    ``{"status": "nothing-to-do", "error": null, "message": ...}`` on stdout) and return the
+    Exit to raise (``EXIT_NOTHING``)."""
+    from sam_deblur_cli.errors import EXIT_NOTHING
+
+    if json:
+        echo_json({"status": "nothing-to-do", "error": None, "message": message})
+    say(message, label="nothing to do:", style="yellow")
+    return typer.Exit(EXIT_NOTHING)
+
+
 def echo_json(record: Mapping[str, Any]) -> None:
     """One JSON record on one stdout line (for ``--json``)."""
     import json
