@@ -1,8 +1,9 @@
 """Where each input goes: jobs (input -> output) for files and folders, and their checks.
 
-Pure path logic, no pixels: nothing here reads an image. Every engine (the local runner,
-and later Ray, video or a server) plans with these functions, so outputs land in the same
-places whichever runs them. Planning errors are UsageErrors, raised before any work.
+Path logic, no pixels: only :func:`preflight` opens inputs, for their headers. Every engine
+(the local runner, and later Ray, video or a server) plans with these functions, so outputs
+land in the same places whichever runs them. Planning errors are UsageErrors, raised before
+any work.
 """
 
 from __future__ import annotations

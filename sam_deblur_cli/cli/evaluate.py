@@ -39,10 +39,11 @@ from sam_deblur_cli.cli.output import (
     echo_json,
     escape,
     library_logging,
+    nothing_to_do,
     progress_bar,
     say,
 )
-from sam_deblur_cli.errors import EXIT_INPUT
+from sam_deblur_cli.errors import EXIT_INPUT, NothingToDoError
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -177,7 +178,10 @@ def eval_command(
             fast_masks=not stock_masks,
             offline=offline,
         )
-        result = _run_with_progress(dataset, settings, enabled=not out.quiet)
+        try:
+            result = _run_with_progress(dataset, settings, enabled=not out.quiet)
+        except NothingToDoError as exc:
+            raise nothing_to_do(str(exc), json=out.json) from None
     _show(result, str(source), out)
     _write_reports(result, csv_path, json_path)
     if not result.complete:

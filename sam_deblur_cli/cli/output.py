@@ -97,7 +97,9 @@ def progress_bar(*extra: ProgressColumn, enabled: bool = True) -> Progress:
         TimeRemainingColumn(),
         *extra,
     )
-    return Progress(*columns, console=err_console, disable=not enabled, transient=True)
+    # Off the terminal (logs, pipes) a bar would leave only a blank line behind.
+    shown = enabled and err_console.is_terminal
+    return Progress(*columns, console=err_console, disable=not shown, transient=True)
 
 
 @contextmanager
