@@ -156,7 +156,7 @@ class Deblurrer:
         self.recipe = self._effective_recipe()
         self.tlc = self.entry.tlc if settings.tlc is None else settings.tlc
         self._generator: MaskGenerator | None = None
-        checkpoint = weights.ensure_weights(self.entry, offline=settings.offline, progress=progress)
+        checkpoint = self._ensure_network(progress)
         # Whether masks are needed shows in the entry already: SAM's weights are found (or
         # their absence reported) before the network is built.
         masked = self.recipe is not None and self.entry.needs_masks
@@ -171,6 +171,21 @@ class Deblurrer:
         self.needs_masks = self.guide_kind != "none"
         if self.needs_masks and load_sam and self._generator is None:
             self._mask_generator()
+
+    def _ensure_network(self, progress: Any) -> Path:
+        """The network's weights file; a page-hosted one that is missing names the Hub model
+        that works at once too."""
+        from sam_deblur_cli import weights
+        from sam_deblur_cli.errors import WeightsNotFoundError
+        from sam_deblur_cli.weights.store import with_alternative
+
+        offline = self.settings.offline
+        try:
+            return weights.ensure_weights(self.entry, offline=offline, progress=progress)
+        except WeightsNotFoundError as exc:
+            if self.entry.on_hub or self.entry.kind != "deblur":
+                raise
+            raise with_alternative(exc, self.manifest) from None
 
     def _same_masks(self, other: Deblurrer) -> bool:
         """Whether ``other``'s mask generator makes exactly the masks this model needs."""

@@ -209,3 +209,28 @@ def test_import_names_what_a_bad_file_is_in_one_line(
     assert "Traceback" not in err and "Warning" not in err
     assert not (tmp_path / "pwned").exists()
     assert run(capsys, "path", "tiny-map")[0] == 2  # nothing was imported
+
+
+def test_an_unreachable_hub_names_the_file_to_import(
+    published: Published, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    code, _, err = run(capsys, "download", "tiny-plain")
+    assert code == 2 and "http://127.0.0.1:9 cannot be reached" in err
+    assert "set HF_ENDPOINT to a mirror" in err
+    assert "`sam-deblur weights import tiny-plain PATH/TO/tiny-plain.pth`" in err
+    assert "https://huggingface.co/org/nets/resolve/" in err  # where the file itself lies
+
+
+def test_a_missing_drive_hosted_model_names_the_hub_model_that_works_at_once(
+    published: Published, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tiny_models import save_photo
+
+    photo = save_photo(tmp_path / "a.png")
+    code = main([str(photo), "-m", "tiny-map", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "`sam-deblur weights import tiny-map PATH/TO/TinyMap.pth`" in err
+    assert "or deblur right away without masks with `-m tiny-plain`" in err
+    assert len(err.strip().splitlines()) == 1
