@@ -174,3 +174,13 @@ def test_eval_of_an_empty_dataset_is_nothing_to_do(
     assert record["status"] == "nothing-to-do" and record["error"] is None
     assert f"{tmp_path / 'set' / 'input'} holds no images to evaluate" in str(record["message"])
     assert err.startswith("nothing to do: ") and NOT_CACHED not in err
+
+
+def test_overlay_with_a_model_without_masks_is_a_usage_error(
+    no_models: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = save_photo(tmp_path / "a.png")
+    code, _, err = run_cli(capsys, photo, "--overlay", "-m", "nafnet-gopro")
+    assert code == 2
+    assert "--overlay draws the SAM masks a model uses, and nafnet-gopro takes none" in err
+    assert not (tmp_path / "a_deblurred.png").exists()

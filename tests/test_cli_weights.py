@@ -234,3 +234,17 @@ def test_a_missing_drive_hosted_model_names_the_hub_model_that_works_at_once(
     assert "`sam-deblur weights import tiny-map PATH/TO/TinyMap.pth`" in err
     assert "or deblur right away without masks with `-m tiny-plain`" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_list_never_cuts_a_model_name(capsys: pytest.CaptureFixture[str]) -> None:
+    from sam_deblur_cli.cli.output import console
+
+    width = console.width
+    console.width = 80  # a standard terminal: the real manifest's table is wider than that
+    try:
+        code, out, _ = run(capsys, "list")
+    finally:
+        console.width = width
+    assert code == 0 and "…" not in out
+    names = {line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")}
+    assert {entry.name for entry in weights.load_manifest()} <= names

@@ -257,6 +257,8 @@ def _run(
             jobs = plan()
             video = options.video_settings()
             _check_videos(jobs, video)
+            if file_options.overlay:
+                _check_overlay(settings)
             # Everything that needs no model is settled before one is built or downloaded.
             settled = _preflight(jobs, settings, file_options, out)
             todo = [job for i, job in enumerate(jobs) if i not in settled]
@@ -290,6 +292,18 @@ def _check_videos(jobs: Sequence[Job | StoreJob], video: VideoSettings) -> None:
     for job in jobs:
         if isinstance(job, Job) and job.masks_file is not None and is_video_path(job.src):
             raise UsageError("--masks belongs to a photo; a video gets its masks from SAM.")
+
+
+def _check_overlay(settings: DeblurSettings) -> None:
+    """--overlay draws the masks a model uses: refused (before any model) for one without."""
+    from sam_deblur_cli.weights import load_manifest
+
+    entry = load_manifest().get(settings.model)
+    if not entry.needs_masks:
+        raise UsageError(
+            f"--overlay draws the SAM masks a model uses, and {entry.name} takes none; "
+            "drop --overlay or pick a model that takes masks."
+        )
 
 
 def _preflight(

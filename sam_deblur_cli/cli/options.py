@@ -165,7 +165,7 @@ Overlay = Annotated[
     bool,
     typer.Option(
         "--overlay",
-        help="Also write the mask overlay (<output>_overlay.png).",
+        help="Also write the mask overlay (<output>_overlay.png); models that take masks only.",
         rich_help_panel=FILE_PANEL,
     ),
 ]

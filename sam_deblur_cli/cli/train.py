@@ -77,8 +77,12 @@ def train_command(
     val: Path | None = typer.Option(
         None, "--val", help="Held-out pairs, validated on whole images.", rich_help_panel=DATA_PANEL
     ),
-    workers: int = typer.Option(
-        4, "--workers", help="Data worker processes.", rich_help_panel=DATA_PANEL
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="Data worker processes (default: the CPUs this process may use, at most 4).",
+        show_default=False,
+        rich_help_panel=DATA_PANEL,
     ),
     skip_bad_pairs: bool = typer.Option(
         False,
@@ -146,7 +150,7 @@ def train_command(
             save_every=save_every,
             keep=keep,
             seed=seed,
-            workers=workers,
+            workers=default_workers() if workers is None else workers,
             name=name,
             tlc=tlc,
             skip_bad_pairs=skip_bad_pairs,
@@ -179,6 +183,16 @@ def train_command(
     say(f"trained {result.steps} steps{best}; model: {outcome.model_path}")
     if outcome.registered:
         say(f"registered as {outcome.registered}: `sam-deblur PHOTO --model {outcome.registered}`")
+
+
+def default_workers() -> int:
+    """Data workers by default: what the machine gives this process, at most 4 (more workers
+    than CPUs only compete for them, and torch warns)."""
+    import os
+
+    affinity = getattr(os, "sched_getaffinity", None)
+    cpus = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return min(4, cpus)
 
 
 def _blocks(text: str) -> tuple[int, ...]:

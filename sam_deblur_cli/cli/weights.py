@@ -79,7 +79,15 @@ def list_weights(json_output: Json = False) -> None:
         for record in records:
             echo_json(record)
         return
-    table = Table("name", "kind", "size", "source", "cached", "verified")
+    table = Table()
+    # Names are what users type: never cut; the source column wraps instead.
+    longest = max((len(entry.name) for entry in entries), default=4)
+    table.add_column("name", no_wrap=True, min_width=longest)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("size", no_wrap=True)
+    table.add_column("source", overflow="fold")
+    table.add_column("cached", no_wrap=True)
+    table.add_column("verified", no_wrap=True)
     for entry, r in zip(entries, records, strict=True):
         verified = ("yes" if r["verified"] else "no") if r["cached"] else "-"
         cached = "yes" if r["cached"] else "no"
@@ -160,9 +168,18 @@ def import_(
 
 @weights_app.command("remove")
 def remove(names: list[str] = typer.Argument(..., help="Model names.")) -> None:
-    """Delete the cached files of models (imported copies included)."""
+    """Delete the cached files of models (imported copies included); a trained model is
+    unregistered, its file kept."""
 
     def one(entry: lib.Entry) -> None:
+        if isinstance(entry.source, lib.LocalSource):
+            lib.remove_weights(entry)
+            typer.echo(f"{entry.name}\tunregistered\t{entry.source.file}")
+            say(
+                f"{entry.name} is no longer a model name; its file {entry.source.file} was kept "
+                "(delete its run folder to free the space)."
+            )
+            return
         removed = lib.remove_weights(entry)
         for gone in removed:
             typer.echo(f"{entry.name}\tremoved\t{gone}")
