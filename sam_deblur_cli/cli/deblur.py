@@ -147,7 +147,8 @@ BATCH_HELP = (
     "(a.png and a.jpg with --format png), both get their input extension added: "
     "a_png.png and a_jpg.png.\n\n"
     "Exit codes: 0 done, 1 some input failed (summary at the end), 2 usage or set-up error "
-    "(found before any image is processed), 130 interrupted (no partial files are left)."
+    "(found before any image is processed), 3 nothing to do (no image or video found), "
+    "130 interrupted (no partial files are left)."
 )
 
 

@@ -57,7 +57,8 @@ EVAL_HELP = (
     "an image that does not fit is skipped).\n\n"
     "The table goes to stdout; --json prints the report (what --json-out writes) there "
     "instead, as one JSON line. The old `--json PATH` still names the report file.\n\n"
-    "Exit codes: 0 every pair evaluated, 1 some skipped, 2 usage or set-up error."
+    "Exit codes: 0 every pair evaluated, 1 some skipped, 2 usage or set-up error, "
+    "3 nothing to do (no image in the dataset)."
 )
 
 
