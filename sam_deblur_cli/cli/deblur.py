@@ -260,16 +260,15 @@ def _run(
             _check_videos(jobs, video)
             if file_options.overlay:
                 _check_overlay(settings)
-            # Everything that needs no model is settled before one is built or downloaded.
-            settled = _preflight(jobs, settings, file_options, out)
-            todo = [job for i, job in enumerate(jobs) if i not in settled]
-            done: Sequence[Record] = []
-            if todo and engine is not None and engine.uses_ray:
-                done = _process_ray(todo, settings, file_options, out, engine, video)
-            elif todo:
-                done = _process(_local(todo), settings, file_options, out, video)
-            rest = iter(done)
-            records = [settled[i] if i in settled else next(rest) for i in range(len(jobs))]
+            # Every check that needs no model runs before one is built or downloaded; when
+            # that settles every input (all done already, all unreadable), no model is needed.
+            settled = _preflight(jobs, settings, file_options)
+            if len(settled) == len(jobs):
+                records = [settled[i] for i in range(len(jobs))]
+                for record in records:
+                    _report(record, out)
+            else:  # the engine meets the settled inputs again, in their turn, as before
+                records = _engine(jobs, settings, file_options, out, engine, video)
     except NothingToDoError as exc:
         raise nothing_to_do(str(exc), json=out.json) from None
     except SamDeblurError as exc:
@@ -282,6 +281,20 @@ def _run(
     if len(failed) > 0 and len(records) > 1:
         failure_table(failed, len(records))
     raise typer.Exit(EXIT_INPUT if failed else EXIT_OK)
+
+
+def _engine(
+    jobs: Sequence[Job | StoreJob],
+    settings: DeblurSettings,
+    options: FileOptions,
+    out: OutputMode,
+    engine: EngineOptions | None,
+    video: VideoSettings,
+) -> list[Record]:
+    """The records of ``jobs``, in order, from the engine the options chose."""
+    if engine is not None and engine.uses_ray:
+        return _process_ray(jobs, settings, options, out, engine, video)
+    return _process(_local(jobs), settings, options, out, video)
 
 
 def _check_videos(jobs: Sequence[Job | StoreJob], video: VideoSettings) -> None:
@@ -308,10 +321,10 @@ def _check_overlay(settings: DeblurSettings) -> None:
 
 
 def _preflight(
-    jobs: Sequence[Job | StoreJob], settings: DeblurSettings, options: FileOptions, out: OutputMode
+    jobs: Sequence[Job | StoreJob], settings: DeblurSettings, options: FileOptions
 ) -> dict[int, Record]:
     """The records of the local jobs settled with no model (existing outputs skipped,
-    unreadable inputs failed), reported at once; SetupErrors stop the run here."""
+    unreadable inputs failed), by job index; SetupErrors stop the run here."""
     from sam_deblur_cli.batch.plan import Job, preflight
     from sam_deblur_cli.pipeline import blank_record
 
@@ -325,7 +338,6 @@ def _preflight(
         index = indices[position]
         record = blank_record(local[index].src, local[index].dst, settings)
         record.update(status=status, error=error)
-        _report(record, out)
         records[index] = record
     return records
 
