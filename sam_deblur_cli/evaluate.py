@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from sam_deblur_cli.datasets import Dataset, Issue, Pair, list_pairs
-from sam_deblur_cli.errors import InputError, MaskError, UsageError
+from sam_deblur_cli.errors import InputError, MaskError, NothingToDoError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -195,12 +195,18 @@ def evaluate(
 ) -> EvalResult:
     """Run every model of ``settings`` on every pair of ``dataset`` and measure it.
 
-    Raises UsageError for bad settings and lets set-up errors of the models (missing
+    Raises UsageError for bad settings, NothingToDoError (before any model loads) for a
+    dataset without images, and lets set-up errors of the models (missing
     weights, unavailable device) through; per-input problems end up in ``issues``.
     """
     masks_from = _check_settings(settings, dataset)
     protocol = resolve_protocol(settings)
     pairs, issues = list_pairs(dataset)
+    if not pairs:
+        raise NothingToDoError(
+            f"{dataset.blurred} holds no images to evaluate; put the blurred images there and "
+            f"the sharp ones, with the same names, in {dataset.sharp}."
+        )
     if settings.limit is not None:
         pairs = pairs[: settings.limit]
     models = _load_models(settings, protocol, manifest)

@@ -139,17 +139,36 @@ class Deblurrer:
         self.recipe = self._effective_recipe()
         self.tlc = self.entry.tlc if settings.tlc is None else settings.tlc
         self._generator: MaskGenerator | None = None
-        checkpoint = weights.ensure_weights(self.entry, offline=settings.offline, progress=progress)
-        self.net = self._load_network(checkpoint)
-        self.needs_masks = self.guide_kind != "none"
-        if self.needs_masks:
+        checkpoint = self._ensure_network(progress)
+        # Whether masks are needed shows in the entry already: SAM's weights are found (or
+        # their absence reported) before the network is built.
+        masked = self.recipe is not None and self.entry.needs_masks
+        if masked:
             self._generator = next(
                 (o._generator for o in share_sam_with if self._same_masks(o) and o._generator),
                 None,
             )
-        if self.needs_masks and load_sam and self._generator is None:
+        if masked and load_sam and self._generator is None:
             self._ensure_sam(progress)
+        self.net = self._load_network(checkpoint)
+        self.needs_masks = self.guide_kind != "none"
+        if self.needs_masks and load_sam and self._generator is None:
             self._mask_generator()
+
+    def _ensure_network(self, progress: Any) -> Path:
+        """The network's weights file; a page-hosted one that is missing names the Hub model
+        that works at once too."""
+        from sam_deblur_cli import weights
+        from sam_deblur_cli.errors import WeightsNotFoundError
+        from sam_deblur_cli.weights.store import with_alternative
+
+        offline = self.settings.offline
+        try:
+            return weights.ensure_weights(self.entry, offline=offline, progress=progress)
+        except WeightsNotFoundError as exc:
+            if self.entry.on_hub or self.entry.kind != "deblur":
+                raise
+            raise with_alternative(exc, self.manifest) from None
 
     def _same_masks(self, other: Deblurrer) -> bool:
         """Whether ``other``'s mask generator makes exactly the masks this model needs."""
@@ -394,20 +413,34 @@ class Deblurrer:
 
     def new_record(self, src: Path, dst: Path | None) -> Record:
         """A record for ``src`` with this run's model, device and tile filled in."""
-        return {
-            "input": str(src),
-            "output": None if dst is None else str(dst),
-            "status": "pending",
-            "error": None,
-            "seconds": {},
-            "masks": None,
-            "groups": None,
-            "model": self.entry.name,
-            "device": self.placement.device,
-            "precision": self.placement.precision,
-            "tile": self.tile,
-            "tlc": self.tlc,
-        }
+        record = blank_record(src, dst, self.settings)
+        record.update(
+            model=self.entry.name,
+            device=self.placement.device,
+            precision=self.placement.precision,
+            tile=self.tile,
+            tlc=self.tlc,
+        )
+        return record
+
+
+def blank_record(src: Path, dst: Path | None, settings: DeblurSettings) -> Record:
+    """A record for ``src`` before any model is loaded (inputs settled by the checks that
+    need none): the settings as given, so ``device`` may still read "auto" and ``tlc`` None."""
+    return {
+        "input": str(src),
+        "output": None if dst is None else str(dst),
+        "status": "pending",
+        "error": None,
+        "seconds": {},
+        "masks": None,
+        "groups": None,
+        "model": settings.model,
+        "device": settings.device,
+        "precision": settings.precision,
+        "tile": normalize_tile(settings.tile),
+        "tlc": settings.tlc,
+    }
 
 
 def as_float_rgb(rgb: np.ndarray) -> np.ndarray:

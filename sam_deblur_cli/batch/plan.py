@@ -1,9 +1,9 @@
 """Where each input goes: jobs (input -> output) for files and folders, and their checks.
 
-Pure path logic, no pixels: nothing here reads an image. The batch engines (local, Ray,
-object stores) and the default command plan with these functions; output names themselves
-come from :mod:`sam_deblur_cli.naming`, which the single-image flow uses too. Planning errors
-are UsageErrors, raised before any work.
+Path logic, no pixels: only :func:`preflight` opens inputs, for their headers. The batch
+engines (local, Ray, object stores) and the default command plan with these functions; output
+names themselves come from :mod:`sam_deblur_cli.naming`, which the single-image flow uses too.
+Planning errors are UsageErrors, raised before any work.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import Literal
 
-from sam_deblur_cli.errors import UsageError
+from sam_deblur_cli.errors import InputError, MaskError, UsageError
 from sam_deblur_cli.naming import default_output, is_video_path, output_suffix
 
 
@@ -53,6 +54,11 @@ def plan_files(
     if masks_file is not None and len(sources) > 1:
         raise UsageError("--masks belongs to one image; pass one input, or run them one by one.")
     masks = None if masks_file is None else Path(masks_file)
+    if output is not None and len(sources) > 1 and _names_a_file(output):
+        raise UsageError(
+            f"-o {output} names one file, but {len(sources)} inputs were given; pass a folder "
+            f"(-o {Path(output).stem}/) or one input."
+        )
     if output is None:
         jobs = [Job(src, default_output(src, format), masks) for src in sources]
     elif len(sources) > 1 or output.endswith(("/", os.sep)) or Path(output).is_dir():
@@ -192,3 +198,79 @@ def listed_lines(list_file: Path) -> list[str]:
         ) from None
     stripped = dict.fromkeys(line.strip() for line in lines)
     return [line for line in stripped if line and not line.startswith("#")]
+
+
+def _names_a_file(output: str) -> bool:
+    """Whether ``-o output`` reads as a file name: an image or video extension, no trailing
+    slash, not an existing folder."""
+    from sam_deblur_cli.imageio import is_image_path
+
+    if output.endswith(("/", os.sep)) or Path(output).is_dir():
+        return False
+    return is_image_path(output) or is_video_path(output)
+
+
+#: A job settled before any model is built: ("skipped", None) or ("failed", the reason).
+Settled = tuple[Literal["skipped", "failed"], str | None]
+
+
+def preflight(
+    jobs: Sequence[Job], *, overwrite: bool, max_pixels: int | None = None
+) -> dict[int, Settled]:
+    """Every check of a plan that needs no model, run before one is built or downloaded.
+
+    Returns the jobs settled already, by index: an existing output without ``overwrite`` is
+    skipped; an input that is missing or whose header does not decode (images; videos must
+    exist), or a missing masks file, fails as that one input. Raises UsageError for what
+    stops the whole run: an output that is a folder, a folder no output can be written to.
+    ``max_pixels`` None: imageio's default limit.
+    """
+    settled: dict[int, Settled] = {}
+    for index, job in enumerate(jobs):
+        if job.dst.is_dir():
+            raise UsageError(f"The output {job.dst} is a folder; give an output file name.")
+        if job.dst.exists() and not overwrite:
+            settled[index] = ("skipped", None)
+            continue
+        try:
+            _check_input(job, max_pixels)
+        except InputError as exc:
+            settled[index] = ("failed", str(exc))
+    for folder in sorted({job.dst.parent for i, job in enumerate(jobs) if i not in settled}):
+        check_writable(folder)
+    return settled
+
+
+def _check_input(job: Job, max_pixels: int | None) -> None:
+    from sam_deblur_cli.imageio import read_header
+
+    if job.masks_file is not None and not job.masks_file.is_file():
+        raise MaskError(f"{job.masks_file}: no such mask file; check the --masks path.")
+    if not is_video_path(job.src):
+        read_header(job.src, **({} if max_pixels is None else {"max_pixels": max_pixels}))
+    elif not job.src.is_file():
+        raise InputError(f"{job.src}: no such file; check the path.")
+
+
+def check_writable(folder: Path) -> None:
+    """UsageError unless a file can be created in ``folder``, or, while it does not exist, in
+    the nearest folder above it (where it will be made). Tries for real: permissions,
+    read-only mounts and immutable folders all show."""
+    import tempfile
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(
+            f"{existing} is a file, so nothing can be written into {folder}; "
+            "choose another output path."
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"Cannot write into {existing} ({exc.strerror or exc}); choose another output "
+            "folder or fix its permissions."
+        ) from None

@@ -24,8 +24,17 @@ from sam_deblur_cli.cli.options import (
     OutputMode,
     takes_groups,
 )
-from sam_deblur_cli.cli.output import console, echo_json, err_console, library_logging, progress_bar
-from sam_deblur_cli.errors import EXIT_INPUT
+from sam_deblur_cli.cli.output import (
+    cell,
+    console,
+    echo_json,
+    escape,
+    library_logging,
+    nothing_to_do,
+    progress_bar,
+    say,
+)
+from sam_deblur_cli.errors import EXIT_INPUT, NothingToDoError
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -40,7 +49,8 @@ EVAL_HELP = (
     "an image that does not fit is skipped).\n\n"
     "The table goes to stdout; --json prints the report (what --json-out writes) there "
     "instead, as one JSON line. The old `--json PATH` still names the report file.\n\n"
-    "Exit codes: 0 every pair evaluated, 1 some skipped, 2 usage or set-up error."
+    "Exit codes: 0 every pair evaluated, 1 some skipped, 2 usage or set-up error, "
+    "3 nothing to do (no image in the dataset)."
 )
 
 
@@ -94,7 +104,10 @@ def eval_command(
             fast_masks=not p.stock_masks,
             offline=p.offline,
         )
-        result = _run_with_progress(dataset, settings, enabled=not out.quiet)
+        try:
+            result = _run_with_progress(dataset, settings, enabled=not out.quiet)
+        except NothingToDoError as exc:
+            raise nothing_to_do(str(exc), json=out.json) from None
     _show(result, str(source), out)
     _write_reports(result, p.csv_path, p.json_path)
     if not result.complete:
@@ -116,10 +129,10 @@ def _show(result: EvalResult, title: str, out: OutputMode) -> None:
     else:
         console.print(_table(result, title=title))
         for line in _notes(result.summaries()):
-            console.print(line, highlight=False)
+            say(line, stdout=True)
     for issue in result.issues:
         who = f"{issue.name} ({issue.model})" if issue.model else issue.name
-        err_console.print(f"[yellow]skipped[/] {who}: {issue.reason}", highlight=False)
+        say(f"{who}: {issue.reason}", label="skipped", style="yellow")
 
 
 def _write_reports(result: EvalResult, csv_path: Path | None, json_path: Path | None) -> None:
@@ -175,12 +188,12 @@ def _table(result: EvalResult, title: str) -> Table:
     if result.mask_values:
         parts.insert(2, "Masks: the value MAP masks were fed at")
     caption = "; ".join(parts)
-    table = Table(title=title, caption=caption)
+    table = Table(title=escape(title), caption=escape(caption))
     for header in ("Model", "TLC", "Masks", "PSNR", "SSIM", "MCR", "Images", "Skipped"):
         table.add_column(header, justify="left" if header == "Model" else "right")
     for s in result.summaries():
         table.add_row(
-            s.model,
+            cell(s.model),
             {True: "on", False: "off", None: "-"}[s.tlc],
             s.mask_value or "-",
             _number(s.psnr, "{:.2f}"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -165,7 +166,7 @@ Overlay = Annotated[
     bool,
     typer.Option(
         "--overlay",
-        help="Also write the mask overlay (<output>_overlay.png).",
+        help="Also write the mask overlay (<output>_overlay.png); models that take masks only.",
         rich_help_panel=FILE_PANEL,
     ),
 ]
@@ -685,13 +686,15 @@ class TrainDataOptions(OptionGroup):
         ),
     ] = None
     data_workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--data-workers",
-            help="Data loader worker processes.",
+            help="Data loader worker processes (default: the CPUs this process may use, "
+            "at most 4).",
+            show_default=False,
             rich_help_panel=TRAIN_DATA_PANEL,
         ),
-    ] = 4
+    ] = None
     # the old spelling, which in ``batch`` means Ray workers
     workers: Annotated[int | None, typer.Option("--workers", hidden=True)] = None
     skip_bad_pairs: Annotated[
@@ -705,8 +708,14 @@ class TrainDataOptions(OptionGroup):
 
     @property
     def loader_workers(self) -> int:
-        """Data loader processes (``--data-workers`` or the old ``--workers``)."""
-        return self.data_workers if self.workers is None else self.workers
+        """Data loader processes (``--data-workers`` or the old ``--workers``; by default what
+        the machine gives this process, at most 4: more only compete for the CPUs, and torch
+        warns)."""
+        chosen = self.data_workers if self.workers is None else self.workers
+        if chosen is not None:
+            return chosen
+        affinity = getattr(os, "sched_getaffinity", None)
+        return min(4, len(affinity(0)) if affinity is not None else (os.cpu_count() or 1))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,14 @@ from sam_deblur_cli.cli.options import (
     Verbose,
     takes_groups,
 )
-from sam_deblur_cli.cli.output import err_console, fail, library_logging, note, progress_bar
+from sam_deblur_cli.cli.output import (
+    err_console,
+    fail,
+    library_logging,
+    note,
+    progress_bar,
+    say,
+)
 from sam_deblur_cli.errors import EXIT_INTERRUPTED, UsageError
 
 if TYPE_CHECKING:
@@ -132,17 +139,15 @@ def _report(outcome: RunOutcome) -> None:
     """Where the run ended and where its model went (rank 0)."""
     result, folder = outcome.result, outcome.config.run_dir
     if result.interrupted:
-        err_console.print(
+        say(
             f"stopped at step {result.step} of {result.steps}; continue with "
             f"`sam-deblur train --resume {folder}`"
         )
         raise typer.Exit(EXIT_INTERRUPTED)
     best = f", best validation PSNR {result.best_psnr:.2f} dB" if result.best_psnr else ""
-    err_console.print(f"trained {result.steps} steps{best}; model: {outcome.model_path}")
+    say(f"trained {result.steps} steps{best}; model: {outcome.model_path}")
     if outcome.registered:
-        err_console.print(
-            f"registered as {outcome.registered}: `sam-deblur PHOTO --model {outcome.registered}`"
-        )
+        say(f"registered as {outcome.registered}: `sam-deblur PHOTO --model {outcome.registered}`")
 
 
 def _blocks(text: str) -> tuple[int, ...]:
@@ -156,7 +161,7 @@ def _callbacks(bar: Any, task: Any) -> Any:
     from sam_deblur_cli.train.loop import Callbacks
 
     def start(step: int, total: int, description: str) -> None:
-        err_console.print(f"training: {description}", highlight=False)
+        say(f"training: {description}")
         bar.update(task, description="training", completed=step, total=total)
 
     def logged(row: dict[str, Any]) -> None:
@@ -168,7 +173,7 @@ def _callbacks(bar: Any, task: Any) -> Any:
         on_start=start,
         on_step=lambda step, total: bar.update(task, completed=step),
         on_log=logged,
-        on_message=lambda text: err_console.print(text, highlight=False),
+        on_message=lambda text: say(text),
     )
 
 

@@ -3,7 +3,8 @@
 Endpoints (all errors are JSON ``{"detail": "one sentence"}``, never a traceback):
 
 - ``GET /`` the page (``static/``); ``GET /docs`` OpenAPI;
-- ``GET /api/health`` loading / ready / error, device, queue; ``GET /api/models``;
+- ``GET /api/health`` loading / ready / degraded (the default model failed, others answer) /
+  error, the models that answer, device, queue; ``GET /api/models``;
 - ``POST /api/deblur`` multipart ``file`` + form ``model``, ``tlc``, ``format``, ``quality``:
   waits and returns the image (the original format unless ``format``), cancelled if the client
   goes away;
@@ -14,7 +15,7 @@ Endpoints (all errors are JSON ``{"detail": "one sentence"}``, never a traceback
 
 Statuses: 400 a malformed request, 403 a cross-site POST, 404 an unknown job or output, 413 an
 upload or image too large, 415 not an image, 422 a bad option (unknown model or format),
-503 queue full (Retry-After) or the model failed to load.
+503 queue full (Retry-After) or the model failed to load (answered at once).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from sam_deblur_cli.errors import ImageReadError, PixelLimitError, SamDeblurErro
 from sam_deblur_cli.serve.jobs import (
     JobKind,
     JobRequest,
+    ModelUnavailable,
     QueueFull,
     ServeJob,
     ServeSettings,
@@ -351,6 +353,8 @@ def _decode_and_check(svc: Service, src: Path, request: JobRequest) -> Any:
         raise HTTPException(413, public_message(exc, src.parent, request.name)) from None
     except ImageReadError as exc:
         raise HTTPException(415, public_message(exc, src.parent, request.name)) from None
+    except ModelUnavailable as exc:
+        raise HTTPException(503, str(exc)) from None
     except UsageError as exc:
         raise HTTPException(422, str(exc)) from None
     return picture

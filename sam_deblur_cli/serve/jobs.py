@@ -86,6 +86,10 @@ class QueueFull(SamDeblurError):
     """Every waiting place is taken; the client should retry later."""
 
 
+class ModelUnavailable(SamDeblurError):
+    """The requested model failed to load (its weights are missing, ...): HTTP 503 at once."""
+
+
 class JobCancelled(Exception):
     """Raised inside a job when it was cancelled (caught by the worker)."""
 
@@ -186,13 +190,20 @@ class Service:
     # ------------------------------------------------------------------ state for the API
 
     def health(self) -> dict[str, Any]:
-        """``status`` "loading" | "ready" | "error", the default model, device, queue length."""
-        status = "error" if self.load_error else "ready" if self.ready.is_set() else "loading"
+        """``status`` "loading" | "ready" | "degraded" (the default model failed, others
+        answer) | "error" (none answers), the default model, the models that answer
+        (``models``), device, queue length."""
+        answering = [m["name"] for m in self.models() if m["available"]]
+        if self.load_error:
+            status = "degraded" if answering else "error"
+        else:
+            status = "ready" if self.ready.is_set() else "loading"
         with self._cond:
             waiting = len(self._waiting)
         return {
             "status": status,
             "model": self.settings.model,
+            "models": answering,
             "device": self.device,
             "error": self.load_error,
             "waiting": waiting,
@@ -201,7 +212,8 @@ class Service:
         }
 
     def models(self) -> list[dict[str, Any]]:
-        """The deblur models this server may use: installed ones plus its start-up model."""
+        """The deblur models this server may use: installed ones plus its start-up model;
+        ``available`` is False for the start-up model when it failed to load."""
         from sam_deblur_cli import weights
 
         found = []
@@ -217,12 +229,19 @@ class Service:
                         "masks": entry.recipe is not None,
                         "tlc": entry.tlc,
                         "loaded": entry.name in self._deblurrers,
+                        "available": installed and not self._failed(entry.name),
                     }
                 )
         return found
 
+    def _failed(self, name: str) -> bool:
+        return name == self.settings.model and self.load_error is not None
+
     def check_model(self, name: str) -> None:
-        """UsageError unless ``name`` is one of :meth:`models` (never downloads on request)."""
+        """UsageError unless ``name`` is one of :meth:`models` (never downloads on request);
+        ModelUnavailable, at once, for the start-up model when it failed to load."""
+        if self._failed(name):
+            raise ModelUnavailable(f"{name} is not available: {self.load_error}")
         names = [m["name"] for m in self.models()]
         if name not in names:
             raise UsageError(
