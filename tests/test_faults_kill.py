@@ -1,0 +1,56 @@
+"""kill -9 at several points of a run, then a rerun: exactly an unbroken run's outputs.
+
+The child is the installed console script, killed with SIGKILL (no handler, no cleanup):
+mid-write (just before a finished temporary file is renamed, via the fault hook of
+``faults.py``) and at a seeded random moment after some outputs appeared. The rerun must
+leave the output tree byte for byte as an unbroken run leaves it, with no hidden
+temporary file either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from faults import all_entries, count_files, fault_env, kill_when, same_tree, seeded_delays
+from tiny_models import TinyEnv, run_cli, save_photo
+
+pytestmark = pytest.mark.subprocess
+
+PLAIN = ["--model", "nafnet-gopro", "--no-tlc", "--device", "cpu"]
+PHOTOS = {
+    "a.png": "astronaut",
+    "b.jpg": "chelsea",
+    "c.png": "coffee",
+    "sub/d.png": "chelsea",
+    "sub/e.tif": "astronaut",
+}
+
+
+def _inputs(folder: Path) -> Path:
+    for name, photo in PHOTOS.items():
+        save_photo(folder / name, photo)
+    return folder
+
+
+@pytest.mark.parametrize("point", ["mid-write", "after-outputs"])
+def test_batch_killed_then_rerun_ends_as_an_unbroken_run(
+    tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str], point: str
+) -> None:
+    src = _inputs(tmp_path / "in")
+    code, _, err = run_cli(capsys, "batch", src, "-o", tmp_path / "unbroken", "-r", *PLAIN)
+    assert code == 0, err
+    out = tmp_path / "out"
+    argv = ["batch", src, "-o", out, "-r", *PLAIN]
+    if point == "mid-write":  # the third output written in full, killed before its rename
+        env = fault_env(tiny_env, kill_at_fsync=3)
+        status = kill_when(argv, env, lambda: False)
+        assert status == -9
+        assert count_files(out)() == 2
+        assert any(name.startswith(".") for name in all_entries(out))  # the killed write's
+    else:
+        delay = seeded_delays(23, 1, 0.5)[0]
+        kill_when(argv, fault_env(tiny_env), lambda: count_files(out)() >= 2, delay=delay)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert same_tree(out, tmp_path / "unbroken"), (all_entries(out), err)
