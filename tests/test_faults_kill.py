@@ -54,3 +54,24 @@ def test_batch_killed_then_rerun_ends_as_an_unbroken_run(
     code, _, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert same_tree(out, tmp_path / "unbroken"), (all_entries(out), err)
+
+
+def test_video_killed_while_writing_its_final_file_then_rerun_gives_the_same_bytes(
+    tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from video_clips import blurred_frames, make_clip
+
+    src = tmp_path / "in" / "clip.mp4"
+    make_clip(src, blurred_frames(6))
+    code, _, err = run_cli(capsys, src, "-o", tmp_path / "unbroken" / "clip.mp4", *PLAIN)
+    assert code == 0, err
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [src, "-o", out / "clip.mp4", *PLAIN]
+    # fsyncs: the work folder's settings.json, the one segment, then the final file
+    assert kill_when(argv, fault_env(tiny_env, kill_at_fsync=3), lambda: False) == -9
+    assert not (out / "clip.mp4").exists()
+    assert any(".tmp.mp4" in name for name in all_entries(out))  # the killed final file's
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert same_tree(out, tmp_path / "unbroken"), all_entries(out)
