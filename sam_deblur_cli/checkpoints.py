@@ -63,7 +63,7 @@ def _read_pickle(path: Path) -> object:
             f"Checkpoint {path} contains pickled code, which is never run for safety; "
             "use a weights-only checkpoint (a state dict of tensors) or a .safetensors file."
         ) from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # damaged bytes: RuntimeError, EOFError, IndexError, KeyError...
         raise CheckpointError(
             f"Checkpoint {path} could not be read ({exc}); it may be truncated, download it again."
         ) from exc
