@@ -257,6 +257,23 @@ def _temporary_folder(beside: Path, kind: str) -> tuple[Path, int]:
         os.close(fd)
 
 
+@contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on the lock file ``path`` (created if missing, never removed:
+    removing it would let two processes lock two different files) for the block. Processes
+    that update the same read-modify-write record (a cache index) take it in turn. A no-op
+    where ``flock`` is missing."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | _BINARY, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _unlock(fd: int) -> None:
     if fd >= 0:
         os.close(fd)

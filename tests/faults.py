@@ -9,6 +9,7 @@ The code under test is never replaced; the process dies as an OOM kill would mak
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
@@ -157,3 +158,14 @@ def seeded_delays(seed: int, count: int, top: float) -> list[float]:
     """``count`` kill delays in [0, ``top``) seconds, the same for the same ``seed``."""
     rng = random.Random(seed)
     return [rng.uniform(0, top) for _ in range(count)]
+
+
+LONG = os.environ.get("SAM_DEBLUR_FAULTS_LONG") == "1"  # benchmarks/faults.py --long
+
+
+def report(entry: dict[str, object]) -> None:
+    """Append ``entry`` to ``$SAM_DEBLUR_FAULTS_REPORT`` (JSON lines), when it is set."""
+    path = os.environ.get("SAM_DEBLUR_FAULTS_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import all_entries, fault_env, sam_deblur
+from faults import LONG, all_entries, fault_env, report, sam_deblur
 from mutations import TESTS_DIR, mutate
 from tiny_models import TinyEnv, save_photo
 
-LONG = os.environ.get("SAM_DEBLUR_FAULTS_LONG") == "1"
 COUNTS = {"image": 60, "mask": 60, "video": 40, "checkpoint": 60, "manifest": 60, "dataset": 20}
 EXPECTED = {  # the error family each kind's reader raises
     "image": {"ImageReadError", "PixelLimitError"},
@@ -36,13 +35,6 @@ EXPECTED = {  # the error family each kind's reader raises
     "manifest": {"SetupError"},
     "dataset": set(),  # bad pairs become issue lines; the reader itself never raises
 }
-
-
-def _report(entry: dict[str, object]) -> None:
-    report = os.environ.get("SAM_DEBLUR_FAULTS_REPORT")
-    if report:
-        with open(report, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
 
 
 @pytest.fixture(scope="module", name="corpora")
@@ -85,7 +77,7 @@ def test_damaged_files_end_in_one_line_and_a_documented_exit_code(
     failed = sum(n for name, n in outcomes.items() if name != "ok")
     issues = sum(bool(r.get("issues")) for r in results)
     assert failed + issues >= len(results) // 4, outcomes  # the damage was real
-    _report(
+    report(
         {
             "corpus": kind,
             "cases": len(results),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faults import all_entries, fault_env, file_size_limit, sam_deblur
+from faults import all_entries, fault_env, file_size_limit, report, sam_deblur
 from PIL import Image
 from tiny_models import TinyEnv, console_script, run_cli
 
@@ -48,6 +48,7 @@ def test_over_a_file_size_limit_a_batch_stops_with_one_line_and_resumes(
     line = _one_error_line(limited.stderr)
     assert f"{out / 'c.png'}" in line and "File too large" in line and "free in" in line
     assert "3 of 5 input(s) not done" in line
+    report({"disk": "RLIMIT_FSIZE 16000 (EFBIG)", "exit": limited.returncode, "line": line})
     assert all_entries(out) == ["a.png", "b.png"]  # no partial c.png, no temporary file
     code, _, err = run_cli(capsys, *argv)
     assert code == 0, err
@@ -103,6 +104,7 @@ def test_a_full_file_system_stops_the_batch_with_the_free_space_named(
     assert listing == [".", "./a.png", "./b.png"]  # no partial c.png, no temporary file
     line = _one_error_line((tmp_path / "err").read_text())
     assert "No space left on device" in line and "free in" in line and "c.png" in line
+    report({"disk": "tmpfs 32k (ENOSPC)", "exit": 2, "line": line})
 
 
 def test_out_of_space_inside_the_writer_becomes_one_sentence(tmp_path: Path) -> None:

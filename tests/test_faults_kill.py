@@ -12,7 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from faults import all_entries, count_files, fault_env, kill_when, same_tree, seeded_delays
+from faults import (
+    LONG,
+    all_entries,
+    count_files,
+    fault_env,
+    kill_when,
+    report,
+    same_tree,
+    seeded_delays,
+)
 from tiny_models import TinyEnv, run_cli, save_photo
 
 pytestmark = pytest.mark.subprocess
@@ -33,7 +42,14 @@ def _inputs(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("point", ["mid-write", "after-outputs"])
+# Kill points: "fsync-N" dies just before the N-th file is renamed into place (written in
+# full); "delay-K" dies at the K-th seeded random moment after the first output appeared.
+POINTS = ["fsync-3", "delay-0"]
+if LONG:
+    POINTS = [f"fsync-{n}" for n in range(1, 6)] + [f"delay-{k}" for k in range(10)]
+
+
+@pytest.mark.parametrize("point", POINTS)
 def test_batch_killed_then_rerun_ends_as_an_unbroken_run(
     tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str], point: str
 ) -> None:
@@ -42,18 +58,20 @@ def test_batch_killed_then_rerun_ends_as_an_unbroken_run(
     assert code == 0, err
     out = tmp_path / "out"
     argv = ["batch", src, "-o", out, "-r", *PLAIN]
-    if point == "mid-write":  # the third output written in full, killed before its rename
-        env = fault_env(tiny_env, kill_at_fsync=3)
-        status = kill_when(argv, env, lambda: False)
+    how, _, number = point.partition("-")
+    if how == "fsync":  # the N-th output written in full, killed before its rename
+        status = kill_when(argv, fault_env(tiny_env, kill_at_fsync=int(number)), lambda: False)
         assert status == -9
-        assert count_files(out)() == 2
+        assert count_files(out)() == int(number) - 1
         assert any(name.startswith(".") for name in all_entries(out))  # the killed write's
     else:
-        delay = seeded_delays(23, 1, 0.5)[0]
-        kill_when(argv, fault_env(tiny_env), lambda: count_files(out)() >= 2, delay=delay)
+        delay = seeded_delays(23, int(number) + 1, 1.0)[int(number)]
+        status = kill_when(argv, fault_env(tiny_env), lambda: count_files(out)() >= 1, delay=delay)
+    left = all_entries(out) if out.exists() else []
     code, _, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert same_tree(out, tmp_path / "unbroken"), (all_entries(out), err)
+    report({"kill": f"batch {point}", "status": status, "left_by_kill": left, "rerun": "same"})
 
 
 def test_video_killed_while_writing_its_final_file_then_rerun_gives_the_same_bytes(
@@ -72,6 +90,8 @@ def test_video_killed_while_writing_its_final_file_then_rerun_gives_the_same_byt
     assert kill_when(argv, fault_env(tiny_env, kill_at_fsync=3), lambda: False) == -9
     assert not (out / "clip.mp4").exists()
     assert any(".tmp.mp4" in name for name in all_entries(out))  # the killed final file's
+    left = all_entries(out)
     code, _, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert same_tree(out, tmp_path / "unbroken"), all_entries(out)
+    report({"kill": "video fsync-3", "status": -9, "left_by_kill": left, "rerun": "same"})
