@@ -28,7 +28,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -108,7 +108,10 @@ def _lock(fd: int, path: Path) -> bool:
     names the locked file (a cleaner removed it first)."""
     if fcntl is None:
         return True
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:  # a file system without locks (some network mounts): write unlocked
+        return True  # (a cleaner cannot lock it either, so it never removes it)
     try:
         return os.path.samestat(os.fstat(fd), os.lstat(path))
     except FileNotFoundError:
@@ -172,8 +175,8 @@ def _remove_if_unlocked(path: Path) -> bool:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # a live writer holds it
+        except OSError:  # a live writer holds it (or the file system has no locks)
+            return False
         try:
             if not os.path.samestat(os.fstat(fd), os.lstat(path)):
                 return False
@@ -268,7 +271,8 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT | _BINARY, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with suppress(OSError):  # a file system without locks: go on unlocked
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
