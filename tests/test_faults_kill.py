@@ -96,3 +96,22 @@ def test_video_killed_while_writing_its_final_file_then_rerun_gives_the_same_byt
     assert code == 0, err
     assert same_tree(out, tmp_path / "unbroken"), all_entries(out)
     report({"kill": "video fsync-3", "status": -9, "left_by_kill": left, "rerun": "same"})
+
+
+def test_masks_killed_mid_write_then_rerun_gives_the_same_files(
+    tiny_env: TinyEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = [save_photo(tmp_path / "in" / f"{name}.png", name) for name in ("astronaut", "coffee")]
+    masks = ["masks", *photos, "--format", "segmask,npz", "--device", "cpu", "-o"]
+    code, _, err = run_cli(capsys, *masks, tmp_path / "unbroken")
+    assert code == 0, err
+    out = tmp_path / "out"
+    # the unbroken run filled the mask cache: the child's fsyncs are its outputs, two a photo
+    env = fault_env(tiny_env, tiny_sam=True, kill_at_fsync=3)
+    assert kill_when([*masks, out], env, lambda: False) == -9
+    left = all_entries(out)
+    assert any(Path(name).name.startswith(".") for name in left), left
+    code, _, err = run_cli(capsys, *masks, out)
+    assert code == 0, err
+    assert same_tree(out, tmp_path / "unbroken"), all_entries(out)
+    report({"kill": "masks fsync-3", "status": -9, "left_by_kill": left, "rerun": "same"})
