@@ -115,3 +115,41 @@ def test_masks_killed_mid_write_then_rerun_gives_the_same_files(
     assert code == 0, err
     assert same_tree(out, tmp_path / "unbroken"), all_entries(out)
     report({"kill": "masks fsync-3", "status": -9, "left_by_kill": left, "rerun": "same"})
+
+
+TRAIN = ["--width", "8", "--enc-blocks", "1,1,1,1", "--crop", "32", "--batch", "2", "-q"]
+TRAIN += [
+    "--workers",
+    "0",
+    "--lr",
+    "5e-3",
+    "--variant",
+    "plain",
+    "--steps",
+    "6",
+    "--save-every",
+    "2",
+]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_train_killed_while_saving_then_resumed_exports_the_same_model(
+    tiny_env: TinyEnv, tmp_path: Path
+) -> None:
+    from train_data import write_pairs
+
+    from sam_deblur_cli.cli import main
+
+    pairs = write_pairs(tmp_path / "pairs")
+    assert main(["train", str(pairs), "-o", str(tmp_path / "unbroken"), *TRAIN]) == 0
+    run = tmp_path / "run"
+    # fsyncs: config.json, log.csv, then checkpoints: killed while the step-6 one is saved
+    env = {**fault_env(tiny_env, kill_at_fsync=6), "OMP_NUM_THREADS": "1"}
+    assert kill_when(["train", pairs, "-o", run, *TRAIN], env, lambda: False) == -9
+    left = all_entries(run)
+    assert not (run / "model.pth").exists()
+    assert any(Path(name).name.startswith(".") for name in left), left
+    assert main(["train", "--resume", str(run), "-q"]) == 0
+    assert (run / "model.pth").read_bytes() == (tmp_path / "unbroken" / "model.pth").read_bytes()
+    assert not [name for name in all_entries(run) if Path(name).name.startswith(".")]
+    report({"kill": "train fsync-6", "status": -9, "left_by_kill": left, "rerun": "same"})
