@@ -94,3 +94,8 @@ class CheckpointError(WeightsError):
 
 class DeviceError(SetupError):
     """The requested device or precision is not available."""
+
+
+class OutOfSpaceError(SetupError):
+    """A write met a full disk, a quota or a file-size limit (ENOSPC, EDQUOT, EFBIG): the
+    run stops there, since every later write would fail too; nothing is left half-written."""

@@ -77,13 +77,15 @@ def write_segmask_png(path: str | Path, segmask: np.ndarray, *, compress_level: 
 
 def read_segmask_png(path: str | Path) -> np.ndarray:
     """Read a gray segmask PNG (uint8 H x W). RGB files are accepted only if gray."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()
             mode, array = image.mode, np.asarray(image)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    # Pillow raises an open-ended set of types on damaged bytes (SyntaxError for a broken
+    # chunk, DecompressionBombError for a header claiming billions of pixels...).
+    except Exception as exc:
         raise MaskError(
             f"Could not read the mask file {path} ({exc}); pass a gray segmask PNG or a "
             "groups .npz."
@@ -145,10 +147,19 @@ def read_groups_npz(path: str | Path) -> np.ndarray:
                     "save the stack under the key 'masks'."
                 )
             stack = data["masks"]
-    except (OSError, ValueError, EOFError) as exc:
+    except MaskError:
+        raise
+    # numpy and zipfile raise an open-ended set of types on a damaged file (BadZipFile,
+    # zlib.error, NotImplementedError for an unknown compression, TokenError in the header...).
+    except Exception as exc:
         raise MaskError(
             f"Could not read the groups file {path} ({exc}); pass an .npz with a 'masks' stack."
         ) from exc
+    if not isinstance(stack, np.ndarray) or stack.ndim not in (3, 4):  # e.g. a damaged header
+        raise MaskError(
+            f"The groups file {path} holds no G x H x W stack under 'masks'; pass an .npz "
+            "written by `sam-deblur masks` or upstream's code."
+        )
     return stack
 
 

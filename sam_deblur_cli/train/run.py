@@ -151,6 +151,10 @@ def train_run(
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume is None:
             save_config(cfg, run_dir)
+        from sam_deblur_cli.files import remove_stale_temporaries
+
+        for folder in (run_dir, run_dir / "checkpoints"):  # a killed run's half-saved files
+            remove_stale_temporaries(folder)
     if trainer_hook is not None:
         trainer_hook(trainer)
     result = trainer.run()

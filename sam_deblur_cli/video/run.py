@@ -108,6 +108,7 @@ def run_video(
     with ``keep_going_frames`` keeps its input pixels and is listed in
     ``record["kept_frames"]``. ``dst`` appears only when complete.
     """
+    from sam_deblur_cli.files import remove_stale_temporaries
     from sam_deblur_cli.video.probe import probe
     from sam_deblur_cli.video.write import assemble, muxer_for, output_colour, resolve_encoding
 
@@ -117,6 +118,7 @@ def run_video(
     record = deblurrer.new_record(src, dst)
     if dst.exists() and not overwrite:
         return {**record, "status": "skipped"}
+    remove_stale_temporaries(dst.parent)  # a killed run's final file, never a live one's
     started = time.perf_counter()
     info = probe(src)
     encoding = resolve_encoding(info, dst, settings.encode)

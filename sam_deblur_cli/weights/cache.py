@@ -7,6 +7,7 @@ Layout under ``paths.cache_root()`` (``$SAM_DEBLUR_HOME``, else the platformdirs
     imported/index.json       {NAME: {"file", "sha256", "size", "source"}} for those copies
     verified.json             {real path: {"size", "mtime_ns", "sha256"}}: what was hashed, so
                               ordinary runs do not re-hash gigabytes
+    .verified.json.lock       taken while a process updates verified.json (same for the index)
 
 Only bookkeeping and hashing: no network (``hub``), no torch.
 """
@@ -16,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sam_deblur_cli.errors import ChecksumError
-from sam_deblur_cli.files import atomic_text_file
+from sam_deblur_cli.files import atomic_text_file, file_lock
 from sam_deblur_cli.weights.manifest import Entry
 from sam_deblur_cli.weights.paths import cache_root
 
@@ -54,6 +56,19 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, f, indent=1, sort_keys=True)
 
 
+@contextmanager
+def _updating(path: Path) -> Iterator[dict[str, Any]]:
+    """Read, change and write back the JSON record ``path`` under its lock file, so that two
+    processes (two downloads at once) never lose each other's update; written only if changed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        records = _read_json(path)
+        before = json.dumps(records, sort_keys=True)
+        yield records
+        if json.dumps(records, sort_keys=True) != before:
+            _write_json(path, records)
+
+
 def _verified_path() -> Path:
     return cache_root() / "verified.json"
 
@@ -68,16 +83,14 @@ def _imported_index() -> Path:
 def remember(real: Path, sha256: str) -> None:
     """Record that ``real`` (a resolved path), as it is now, has ``sha256``."""
     st = real.stat()
-    records = _read_json(_verified_path())
-    records[str(real)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
-    _write_json(_verified_path(), records)
+    with _updating(_verified_path()) as records:
+        records[str(real)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
 
 
 def forget(real: Path) -> None:
     """Drop what was recorded for ``real``, so that the next check hashes it again."""
-    records = _read_json(_verified_path())
-    if records.pop(str(real), None) is not None:
-        _write_json(_verified_path(), records)
+    with _updating(_verified_path()) as records:
+        records.pop(str(real), None)
 
 
 def remembered_sha256(real: Path) -> str | None:
@@ -130,25 +143,23 @@ def imported_copy(entry: Entry) -> Path | None:
 
 def record_import(entry: Entry, src: Path, dest: Path, sha256: str) -> None:
     """Index ``dest`` (in ``imported/NAME/``) as ``entry``'s copy of ``src``; drop an older one."""
-    index = _read_json(_imported_index())
-    old = index.get(entry.name)
-    if isinstance(old, dict) and old.get("file") not in (None, dest.name):
-        discard(dest.parent / str(old["file"]))
-    index[entry.name] = {
-        "file": dest.name,
-        "sha256": sha256,
-        "size": dest.stat().st_size,
-        "source": str(src.resolve()),
-    }
-    _write_json(_imported_index(), index)
+    with _updating(_imported_index()) as index:
+        old = index.get(entry.name)
+        if isinstance(old, dict) and old.get("file") not in (None, dest.name):
+            discard(dest.parent / str(old["file"]))
+        index[entry.name] = {
+            "file": dest.name,
+            "sha256": sha256,
+            "size": dest.stat().st_size,
+            "source": str(src.resolve()),
+        }
     remember(dest.resolve(), sha256)
 
 
 def forget_import(entry: Entry) -> None:
     """Drop ``entry`` from the imported index (its file is removed separately)."""
-    index = _read_json(_imported_index())
-    if index.pop(entry.name, None) is not None:
-        _write_json(_imported_index(), index)
+    with _updating(_imported_index()) as index:
+        index.pop(entry.name, None)
 
 
 # --------------------------------------------------------------------------- checking
