@@ -133,12 +133,12 @@ def _refuse_other_zip(path: Path) -> None:
     ``data.pkl`` in every one): say so instead of calling it truncated."""
     import zipfile
 
-    if not zipfile.is_zipfile(path):
-        return
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+    # A damaged directory fails in open-ended ways (struct.error, UnicodeDecodeError, ...):
+    # then the file is a damaged checkpoint, which the caller reports.
+    except Exception:
         return
     if not any(name.endswith("data.pkl") for name in names):
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
