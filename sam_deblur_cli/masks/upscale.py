@@ -226,7 +226,8 @@ class ExactUpscaler:
             above &= used
             maybe &= used
         maybe &= ~above
-        return above, maybe.nonzero(as_tuple=True)
+        i, r, c = maybe.nonzero(as_tuple=True)
+        return above, (i, r, c)
 
     def _exact_pixels(
         self, frame: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
