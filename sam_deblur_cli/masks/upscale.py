@@ -231,31 +231,35 @@ class ExactUpscaler:
 
     def _exact_pixels(
         self, frame: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """For each offset (dy, dx) inside a cell, the output values at pixel
-        (row start + dy, column start + dx) of the given (mask, row source, column source)
-        cells: yields (values, rows, columns, valid). Offsets past a cell's extent repeat its
-        last row or column and are marked not valid."""
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The output values at every pixel of the given (mask, row source, column source)
+        cells: yields (values, masks, rows, columns, valid), a block of cells at a time, each cell
+        as max_len x max_len offsets (dy, dx) from its first pixel. Offsets past a cell's
+        extent repeat its last row or column and are marked not valid."""
         import torch
 
-        i, sr, sc = cells
         r, c = self.rows, self.cols
         height, width = frame.shape[1], frame.shape[2]
         flat = frame.reshape(-1)
-        base = i * (height * width)
-        r_len, r_start, c_len, c_start = r.length[sr], r.start[sr], c.length[sc], c.start[sc]
+        dev = frame.device
+        dy = torch.arange(r.max_len, device=dev).repeat_interleave(c.max_len)
+        dx = torch.arange(c.max_len, device=dev).repeat(r.max_len)
         assert self.style is not None and self.col_style is not None
-        for dy in range(r.max_len):
-            y = r_start + torch.clamp(r_len - 1, max=dy)
+        block = max(1, (1 << 20) // len(dy))  # cells per step: about a million pixels
+        for first in range(0, len(cells[0]), block):
+            i, sr, sc = (t[first : first + block, None] for t in cells)
+            r_len, c_len = r.length[sr], c.length[sc]
+            y = r.start[sr] + torch.minimum(r_len - 1, dy)
+            x = c.start[sc] + torch.minimum(c_len - 1, dx)
+            base = i * (height * width)
             top, bottom = base + r.a[y] * width, base + r.b[y] * width
-            wy_a, wy_b, row_ok = r.w_a[y], r.w_b[y], r_len > dy
-            for dx in range(c.max_len):
-                x = c_start + torch.clamp(c_len - 1, max=dx)
-                ca, cb, wx_a, wx_b = c.a[x], c.b[x], c.w_a[x], c.w_b[x]
-                ga = _combine(flat[top + ca], wx_a, flat[top + cb], wx_b, self.col_style)
-                gb = _combine(flat[bottom + ca], wx_a, flat[bottom + cb], wx_b, self.col_style)
-                value = _combine(ga, wy_a, gb, wy_b, self.style)
-                yield value, y, x, row_ok & (c_len > dx)
+            ca, cb, wx_a, wx_b = c.a[x], c.b[x], c.w_a[x], c.w_b[x]
+            ga = _combine(flat[top + ca], wx_a, flat[top + cb], wx_b, self.col_style)
+            gb = _combine(flat[bottom + ca], wx_a, flat[bottom + cb], wx_b, self.col_style)
+            value = _combine(ga, r.w_a[y], gb, r.w_b[y], self.style)
+            valid = (r_len > dy) & (c_len > dx)
+            owner = i.expand_as(y).reshape(-1)
+            yield value.reshape(-1), owner, y.reshape(-1), x.reshape(-1), valid.reshape(-1)
 
     def stats(
         self, low: torch.Tensor, t_high: float, t_low: float, t_mask: float
@@ -279,9 +283,8 @@ class ExactUpscaler:
         sure = (per_row.double() @ self.rows.length.double()).round().long()
         counts = [sure.clone() for _ in thresholds]
         box = _BoxBounds(self, per_row > 0, above.any(1))
-        owner = cells[0]
         with one_cpu_thread(self.device):  # many small ops: see one_cpu_thread
-            for values, rows, cols, valid in self._exact_pixels(frame, cells):
+            for values, owner, rows, cols, valid in self._exact_pixels(frame, cells):
                 for count, t in zip(counts, thresholds, strict=True):
                     count.index_add_(0, owner, (valid & (values > t)).long())
                 box.add(owner, rows, cols, valid & (values > t_mask))
@@ -341,7 +344,7 @@ class ExactUpscaler:
         cells = (i, sr + r_off, sc + c_off)
         width = out.shape[1]
         with one_cpu_thread(self.device):
-            for values, rows, cols, valid in self._exact_pixels(frame, cells):
+            for values, _, rows, cols, valid in self._exact_pixels(frame, cells):
                 inside = valid & (rows >= y0) & (rows <= y1) & (cols >= x0) & (cols <= x1)
                 at = (rows[inside] - y0) * width + (cols[inside] - x0)
                 out.view(-1)[at] = values[inside] > threshold
