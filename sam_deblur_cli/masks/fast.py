@@ -10,7 +10,7 @@ scores, output in NMS keep order. What differs is the cost:
 - candidates are dropped by predicted IoU on their 256 x 256 logits, before any upscaling;
 - stability scores, areas and boxes of the survivors come from ``upscale.ExactUpscaler``:
   the stock upscaling chain run a few candidates at a time (never all candidates at full
-  resolution at once) or, when the image is upscaled 2x or more, an exact row-wise
+  resolution at once) or, when the image is upscaled 2x or more, an exact cell-wise
   evaluation that computes only the pixels near a threshold; both give the stock values;
 - kept masks stay as low-res logits; ``FastMaskSet.iter_windows`` brings them to full
   resolution one at a time, inside their boxes only, bit-identical to the stock chain.

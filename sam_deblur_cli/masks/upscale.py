@@ -77,7 +77,8 @@ class ExactUpscaler:
     are computed, pixel by pixel. The taps and the rounding of ``combine`` are read off
     torch's kernel once per image size and checked bit for bit; if the check fails, the
     full-resolution chain is used instead (same results, slower). Below a 2x upscale the
-    cells save too little, and the full-resolution chain is used too (``by_rows``).
+    cells save too little, and the full-resolution chain is used too (``by_rows``, the
+    name of the flag from when the saving went by rows: True for the cell-wise path).
     """
 
     def __init__(
