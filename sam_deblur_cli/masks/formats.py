@@ -105,36 +105,14 @@ def read_segmask_png(path: str | Path) -> np.ndarray:
 def write_groups_npz(path: str | Path, labels: np.ndarray) -> Path:
     """Save a label map as the upstream groups file (key ``masks``, bool G x 1 x H x W).
 
-    The file is what ``np.savez_compressed(file, masks=groups_from_labels(labels))`` writes
-    (one deflated ``masks.npy`` member, zip64), but the slices are made and compressed one
-    at a time: the G x H x W stack (3 GB for 256 groups at 12 MP) never exists in memory.
+    ``np.load`` gives what ``np.savez_compressed(file, masks=groups_from_labels(labels))``
+    stored (one deflated zip64 ``masks.npy`` member), but the G x H x W stack (3 GB for 256
+    groups at 12 MP) never exists: ``groups_npz`` compresses only the parts of each slice
+    where its group has pixels, in a few threads, and reuses one compressed run of zeros.
     """
-    return _write_file(path, lambda handle: _write_groups(handle, labels))
+    from sam_deblur_cli.masks.groups_npz import write_groups
 
-
-def _write_groups(handle: IO[bytes], labels: np.ndarray) -> None:
-    import zipfile
-
-    count = count_groups(labels)
-    height, width = labels.shape
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(np.bool_)),
-        "fortran_order": False,
-        "shape": (count, 1, height, width),
-    }
-    # A narrower copy when it fits: each slice is one pass over the labels.
-    narrow = np.int16 if count <= np.iinfo(np.int16).max else labels.dtype
-    compact = labels.astype(narrow, copy=False)
-    group = np.empty((height, width), dtype=np.bool_)
-    row_bytes = group.reshape(-1).view(np.uint8).data  # 1-D bytes view of one slice
-    with (
-        zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf,
-        zf.open("masks.npy", "w", force_zip64=True) as member,  # as numpy does (gh-10776)
-    ):
-        np.lib.format.write_array_header_1_0(member, header)
-        for label in range(count):
-            np.equal(compact, label, out=group)
-            member.write(row_bytes)
+    return _write_file(path, lambda handle: write_groups(handle, labels))
 
 
 def read_groups_npz(path: str | Path) -> np.ndarray:

@@ -101,9 +101,18 @@ def check_guide(kind: GuideKind, guide: np.ndarray | None, shape: tuple[int, ...
 
 def result_from_maskset(maskset: MaskSet) -> MaskResult:
     """Encode generated masks (generator order) into segmask and groups, upstream's way."""
-    from sam_deblur_cli.masks.encode import count_groups, encode_segmask, labels_from_segmask
+    from sam_deblur_cli.masks.encode import (
+        count_groups,
+        encode_segmask,
+        encode_segmask_windows,
+        labels_from_segmask,
+    )
 
-    segmask = encode_segmask(maskset.iter_masks(), maskset.shape)
+    windows = getattr(maskset, "iter_windows", None)  # masks inside their boxes (fast set)
+    if windows is not None:
+        segmask = encode_segmask_windows(windows(), maskset.shape)
+    else:
+        segmask = encode_segmask(maskset.iter_masks(), maskset.shape)
     labels = labels_from_segmask(segmask)
     return MaskResult(segmask, labels, count_groups(labels), len(maskset), maskset)
 
