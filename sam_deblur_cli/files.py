@@ -126,7 +126,7 @@ def raise_if_out_of_space(exc: OSError, path: Path) -> None:
     reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
     folder = path.parent
     try:
-        free = f"{_size(shutil.disk_usage(folder).free)} free in {folder}"
+        free = f"{human_size(shutil.disk_usage(folder).free)} free in {folder}"
     except OSError:
         free = f"free space in {folder} unknown"
     raise OutOfSpaceError(
@@ -135,11 +135,12 @@ def raise_if_out_of_space(exc: OSError, path: Path) -> None:
     ) from exc
 
 
-def _size(count: int) -> str:
+def human_size(count: int) -> str:
+    """``count`` bytes for people, in decimal units: ``512 B``, ``2.4 GB``."""
     size = float(count)
-    for unit in ("bytes", "KB", "MB", "GB"):
+    for unit in ("B", "kB", "MB", "GB"):
         if size < 1000 or unit == "GB":
-            return f"{count} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     raise AssertionError("unreachable")
 

@@ -25,14 +25,9 @@ app.add_typer(weights_app, name="weights")
 
 
 def _human_size(size: int | None) -> str:
-    if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
+    from sam_deblur_cli.files import human_size
+
+    return "?" if size is None else human_size(size)
 
 
 def _source_text(entry: lib.Entry) -> str:
