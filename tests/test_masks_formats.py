@@ -128,6 +128,21 @@ def test_npz_written_slice_by_slice_is_what_np_savez_compressed_wrote(
     np.testing.assert_array_equal(stack, expected)
 
 
+def test_npz_bytes_depend_only_on_the_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rerun (after a kill, on another day) must write the very file an unbroken run wrote.
+    import time
+
+    labels = result_from_maskset(blob_maskset()).labels
+    first = write_groups_npz(tmp_path / "first.npz", labels).read_bytes()
+    monkeypatch.setattr(time, "time", lambda: 4_102_444_800.0)  # 2100-01-01
+    monkeypatch.setattr(time, "localtime", lambda *_: time.gmtime(4_102_444_800))
+    assert write_groups_npz(tmp_path / "again.npz", labels).read_bytes() == first
+    with zipfile.ZipFile(tmp_path / "first.npz") as zf:
+        assert zf.infolist()[0].date_time == (1980, 1, 1, 0, 0, 0)
+
+
 @pytest.mark.parametrize("level", [0, 1, 6])
 def test_npz_in_many_segments_loads_as_the_stack_with_its_crc(tmp_path: Path, level: int) -> None:
     # Blobs (most segments of a slice empty, so the shared zero segment is used), -1 pixels,

@@ -14,7 +14,8 @@ into one valid deflate stream, as pigz does):
 
 The CRC-32 of the whole member is combined from per-segment CRCs (zlib's crc32_combine,
 written out here because Python's zlib lacks it). The zip headers are written by hand with
-the layout ``zipfile`` itself writes for a zip64 member.
+the layout ``zipfile`` itself writes for a zip64 member, stamped 1980-01-01 (reproducible
+bytes, as reproducible-build tools stamp archives).
 
 Pure numpy + zlib; imported on first use by ``formats``.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -199,10 +199,10 @@ def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
 
 
 def _dos_time() -> tuple[int, int]:
-    """Now as zip's (time, date) fields, local time as zipfile stamps members."""
-    t = time.localtime()
-    clock = (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2)
-    return clock, ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
+    """Zip's (time, date) fields for the member: always 1980-01-01 00:00, zip's epoch, so the
+    same label map gives the same bytes whenever it is written (a rerun after a kill ends with
+    the files an unbroken run writes; the file's own mtime still says when)."""
+    return 0, (0 << 9) | (1 << 5) | 1
 
 
 def _local_header(stamp: tuple[int, int], crc: int, packed: int, raw: int) -> bytes:
