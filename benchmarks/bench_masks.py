@@ -2,7 +2,10 @@
 
 Each side runs in its own subprocess (so peak memory does not mix) and is timed stage by
 stage: image encoder, mask decoder, post-processing (stability, boxes, NMS, full-resolution
-masks, the segmask encoding), total. Scenarios:
+masks, the segmask encoding), total. Our side also writes the default mask files
+(``--formats``; stock: the generator and the segmask only) and reports a profile of its
+post-processing (``PROFILE``: exact upscaling statistics, NMS, masks + segmask, label map,
+each writer). Scenarios:
 
 (a) ``vitb``: vit_b with random weights at 720p, default thresholds (encoder/decoder bound);
 (b) ``controlled``: a tiny SAM whose decoder output is replaced, in both generators, by
@@ -195,11 +198,18 @@ class _StageTimer:
 
 
 def run_side(
-    side: str, scenario: str, shape: tuple[int, int], points: int, threads: int = 0
+    side: str,
+    scenario: str,
+    shape: tuple[int, int],
+    points: int,
+    threads: int = 0,
+    formats: str = "",
 ) -> dict[str, Any]:
     """Generate masks once and encode the segmask; return stage times and peak RSS.
 
-    ``threads`` > 0 sets torch's intra-op threads (0: torch's default).
+    ``threads`` > 0 sets torch's intra-op threads (0: torch's default). ``formats`` (ours
+    only, e.g. "segmask,npz,overlay"): also make the label map and write those files, each
+    timed. Our side's post-processing is profiled stage by stage (``profile``).
     """
     import torch
 
@@ -229,20 +239,9 @@ def run_side(
         with torch.inference_mode():
             anns = gen.generate(image)
         count = len(anns)
-        masks = iter([a["segmentation"] for a in anns])
+        segmask = encode_segmask(iter([a["segmentation"] for a in anns]), shape)
     else:
-        from sam_deblur_cli.masks.fast import FastMaskGenerator
-        from sam_deblur_cli.masks.recipe import AmgParams
-
-        fast = FastMaskGenerator(sam, AmgParams(points_per_side=points))
-        if controlled is not None:
-            patch_fast(fast, timer.wrap("decoder", controlled))
-        else:
-            fast.decode_points = timer.wrap("decoder", fast.decode_points)  # type: ignore[method-assign]
-        maskset = fast.generate(image)
-        count = len(maskset)
-        masks = maskset.iter_masks()
-    segmask = encode_segmask(masks, shape)
+        count, segmask = _run_ours(sam, image, points, controlled, timer, formats)
     total = time.perf_counter() - start
     seconds = dict(timer.seconds)
     seconds["total"] = total
@@ -262,6 +261,66 @@ def run_side(
     }
 
 
+# Our post-processing stages as the profile names them (wall and CPU seconds each).
+PROFILE = (
+    "upscale stats",
+    "nms",
+    "masks + segmask",
+    "label map",
+    "write segmask",
+    "write npz",
+    "write overlay",
+)
+
+
+def _run_ours(
+    sam: Any,
+    image: np.ndarray,
+    points: int,
+    controlled: ControlledLogits | None,
+    timer: _StageTimer,
+    formats: str,
+) -> tuple[int, np.ndarray]:
+    """Our generator with every post-processing stage timed (``PROFILE``); the formats in
+    ``formats`` are written to a temporary folder. Returns (masks, segmask)."""
+    import tempfile
+
+    from sam_deblur_cli.amg import AmgParams
+    from sam_deblur_cli.masks import MaskResult
+    from sam_deblur_cli.masks import formats as f
+    from sam_deblur_cli.masks.encode import (
+        count_groups,
+        encode_segmask_windows,
+        labels_from_segmask,
+    )
+    from sam_deblur_cli.masks.fast import FastMaskGenerator
+    from sam_deblur_cli.masks.upscale import ExactUpscaler
+
+    ExactUpscaler.stats = timer.wrap("upscale stats", ExactUpscaler.stats)  # type: ignore[method-assign]
+    fast = FastMaskGenerator(sam, AmgParams(points_per_side=points))
+    fast._nms = timer.wrap("nms", fast._nms)  # type: ignore[method-assign]
+    if controlled is not None:
+        patch_fast(fast, timer.wrap("decoder", controlled))
+    else:
+        fast.decode_points = timer.wrap("decoder", fast.decode_points)  # type: ignore[method-assign]
+    maskset = fast.generate(image)
+    shape = maskset.shape
+    segmask = timer.wrap("masks + segmask", encode_segmask_windows)(maskset.iter_windows(), shape)
+    names = [n for n in formats.split(",") if n]
+    if names:
+        labels = timer.wrap("label map", labels_from_segmask)(segmask)
+        result = MaskResult(segmask, labels, count_groups(labels), len(maskset), maskset)
+        writers = {
+            "segmask": lambda path: f.write_segmask_png(path, segmask),
+            "npz": lambda path: f.write_groups_npz(path, labels),
+            "overlay": lambda path: f.write_overlay_png(path, image, result),
+        }
+        with tempfile.TemporaryDirectory() as folder:
+            for name in names:
+                timer.wrap(f"write {name}", writers[name])(Path(folder) / name)
+    return len(maskset), segmask
+
+
 def _cells(shape: tuple[int, int]) -> int:
     """Partition size giving a realistic ~300-400 kept masks with a 32 x 32 grid."""
     return 420
@@ -272,7 +331,7 @@ def _cells(shape: tuple[int, int]) -> int:
 
 
 def _spawn(
-    side: str, scenario: str, shape: tuple[int, int], points: int, threads: int
+    side: str, scenario: str, shape: tuple[int, int], points: int, threads: int, formats: str = ""
 ) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -280,6 +339,7 @@ def _spawn(
         "benchmarks.bench_masks",
         "--threads",
         str(threads),
+        f"--formats={formats}",
         "--child",
         side,
         scenario,
@@ -327,6 +387,10 @@ def _table(results: list[dict[str, Any]]) -> str:
                 s, o = r["stock"][key].get(stage, 0.0), r["ours"][key].get(stage, 0.0)
                 cells.append(f"{s:.2f} | {o:.2f} | " + (f"{s / o:.1f}x" if o > 0 else "-"))
             lines.append(f"{name} | {stage} | {cells[0]} | {cells[1]} |")
+        for stage in PROFILE:  # ours only: where our post-processing goes
+            if stage in r["ours"]["seconds"]:
+                wall, cpu = r["ours"]["seconds"][stage], r["ours"]["cpu_seconds"][stage]
+                lines.append(f"{name} | ours: {stage} | - | {wall:.2f} | | - | {cpu:.2f} | |")
         s_mem, o_mem = r["stock"]["peak_rss_gb"], r["ours"]["peak_rss_gb"]
         lines.append(
             f"{name} | peak RSS GB | {s_mem:.2f} | {o_mem:.2f} | {s_mem / o_mem:.1f}x | | | |"
@@ -347,12 +411,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (default: torch's)"
     )
+    parser.add_argument(
+        "--formats",
+        default="segmask,npz,overlay",
+        help="files our side also writes, timed (default: sam-deblur masks' defaults)",
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         side, scenario, size, points = args.child
         h, w = (int(v) for v in size.split("x"))
-        print(json.dumps(run_side(side, scenario, (h, w), int(points), args.threads)))
+        result = run_side(side, scenario, (h, w), int(points), args.threads, args.formats)
+        print(json.dumps(result))
         return
     results = []
     for name, scenario, shape, points in _scenarios(args.quick):
@@ -360,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
             continue
         row = {"name": name, "scenario": scenario, "shape": shape, "points": points}
         for side in ("stock", "ours"):
-            row[side] = _spawn(side, scenario, shape, points, args.threads)
+            formats = args.formats if side == "ours" else ""
+            row[side] = _spawn(side, scenario, shape, points, args.threads, formats)
         results.append(row)
         print(_table([row]), flush=True)
     print()

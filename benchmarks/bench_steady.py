@@ -39,8 +39,8 @@ def run(arch: str, device: str, repeat: int, *, smoke: bool = False) -> dict[str
     from benchmarks.bench_masks import test_image as photo
     from benchmarks.common import time_it
     from benchmarks.stock_pipeline import CONTROLLED_CELLS, register_tiny_arch
+    from sam_deblur_cli.amg import AmgParams
     from sam_deblur_cli.masks.fast import FastMaskGenerator
-    from sam_deblur_cli.masks.recipe import AmgParams
 
     register_tiny_arch()
     torch.manual_seed(0)

@@ -116,6 +116,7 @@ def upstream_side(
 def our_side(
     args: argparse.Namespace, batches: list[Any], device: torch.device
 ) -> dict[str, float]:
+    from sam_deblur_cli.nets import NetConfig
     from sam_deblur_cli.train.config import TrainConfig, check
     from sam_deblur_cli.train.data import TrainImage
     from sam_deblur_cli.train.loop import Trainer
@@ -125,10 +126,12 @@ def our_side(
             TrainConfig(
                 data=".",
                 run_dir=run,
-                variant="map",
-                width=args.width,
-                enc_blocks=tuple(args.enc),
-                dec_blocks=(1,) * len(args.enc),
+                net=NetConfig(
+                    variant="map",
+                    width=args.width,
+                    enc_blk_nums=tuple(args.enc),
+                    dec_blk_nums=(1,) * len(args.enc),
+                ),
                 batch=args.batch,
                 crop=args.size,
                 precision=args.precision,

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         make_clip(src, frames, width, height)
         input_flicker = flicker(src)
         rows: list[dict[str, Any]] = []
-        from sam_deblur_cli.video.run import SCENE_CUT
+        from sam_deblur_cli.video.keyframes import SCENE_CUT
 
         cut_label = f"every 4 + cut {SCENE_CUT}"
         cases: list[tuple[str, str, tuple[int, float | None] | None, int | str]] = [

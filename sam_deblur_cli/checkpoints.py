@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,8 +42,54 @@ def read_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, Tensor
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist; check the path or download it.")
+    _refuse_non_checkpoint(path)
     raw = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path, mmap)
     return filter_keys(_unwrap(raw, path))
+
+
+# How a checkpoint starts: torch's zip container, a pickle (protocol 2+ opens with PROTO;
+# torch's legacy format too), or a safetensors header (8-byte length, then JSON).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
+_SNIFFED = 1024
+
+
+def _refuse_non_checkpoint(path: Path) -> None:
+    """One accurate sentence for files that are plainly no checkpoint: empty, a web page
+    (what a browser saves from a share page), other text. Binary files pass to the readers."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SNIFFED)
+    except OSError as exc:
+        raise CheckpointError(
+            f"Checkpoint {path} cannot be opened ({exc.strerror or exc}); check its permissions."
+        ) from None
+    if not head:
+        raise CheckpointError(f"Checkpoint {path} is empty (0 bytes); download the file again.")
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTO):
+        return
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in text:
+        raise CheckpointError(
+            f"Checkpoint {path} is a web page (HTML), not a weights file: the browser saved "
+            "the download page instead of the file; download the file itself (.pth or "
+            ".safetensors) and use that."
+        )
+    if _is_text(head) and path.suffix != ".safetensors":
+        raise CheckpointError(
+            f"Checkpoint {path} is a text file, not a weights file; download the real "
+            ".pth or .safetensors file."
+        )
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a multi-byte character cut at the end
+            return False
+        decoded = head[: exc.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\r\n" for c in decoded)
 
 
 def _read_safetensors(path: Path) -> object:
@@ -61,16 +108,57 @@ def _read_pickle(path: Path, mmap: bool = False) -> object:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and _is_zip(path))
+        # torch warns about pickle protocols it did not write; our error says it all.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mapped = mmap and _is_zip(path)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"Checkpoint {path} contains pickled code, which is never run for safety; "
             "use a weights-only checkpoint (a state dict of tensors) or a .safetensors file."
         ) from exc
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    # The file opened (sniffed above), so OSErrors too come from seeking in cut-off data.
+    except (RuntimeError, EOFError, OSError) as exc:
+        _refuse_other_zip(path)
         raise CheckpointError(
-            f"Checkpoint {path} could not be read ({exc}); it may be truncated, download it again."
+            f"Checkpoint {path} is truncated or damaged ({_first_line(exc)}); download it again."
         ) from exc
+    # torch.load raises an open-ended set of types on bytes it cannot parse (KeyError on
+    # text, ValueError...); the user only needs to know the file is no checkpoint.
+    except Exception as exc:
+        raise CheckpointError(
+            f"Checkpoint {path} is not a PyTorch weights file ({_first_line(exc)}); "
+            "download the real .pth or .safetensors file."
+        ) from exc
+
+
+def _refuse_other_zip(path: Path) -> None:
+    """A whole zip archive that torch cannot read holds no checkpoint (torch.save puts a
+    ``data.pkl`` in every one): say so instead of calling it truncated."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    # A damaged directory fails in open-ended ways (struct.error, UnicodeDecodeError, ...):
+    # then the file is a damaged checkpoint, which the caller reports.
+    except Exception:
+        return
+    if not any(name.endswith("data.pkl") for name in names):
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise CheckpointError(
+            f"Checkpoint {path} is a zip archive without a PyTorch state dict (it holds "
+            f"{shown or 'nothing'}); unzip it and use the .pth or .safetensors file inside."
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's text, or a phrase when it has none (EOFError)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    return text.split(". ")[0].rstrip(".") if text else "the data ends early"
 
 
 def _is_zip(path: Path) -> bool:

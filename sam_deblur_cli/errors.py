@@ -7,6 +7,7 @@ Exit codes (documented in the README):
     0  everything worked
     1  at least one input failed (bad image, bad mask file, ...); the others were done
     2  usage or set-up error (bad option, missing weights, no GPU with --require-gpu, ...)
+    3  nothing to do: no input was found (an empty folder, a dataset without images)
     130 interrupted (Ctrl-C)
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_INPUT = 1
 EXIT_SETUP = 2
+EXIT_NOTHING = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -54,6 +56,12 @@ class TooLargeError(InputError):
     """One image does not fit the device's memory in the run's settings (no tiling)."""
 
 
+class NothingToDoError(SamDeblurError):
+    """The run found no input at all; not a failure, but not the success of doing work."""
+
+    exit_code = EXIT_NOTHING
+
+
 class SetupError(SamDeblurError):
     """The run cannot start: fix the command line or the installation first."""
 
@@ -86,3 +94,8 @@ class CheckpointError(WeightsError):
 
 class DeviceError(SetupError):
     """The requested device or precision is not available."""
+
+
+class OutOfSpaceError(SetupError):
+    """A write met a full disk, a quota or a file-size limit (ENOSPC, EDQUOT, EFBIG): the
+    run stops there, since every later write would fail too; nothing is left half-written."""

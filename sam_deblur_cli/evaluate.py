@@ -22,12 +22,13 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sam_deblur_cli.errors import InputError, MaskError, UsageError
+from sam_deblur_cli.datasets import Dataset, Issue, Pair, list_pairs
+from sam_deblur_cli.errors import InputError, MaskError, NothingToDoError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,39 +45,6 @@ MasksFrom = Literal["auto", "dataset", "sam"]
 
 # progress(done, total, name): called after each pair, ``name`` being the pair just done.
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Where the pairs live. Mask folders are None when the dataset has none."""
-
-    blurred: Path
-    sharp: Path
-    segmasks: Path | None = None  # upstream input_mask/: uint8 segmask PNGs
-    groups: Path | None = None  # upstream grouped_masks/: npz boolean stacks
-
-    @property
-    def has_masks(self) -> bool:
-        return self.segmasks is not None or self.groups is not None
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One file stem. ``blurred`` or ``sharp`` is None when that side is missing."""
-
-    name: str
-    blurred: Path | None
-    sharp: Path | None
-    mask: Path | None = None
-
-
-@dataclass(frozen=True)
-class Issue:
-    """A pair (``model`` None) or one model's result on it that could not be evaluated."""
-
-    name: str
-    model: str | None
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -218,47 +186,6 @@ def resolve_protocol(settings: EvalSettings) -> Protocol:
     )
 
 
-def open_dataset(source: Path, sharp: Path | None = None) -> Dataset:
-    """Resolve ``BLUR_DIR SHARP_DIR`` or a dataset root (``input/``, ``target/``, or ``test/``
-    holding them); raise UsageError when the folders are not there."""
-    if sharp is not None:
-        for folder in (source, sharp):
-            if not folder.is_dir():
-                raise UsageError(f"{folder} is not a folder; pass a folder of images.")
-        return Dataset(blurred=source, sharp=sharp)
-    root = source / "test" if not (source / "input").is_dir() else source
-    if not ((root / "input").is_dir() and (root / "target").is_dir()):
-        raise UsageError(
-            f"{source} has no input/ and target/ folders; pass a dataset root in the upstream "
-            "layout or two folders, BLUR_DIR SHARP_DIR."
-        )
-    return Dataset(
-        blurred=root / "input",
-        sharp=root / "target",
-        segmasks=_dir_or_none(root / "input_mask"),
-        groups=_dir_or_none(root / "grouped_masks"),
-    )
-
-
-def list_pairs(dataset: Dataset) -> tuple[list[Pair], list[Issue]]:
-    """Pair image files by stem, sorted by name; incomplete pairs are kept, ambiguous stems
-    (``a.png`` beside ``a.jpg``) are returned as issues."""
-    from sam_deblur_cli.imageio import SUPPORTED_SUFFIXES
-
-    blurred, issues = _images_by_stem(dataset.blurred, SUPPORTED_SUFFIXES)
-    sharp, sharp_issues = _images_by_stem(dataset.sharp, SUPPORTED_SUFFIXES)
-    segmasks, _ = _images_by_stem(dataset.segmasks, frozenset({".png"}))
-    groups, _ = _images_by_stem(dataset.groups, frozenset({".npz"}))
-    issues += sharp_issues
-    ambiguous = {issue.name for issue in issues}
-    names = sorted((blurred.keys() | sharp.keys()) - ambiguous)
-    pairs = [
-        Pair(name, blurred.get(name), sharp.get(name), segmasks.get(name) or groups.get(name))
-        for name in names
-    ]
-    return pairs, issues
-
-
 def evaluate(
     dataset: Dataset,
     settings: EvalSettings,
@@ -268,12 +195,18 @@ def evaluate(
 ) -> EvalResult:
     """Run every model of ``settings`` on every pair of ``dataset`` and measure it.
 
-    Raises UsageError for bad settings and lets set-up errors of the models (missing
+    Raises UsageError for bad settings, NothingToDoError (before any model loads) for a
+    dataset without images, and lets set-up errors of the models (missing
     weights, unavailable device) through; per-input problems end up in ``issues``.
     """
     masks_from = _check_settings(settings, dataset)
     protocol = resolve_protocol(settings)
     pairs, issues = list_pairs(dataset)
+    if not pairs:
+        raise NothingToDoError(
+            f"{dataset.blurred} holds no images to evaluate; put the blurred images there and "
+            f"the sharp ones, with the same names, in {dataset.sharp}."
+        )
     if settings.limit is not None:
         pairs = pairs[: settings.limit]
     models = _load_models(settings, protocol, manifest)
@@ -525,32 +458,6 @@ def _load_models(
         )
         models[name] = Deblurrer(deblur_settings, manifest=manifest, load_sam=False)
     return models
-
-
-def _images_by_stem(
-    folder: Path | None, suffixes: frozenset[str]
-) -> tuple[dict[str, Path], list[Issue]]:
-    """Files of ``folder`` with one of ``suffixes`` (any case) by stem; hidden files ignored."""
-    found: dict[str, Path] = {}
-    issues: list[Issue] = []
-    for path in _files(folder):
-        if path.suffix.lower() not in suffixes or path.name.startswith("."):
-            continue
-        if path.stem in found:
-            reason = f"{found[path.stem].name} and {path.name} share a name; keep one of them."
-            issues.append(Issue(path.stem, None, reason))
-        found[path.stem] = path
-    return found, issues
-
-
-def _files(folder: Path | None) -> Iterator[Path]:
-    if folder is None:
-        return iter(())
-    return (path for path in sorted(folder.iterdir()) if path.is_file())
-
-
-def _dir_or_none(path: Path) -> Path | None:
-    return path if path.is_dir() else None
 
 
 def _size(rgb: np.ndarray) -> str:

@@ -11,8 +11,9 @@ Only what a run needs is loaded: a model without a mask guide never builds SAM, 
 run whose masks come from files builds it only if an image without a mask file shows up.
 Heavy modules (torch, the networks, SAM) are imported inside the functions that use them.
 
-Planning outputs lives in ``sam_deblur_cli.batch.plan`` (its names are re-exported here, as
-before the split); running many files is ``sam_deblur_cli.batch.local.run_batch``, one layer up.
+Output names come from ``sam_deblur_cli.naming``; planning many inputs is
+``sam_deblur_cli.batch.plan`` and running them ``sam_deblur_cli.batch.local.run_batch``, one
+layer up.
 """
 
 from __future__ import annotations
@@ -26,51 +27,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from sam_deblur_cli.batch.plan import (
-    Job,
-    check_jobs,
-    default_output,
-    output_suffix,
-    overlay_path,
-    plan_batch,
-    plan_files,
-    scan_folder,
-)
 from sam_deblur_cli.errors import InputError, UsageError
+from sam_deblur_cli.naming import default_output, overlay_path
 
 if TYPE_CHECKING:
     import numpy as np
 
     from sam_deblur_cli.imageio import Picture
     from sam_deblur_cli.masks import MaskGenerator, MaskResult
-    from sam_deblur_cli.nets import NetConfig
+    from sam_deblur_cli.nets import GuideKind, NetConfig
     from sam_deblur_cli.weights import Entry, Manifest
 
-__all__ = [  # the planning names are re-exports from sam_deblur_cli.batch.plan
+__all__ = [
     "STAGES",
     "DeblurSettings",
     "Deblurrer",
     "FileOptions",
-    "Job",
     "Record",
     "as_float_rgb",
     "as_uint8_rgb",
-    "check_jobs",
     "deblur_array",
     "deblur_file",
-    "default_output",
     "normalize_tile",
-    "output_suffix",
-    "overlay_path",
-    "plan_batch",
-    "plan_files",
-    "scan_folder",
 ]
 
 logger = logging.getLogger(__name__)
 
 Record = dict[str, Any]
-GuideKind = Literal["none", "segmask", "labels"]
 STAGES = ("read", "masks", "deblur", "write")
 
 
@@ -160,17 +143,36 @@ class Deblurrer:
         self.recipe = self._effective_recipe()
         self.tlc = self.entry.tlc if settings.tlc is None else settings.tlc
         self._generator: MaskGenerator | None = None
-        checkpoint = weights.ensure_weights(self.entry, offline=settings.offline, progress=progress)
-        self.net = self._load_network(checkpoint)
-        self.needs_masks = self.guide_kind != "none"
-        if self.needs_masks:
+        checkpoint = self._ensure_network(progress)
+        # Whether masks are needed shows in the entry already: SAM's weights are found (or
+        # their absence reported) before the network is built.
+        masked = self.recipe is not None and self.entry.needs_masks
+        if masked:
             self._generator = next(
                 (o._generator for o in share_sam_with if self._same_masks(o) and o._generator),
                 None,
             )
-        if self.needs_masks and load_sam and self._generator is None:
+        if masked and load_sam and self._generator is None:
             self._ensure_sam(progress)
+        self.net = self._load_network(checkpoint)
+        self.needs_masks = self.guide_kind != "none"
+        if self.needs_masks and load_sam and self._generator is None:
             self._mask_generator()
+
+    def _ensure_network(self, progress: Any) -> Path:
+        """The network's weights file; a page-hosted one that is missing names the Hub model
+        that works at once too."""
+        from sam_deblur_cli import weights
+        from sam_deblur_cli.errors import WeightsNotFoundError
+        from sam_deblur_cli.weights.store import with_alternative
+
+        offline = self.settings.offline
+        try:
+            return weights.ensure_weights(self.entry, offline=offline, progress=progress)
+        except WeightsNotFoundError as exc:
+            if self.entry.on_hub or self.entry.kind != "deblur":
+                raise
+            raise with_alternative(exc, self.manifest) from None
 
     def _same_masks(self, other: Deblurrer) -> bool:
         """Whether ``other``'s mask generator makes exactly the masks this model needs."""
@@ -184,7 +186,7 @@ class Deblurrer:
     @property
     def guide_kind(self) -> GuideKind:
         """``"none"`` (plain), ``"segmask"`` (CAT) or ``"labels"`` (MAP)."""
-        return cast(GuideKind, self.net.guide_kind)
+        return cast("GuideKind", self.net.guide_kind)
 
     @property
     def recipe_key(self) -> str:
@@ -421,20 +423,34 @@ class Deblurrer:
 
     def new_record(self, src: Path, dst: Path | None) -> Record:
         """A record for ``src`` with this run's model, device and tile filled in."""
-        return {
-            "input": str(src),
-            "output": None if dst is None else str(dst),
-            "status": "pending",
-            "error": None,
-            "seconds": {},
-            "masks": None,
-            "groups": None,
-            "model": self.entry.name,
-            "device": self.placement.device,
-            "precision": self.placement.precision,
-            "tile": self.tile,
-            "tlc": self.tlc,
-        }
+        record = blank_record(src, dst, self.settings)
+        record.update(
+            model=self.entry.name,
+            device=self.placement.device,
+            precision=self.placement.precision,
+            tile=self.tile,
+            tlc=self.tlc,
+        )
+        return record
+
+
+def blank_record(src: Path, dst: Path | None, settings: DeblurSettings) -> Record:
+    """A record for ``src`` before any model is loaded (inputs settled by the checks that
+    need none): the settings as given, so ``device`` may still read "auto" and ``tlc`` None."""
+    return {
+        "input": str(src),
+        "output": None if dst is None else str(dst),
+        "status": "pending",
+        "error": None,
+        "seconds": {},
+        "masks": None,
+        "groups": None,
+        "model": settings.model,
+        "device": settings.device,
+        "precision": settings.precision,
+        "tile": normalize_tile(settings.tile),
+        "tlc": settings.tlc,
+    }
 
 
 def as_float_rgb(rgb: np.ndarray) -> np.ndarray:

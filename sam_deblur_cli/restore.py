@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from sam_deblur_cli.errors import DeviceError, TooLargeError, UsageError
 
 if TYPE_CHECKING:
-    from sam_deblur_cli.masks import GuideKind
+    from sam_deblur_cli.nets import GuideKind
     from sam_deblur_cli.nets.map import SegNAFNet
 
 logger = logging.getLogger(__name__)

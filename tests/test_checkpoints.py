@@ -103,7 +103,7 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path: Path, writer: str) -> 
     ("name", "content", "match"),
     [
         ("missing.pth", None, "does not exist"),
-        ("cut.pth", b"PK\x03\x04 truncated zip", "could not be read"),
+        ("cut.pth", b"PK\x03\x04 truncated zip", "is truncated or damaged"),
         ("cut.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{", "not a readable safetensors"),
     ],
 )

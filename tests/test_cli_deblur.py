@@ -243,7 +243,7 @@ def test_a_failure_mid_write_leaves_no_partial_file(
     photo = _photo(tmp_path / "in" / "a.png")
     monkeypatch.setattr(Image.Image, "save", half_written)
     code, _, err = _run(capsys, photo, "-o", tmp_path / "out" / "a.png", *PLAIN)
-    assert code == 1 and "No space left" in err
+    assert code == 2 and "No space left" in err  # out of space stops the run (exit 2)
     leftovers = list((tmp_path / "out").rglob("*")) if (tmp_path / "out").exists() else []
     assert leftovers == []
 

@@ -17,6 +17,8 @@ from sam_deblur_cli.cli.app import app
 from sam_deblur_cli.cli.options import (
     MaskRecipeOptions,
     OutputMode,
+    TrainDataOptions,
+    TrainNetOptions,
     legacy_json_path,
     takes_groups,
 )
@@ -70,6 +72,38 @@ def test_commands_sharing_an_option_spell_it_the_same_way() -> None:
     assert mismatched == {}
 
 
+# Spellings whose help is worded per command while meaning one thing: where the command
+# writes (-o), what it writes (-f), the model(s) it runs, where its masks come from.
+WORDED_PER_COMMAND = {"--output", "-o", "--format", "-f", "--model", "-m", "--masks-from"}
+
+
+def test_a_shared_spelling_means_one_thing_in_every_command() -> None:
+    meanings: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for path, command in _commands().items():
+        for option in _options(command):
+            if not option.hidden:  # an old spelling kept for scripts means what it meant
+                for name in _spellings(option):
+                    meanings[name][option.help or ""].append(path)
+    assert len(meanings["--tlc"]) == 1 and len(meanings["--device"]) == 1
+    ambiguous = {
+        name: dict(helps)
+        for name, helps in meanings.items()
+        if len(helps) > 1 and name not in WORDED_PER_COMMAND
+    }
+    assert ambiguous == {}
+
+
+def test_trains_old_spellings_parse_into_the_new_options() -> None:
+    old = _parse("train", ["data", "-o", "run", "--workers", "0", "--tlc"])
+    assert (old["workers"], old["tlc"]) == (0, True)
+    new = _parse("train", ["data", "-o", "run", "--data-workers", "2", "--default-tlc"])
+    assert (new["data_workers"], new["workers"], new["default_tlc"]) == (2, None, True)
+    assert TrainDataOptions(workers=0).loader_workers == 0
+    assert TrainDataOptions(data_workers=2).loader_workers == 2
+    assert TrainNetOptions(tlc=False, default_tlc=True).registered_tlc is False
+    assert TrainNetOptions(default_tlc=True).registered_tlc is True
+
+
 def test_every_worker_takes_the_shared_vocabulary() -> None:
     commands = _commands()
     for path in WORKERS:
@@ -100,7 +134,8 @@ def test_old_spellings_are_hidden_options() -> None:
         for name in option.opts
     }
     assert {("masks", "--stock"), ("eval", "--fast-masks")} <= hidden
-    assert {name for _, name in hidden} == {"--stock", "--fast-masks"}
+    assert {("train", "--workers"), ("train", "--tlc")} <= hidden
+    assert {name for _, name in hidden} == {"--stock", "--fast-masks", "--workers", "--tlc"}
 
 
 @pytest.mark.parametrize("command", ["masks", "eval"])

@@ -45,6 +45,26 @@ def test_train_registers_a_local_model_that_deblurs_at_once(
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     assert main(argv) == 2
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    # removing the trained model says what it does: the name goes, the file stays
+    removal = CliRunner().invoke(app, ["weights", "remove", "my-run"])
+    assert removal.exit_code == 0
+    assert removal.stdout == f"my-run\tunregistered\t{(run / 'model.pth').resolve()}\n"
+    assert "its file" in removal.stderr and "was kept" in removal.stderr
+    assert (run / "model.pth").is_file() and "my-run" not in load_manifest().entries
+
+
+@pytest.mark.filterwarnings("error")  # torch warns when workers outnumber the CPUs
+def test_workers_default_to_what_the_machine_has(tiny_env: TinyEnv, tmp_path: Path) -> None:
+    import json
+    import os
+
+    pairs = write_pairs(tmp_path / "pairs")
+    run = tmp_path / "run"
+    argv = ["train", str(pairs), "-o", str(run), "--variant", "plain", "--steps", "1"]
+    no_workers = [arg for arg in TINY if arg not in ("--workers", "0")]
+    assert main([*argv, *no_workers]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["workers"] == min(4, len(os.sched_getaffinity(0)))
 
 
 @pytest.mark.parametrize(

@@ -144,3 +144,107 @@ def test_import_accepts_the_right_file_and_refuses_the_wrong_one(
 def test_unknown_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "path", "no-such-model")
     assert code == 2 and "Unknown model 'no-such-model'" in err
+
+
+class _Payload:
+    """Pickles as a call to ``Path.touch``: a checkpoint carrying code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def _bad_checkpoint(kind: str, path: Path) -> None:
+    """Write the file a user might end up with instead of the checkpoint."""
+    import pickle
+    import zipfile
+
+    good = torch_bytes({"params": tiny_state_dict("map")})
+    if kind == "text":
+        path.write_text("hello\n")
+    elif kind == "html":
+        path.write_text("<!DOCTYPE html>\n<html><head><title>Drive</title></head></html>\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("SAM-Deblur/README.md", "weights are elsewhere")
+    elif kind == "pickled-code":
+        with path.open("wb") as f:  # protocol 4: torch warns about it before refusing
+            pickle.dump({"params": _Payload(path.with_name("pwned"))}, f, protocol=4)
+    else:
+        path.write_bytes(torch_bytes({"params": tiny_state_dict("plain")}))
+
+
+@pytest.mark.filterwarnings("error")  # a library warning reaching the user fails the test
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("text", "is a text file, not a weights file"),
+        ("html", "is a web page (HTML), not a weights file: the browser saved the download page"),
+        ("empty", "is empty (0 bytes); download the file again"),
+        ("truncated", "is truncated or damaged ("),
+        ("zip", "is a zip archive without a PyTorch state dict (it holds SAM-Deblur/README.md)"),
+        ("pickled-code", "contains pickled code, which is never run for safety"),
+        ("wrong-architecture", "does not fit this network (missing keys: pre_seg"),
+    ],
+)
+def test_import_names_what_a_bad_file_is_in_one_line(
+    published: Published,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    says: str,
+) -> None:
+    bad = tmp_path / "TinyMap.pth"
+    _bad_checkpoint(kind, bad)
+    code, out, err = run(capsys, "import", "tiny-map", str(bad))
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {bad} cannot be imported as tiny-map: "), err
+    assert says in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and "Warning" not in err
+    assert not (tmp_path / "pwned").exists()
+    assert run(capsys, "path", "tiny-map")[0] == 2  # nothing was imported
+
+
+def test_an_unreachable_hub_names_the_file_to_import(
+    published: Published, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    code, _, err = run(capsys, "download", "tiny-plain")
+    assert code == 2 and "http://127.0.0.1:9 cannot be reached" in err
+    assert "set HF_ENDPOINT to a mirror" in err
+    assert "`sam-deblur weights import tiny-plain PATH/TO/tiny-plain.pth`" in err
+    assert "https://huggingface.co/org/nets/resolve/" in err  # where the file itself lies
+
+
+def test_a_missing_drive_hosted_model_names_the_hub_model_that_works_at_once(
+    published: Published, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tiny_models import save_photo
+
+    photo = save_photo(tmp_path / "a.png")
+    code = main([str(photo), "-m", "tiny-map", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "`sam-deblur weights import tiny-map PATH/TO/TinyMap.pth`" in err
+    assert "or deblur right away without masks with `-m tiny-plain`" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_list_never_cuts_a_model_name(capsys: pytest.CaptureFixture[str]) -> None:
+    from sam_deblur_cli.cli.output import console
+
+    width = console.width
+    console.width = 80  # a standard terminal: the real manifest's table is wider than that
+    try:
+        code, out, _ = run(capsys, "list")
+    finally:
+        console.width = width
+    assert code == 0 and "…" not in out
+    names = {line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")}
+    assert {entry.name for entry in weights.load_manifest()} <= names

@@ -15,18 +15,15 @@ from PIL import Image
 from tiny_models import TinyEnv
 
 from sam_deblur_cli import metrics
+from sam_deblur_cli.datasets import Dataset, Issue, list_pairs, open_dataset
 from sam_deblur_cli.errors import UsageError
 from sam_deblur_cli.evaluate import (
-    Dataset,
     EvalResult,
     EvalSettings,
     ImageRow,
-    Issue,
     Protocol,
     check_writable,
     evaluate,
-    list_pairs,
-    open_dataset,
     resolve_protocol,
     write_csv,
     write_json,

@@ -135,7 +135,8 @@ def test_fast_masks_on_the_gpu_match_the_cpu(tiny_env: TinyEnv) -> None:
 
 
 def test_eval_on_the_gpu_runs_the_papers_protocol(tiny_env: TinyEnv, tmp_path: Path) -> None:
-    from sam_deblur_cli.evaluate import EvalSettings, evaluate, open_dataset
+    from sam_deblur_cli.datasets import open_dataset
+    from sam_deblur_cli.evaluate import EvalSettings, evaluate
 
     for name in ("astronaut", "chelsea"):
         sharp = small_photo(name, 4)[:96, :128]
@@ -176,9 +177,9 @@ def test_masks_on_the_device_equal_stock_on_cuda_fp32() -> None:
     from mask_bench import bench
     from segment_anything import SamAutomaticMaskGenerator
 
+    from sam_deblur_cli.amg import AmgParams
     from sam_deblur_cli.masks.encode import encode_segmask
     from sam_deblur_cli.masks.fast import FastMaskGenerator
-    from sam_deblur_cli.masks.recipe import AmgParams
 
     sam, image = _sharp_tiny_sam(), bench.test_image((480, 640))
     params = {"points_per_side": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.2}
@@ -204,9 +205,9 @@ def test_masks_on_the_device_equal_stock_on_cuda_fp32() -> None:
 def test_sam_precision_runs_the_encoder_reduced_on_cuda(precision: str) -> None:
     from mask_bench import bench
 
+    from sam_deblur_cli.amg import AmgParams
     from sam_deblur_cli.masks.fast import FastMaskGenerator
     from sam_deblur_cli.masks.precision import apply_sam_precision
-    from sam_deblur_cli.masks.recipe import AmgParams
 
     sam, image = _sharp_tiny_sam(), bench.test_image((480, 640))
     params = AmgParams(points_per_side=16, pred_iou_thresh=0.0, stability_score_thresh=0.2)

@@ -25,7 +25,7 @@ from PIL import Image, ImageCms, ImageOps, JpegImagePlugin
 from skimage import color, data
 
 from sam_deblur_cli import imageio
-from sam_deblur_cli.errors import ImageReadError, ImageWriteError, UsageError
+from sam_deblur_cli.errors import ImageReadError, ImageWriteError, OutOfSpaceError, UsageError
 from sam_deblur_cli.imageio import (
     Picture,
     is_image_path,
@@ -35,6 +35,7 @@ from sam_deblur_cli.imageio import (
     to_uint8,
     write_image,
 )
+from sam_deblur_cli.imageio import formats as image_formats
 
 CAT = data.chelsea()[::6, ::6][:40, :56].copy()  # 40 x 56: not square, so rotations show
 ASTRONAUT = data.astronaut()[::16, ::16].copy()  # 32 x 32
@@ -593,7 +594,7 @@ def test_missing_heif_support_says_what_to_install(
 ) -> None:
     path = tmp_path / "phone.heic"
     path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
-    monkeypatch.setattr(imageio, "_heif_registered", False)
+    monkeypatch.setattr(image_formats, "_heif_registered", False)
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if not installed
     with pytest.raises(ImageReadError, match=r"phone\.heic.*pip install pillow-heif"):
         read_image(path)
@@ -662,9 +663,20 @@ def _listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), None])
+@pytest.mark.parametrize(
+    ("failure", "expected", "reason"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), OutOfSpaceError, "No space left"),
+        (OSError(errno.EIO, "Input/output error"), ImageWriteError, "Input/output error"),
+        (None, KeyboardInterrupt, ""),
+    ],
+)
 def test_failure_mid_write_leaves_no_partial_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: OSError | None
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: OSError | None,
+    expected: type[BaseException],
+    reason: str,
 ) -> None:
     picture = read_image(_save(tmp_path / "in.png", COFFEE))
     out = _save(tmp_path / "out.jpg", ASTRONAUT)  # an older result that must survive
@@ -677,11 +689,9 @@ def test_failure_mid_write_leaves_no_partial_file(
         raise failure if failure is not None else KeyboardInterrupt
 
     monkeypatch.setattr(Image.Image, "save", save_half_then_fail)
-    expected = ImageWriteError if failure is not None else KeyboardInterrupt
     with pytest.raises(expected) as caught:
         write_image(out, picture)
-    if failure is not None:
-        assert "No space left on device" in str(caught.value)
+    assert reason in str(caught.value)
     assert _listing(tmp_path) == before
     assert _sha(out) == digest
 

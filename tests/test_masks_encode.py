@@ -11,6 +11,7 @@ from sam_deblur_cli.errors import MaskError
 from sam_deblur_cli.masks.encode import (
     UNCOVERED,
     encode_segmask,
+    encode_segmask_windows,
     groups_from_labels,
     labels_from_groups,
     labels_from_segmask,
@@ -62,6 +63,23 @@ def test_segmask_matches_the_oracle_with_overlaps_and_clipping(count: int, seed:
     np.testing.assert_array_equal(got, expected)
     if count >= 40:  # the random stacks are deep enough that some pixels clip at 255
         assert (expected == 255).any()
+
+
+@pytest.mark.parametrize(("count", "seed"), [(5, 1), (300, 4)])
+def test_masks_given_as_windows_at_their_boxes_encode_the_same(count: int, seed: int) -> None:
+    shape = (7, 9)
+    masks = random_masks(count, shape, seed)
+    windows = []
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        y0, x0 = (int(ys.min()), int(xs.min())) if ys.size else (0, 0)
+        y1, x1 = (int(ys.max()), int(xs.max())) if ys.size else (0, 0)
+        windows.append(((x0, y0), mask[y0 : y1 + 1, x0 : x1 + 1]))
+    np.testing.assert_array_equal(
+        encode_segmask_windows(windows, shape), oracle_segmask(masks, shape)
+    )
+    with pytest.raises(MaskError, match="reaches past"):
+        encode_segmask_windows([((8, 0), np.ones((1, 2), bool))], shape)
 
 
 def test_negative_weights_past_255_clip_to_zero() -> None:

@@ -14,11 +14,11 @@ import pytest
 import torch
 from mask_bench import bench
 
+from sam_deblur_cli.amg import AmgParams
 from sam_deblur_cli.errors import InputError
 from sam_deblur_cli.masks.encode import encode_segmask
 from sam_deblur_cli.masks.fast import FastMaskGenerator
 from sam_deblur_cli.masks.fast_decoder import FastMaskDecoder
-from sam_deblur_cli.masks.recipe import AmgParams
 
 
 def fast_generator(sam: Any, **settings: Any) -> FastMaskGenerator:

@@ -10,11 +10,11 @@ import torch
 from mask_bench import bench
 from tiny_sam import build_tiny_sam
 
+from sam_deblur_cli.amg import AmgParams
 from sam_deblur_cli.masks import result_from_maskset
 from sam_deblur_cli.masks.encode import encode_segmask
 from sam_deblur_cli.masks.fast import FastMaskGenerator
 from sam_deblur_cli.masks.fast_device import generate_on_device, prompt_batch
-from sam_deblur_cli.masks.recipe import AmgParams
 
 SHAPE = (120, 160)
 PARAMS: dict[str, Any] = {"points_per_side": 8, "pred_iou_thresh": 0.88}

@@ -128,6 +128,52 @@ def test_npz_written_slice_by_slice_is_what_np_savez_compressed_wrote(
     np.testing.assert_array_equal(stack, expected)
 
 
+def test_npz_bytes_depend_only_on_the_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rerun (after a kill, on another day) must write the very file an unbroken run wrote.
+    import time
+
+    labels = result_from_maskset(blob_maskset()).labels
+    first = write_groups_npz(tmp_path / "first.npz", labels).read_bytes()
+    monkeypatch.setattr(time, "time", lambda: 4_102_444_800.0)  # 2100-01-01
+    monkeypatch.setattr(time, "localtime", lambda *_: time.gmtime(4_102_444_800))
+    assert write_groups_npz(tmp_path / "again.npz", labels).read_bytes() == first
+    with zipfile.ZipFile(tmp_path / "first.npz") as zf:
+        assert zf.infolist()[0].date_time == (1980, 1, 1, 0, 0, 0)
+
+
+@pytest.mark.parametrize("level", [0, 1, 6])
+def test_npz_in_many_segments_loads_as_the_stack_with_its_crc(tmp_path: Path, level: int) -> None:
+    # Blobs (most segments of a slice empty, so the shared zero segment is used), -1 pixels,
+    # an empty slice, segments that do not divide the image, both one and two threads.
+    from sam_deblur_cli.masks.groups_npz import write_groups
+
+    labels = labels_from_segmask(result_from_maskset(blob_maskset(20)).segmask) - 1
+    labels[labels == 3] = -1
+    for workers in (1, 2):
+        path = tmp_path / f"g{workers}.npz"
+        with path.open("wb") as handle:
+            write_groups(handle, labels, level=level, chunk=97, workers=workers)
+        with zipfile.ZipFile(path) as archive:
+            assert archive.testzip() is None  # the combined CRC-32 is the member's
+            [info] = archive.infolist()  # level 0: deflate's stored blocks, still deflate
+            assert info.compress_type == zipfile.ZIP_DEFLATED
+        with np.load(path) as data:
+            np.testing.assert_array_equal(data["masks"], groups_from_labels(labels))
+
+
+def test_crc32_combine_is_zlibs() -> None:
+    import zlib
+
+    from sam_deblur_cli.masks.groups_npz import crc32_combine
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 97, 4096, 100_003):
+        a, b = rng.bytes(1 + n // 3), rng.bytes(n)
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), n) == zlib.crc32(a + b)
+
+
 def test_npz_without_the_masks_key_is_a_mask_error(tmp_path: Path) -> None:
     np.savez(tmp_path / "x.npz", other=np.zeros((1, 2, 2), dtype=bool))
     with pytest.raises(MaskError, match="no 'masks' array"):

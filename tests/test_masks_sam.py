@@ -176,7 +176,6 @@ def test_no_cache_runs_sam_every_time(
 def test_fast_path_gives_a_maskset_encoded_the_same_way(
     manifest: weights.Manifest, photo: np.ndarray
 ) -> None:
-    pytest.importorskip("sam_deblur_cli.masks.fast")
     recipe = recipe_of(manifest, amg={"points_per_side": 2})
     result = MaskGenerator("sam-tiny", recipe, manifest=manifest, cache=False)(photo)
     assert result.maskset is not None and len(result.maskset) == result.count

@@ -67,3 +67,23 @@ def test_upscaler_resizes_only_the_low_res_rows_the_crop_reads(
         assert torch.equal(
             up._stock_chain(low), _postprocess_masks(low, bench.input_size_of(shape), shape)
         )
+
+
+@pytest.mark.parametrize("shape", [(2100, 1500), (300, 400)])
+def test_mask_windows_at_their_boxes_hold_the_whole_mask(shape: tuple[int, int]) -> None:
+    """A mask made inside its own box (the box ``stats`` gives) equals the full-resolution
+    mask there, and the mask has no pixel outside it; other windows are exact too."""
+    up = ExactUpscaler(bench.input_size_of(shape), shape, 1024, "cpu")
+    controlled = bench.ControlledLogits(bench.input_size_of(shape), n_cells=30, seed=4)
+    points = torch.tensor([[200.0, 100.0], [600.0, 400.0]])
+    low = controlled(points)[0].flatten(0, 1)
+    with torch.inference_mode():
+        boxes = up.stats(low, 1.0, -1.0, 0.0)[3]
+        full = _postprocess_masks(low, bench.input_size_of(shape), shape) > 0.0
+    for k, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        window = up.mask_window(low[k], 0.0, (x0, y0, x1, y1))
+        assert np.array_equal(window, full[k, y0 : y1 + 1, x0 : x1 + 1].numpy())
+        assert window.sum() == full[k].sum() > 0
+    odd = (7, shape[0] // 3, shape[1] // 2, shape[0] - 2)  # a window across mask edges
+    window = up.mask_window(low[1], 0.0, odd)
+    assert np.array_equal(window, full[1, odd[1] : odd[3] + 1, odd[0] : odd[2] + 1].numpy())

@@ -146,22 +146,22 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
 # docs/DESIGN.md, "Who may import whom": lower numbers sit higher and may import higher numbers.
 LAYERS = {
     "sam_deblur_cli.cli": 1,
-    "sam_deblur_cli.train": 1.5,  # a command's library that reads datasets through evaluate
+    "sam_deblur_cli.train": 2,
     "sam_deblur_cli.batch": 2,
-    "sam_deblur_cli.batch.plan": 5,  # output names and checks, below the Deblurrer that uses them
     "sam_deblur_cli.evaluate": 2,
     "sam_deblur_cli.serve": 2,
+    "sam_deblur_cli.video": 2,
     "sam_deblur_cli.pipeline": 3,
     "sam_deblur_cli.restore": 4,
     "sam_deblur_cli.masks": 5,
     "sam_deblur_cli.metrics": 5,
+    "sam_deblur_cli.naming": 5,
+    "sam_deblur_cli.datasets": 5,
     "sam_deblur_cli.weights": 6,
     "sam_deblur_cli.imageio": 6,
-    "sam_deblur_cli.video": 6,  # PyAV in and out, like imageio for photos
-    "sam_deblur_cli.video.run": 2,  # the video engine: calls the Deblurrer
     "sam_deblur_cli.checkpoints": 7,
     "sam_deblur_cli.nets": 7,
-    "sam_deblur_cli.masks.recipe": 8,  # a plain parameter table the manifest validates against
+    "sam_deblur_cli.amg": 8,
     "sam_deblur_cli.files": 8,
     "sam_deblur_cli.devices": 8,
     "sam_deblur_cli.errors": 9,
@@ -190,3 +190,87 @@ def test_imports_point_down_the_layers() -> None:
             if level <= own and not key.startswith(own_key):
                 upward.append(f"{name} -> {target}")
     assert upward == []
+
+
+def _module_name(path: str) -> str:
+    """``sam_deblur_cli/masks/sam.py`` -> ``sam_deblur_cli.masks.sam`` (a package: its own name)."""
+    return path[: -len(".py")].replace("/", ".").removesuffix(".__init__")
+
+
+def _run_time_imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The import statements under ``node`` that run, inside functions too; only the
+    bodies of ``if TYPE_CHECKING:`` are left out (their ``else`` runs)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.Import | ast.ImportFrom):
+            yield child
+        elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            for statement in child.orelse:
+                yield from _run_time_imports(ast.Module(body=[statement], type_ignores=[]))
+        else:
+            yield from _run_time_imports(child)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each library module -> the library modules it imports when it runs.
+
+    ``from pkg import name`` is an edge to ``pkg.name`` when that is a module, else to
+    ``pkg`` (its ``__init__``); relative imports are resolved against the importing file."""
+    trees = {_module_name(path): (path, tree) for path, tree in modules()}
+    graph: dict[str, set[str]] = {}
+    for name, (path, tree) in trees.items():
+        edges = graph.setdefault(name, set())
+        for node in _run_time_imports(tree):
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names if alias.name in trees)
+                continue
+            base = _absolute(path, node).replace("/", ".")
+            for alias in node.names:
+                if f"{base}.{alias.name}" in trees:
+                    edges.add(f"{base}.{alias.name}")
+                elif base in trees:
+                    edges.add(base)
+        edges.discard(name)
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[str]:
+    """One ``a -> b -> a`` line for each import edge that closes a loop (a depth-first walk)."""
+    cycles: list[str] = []
+    done: set[str] = set()
+
+    def visit(module: str, stack: list[str]) -> None:
+        stack.append(module)
+        for target in sorted(graph.get(module, ())):
+            if target in stack:
+                cycles.append(" -> ".join([*stack[stack.index(target) :], target]))
+            elif target not in done:
+                visit(target, stack)
+        stack.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [])
+    return cycles
+
+
+def test_the_import_cycle_check_sees_loops_through_functions_and_package_inits() -> None:
+    graph = {"p": {"p.a"}, "p.a": {"p.b"}, "p.b": {"p"}, "q": set()}
+    assert import_cycles(graph) == ["p -> p.a -> p.b -> p"]
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from x import hidden\n"
+        "def f():\n    from sam_deblur_cli import errors\n    import sam_deblur_cli.files\n"
+    )
+    found = [ast.unparse(n) for n in _run_time_imports(ast.parse(source))]
+    assert found == [
+        "from typing import TYPE_CHECKING",
+        "from sam_deblur_cli import errors",
+        "import sam_deblur_cli.files",
+    ]
+
+
+def test_no_import_cycles_inside_the_package() -> None:
+    graph = import_graph()
+    assert "sam_deblur_cli.masks.sam" in graph["sam_deblur_cli.masks"]  # from pkg import module
+    assert import_cycles(graph) == []

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import TinyEnv, run_cli, save_photo, write_special_photos
+from tiny_models import TinyEnv, TinyEnvFactory, run_cli, save_photo, write_special_photos
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 from fastapi.testclient import TestClient
@@ -328,3 +328,27 @@ def test_the_serve_command_answers_other_host_names_only_when_bound_beyond_loopb
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_missing_default_model_leaves_the_server_degraded_and_refuses_it_at_once(
+    tiny_env_factory: TinyEnvFactory, tmp_path: Path
+) -> None:
+    tiny_env_factory(imported=["nafnet-gopro"])  # the default segnafnet-gopro is missing
+    settings = ServeSettings(device="cpu", temp_parent=tmp_path)
+    service = Service(settings)
+    with TestClient(create_app(settings, service), base_url="http://localhost") as client:
+        deadline = time.monotonic() + 60
+        while service.load_error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = client.get("/api/health")
+        assert health.status_code == 200
+        assert health.json()["status"] == "degraded" and health.json()["models"] == ["nafnet-gopro"]
+        assert "segnafnet-gopro is not on the Hugging Face Hub" in health.json()["error"]
+        photo = save_photo(tmp_path / "a.png")
+        start = time.monotonic()
+        refused = client.post("/api/deblur", files=_upload(photo), data={"tlc": "false"})
+        assert refused.status_code == 503 and time.monotonic() - start < 2
+        assert refused.json()["detail"].startswith("segnafnet-gopro is not available: ")
+        data = {"tlc": "false", "model": "nafnet-gopro"}
+        assert client.post("/api/deblur", files=_upload(photo), data=data).status_code == 200
+    service.close()

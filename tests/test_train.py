@@ -4,6 +4,7 @@ the exported checkpoint against the spec-written reference."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from sam_deblur_cli.nets.map import sample_dropped
 from sam_deblur_cli.train.config import check
 from sam_deblur_cli.train.data import CropDataset, collate, dihedral
 from sam_deblur_cli.train.loop import Callbacks, Trainer, psnr_loss, validate
-from sam_deblur_cli.train.models import build_model, load_init, net_config
+from sam_deblur_cli.train.models import build_model, load_init
 from sam_deblur_cli.train.run import load_images, mask_source, train_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -161,7 +162,7 @@ def _plain_state_dict(seed: int = 1) -> dict[str, torch.Tensor]:
 
 
 def oracle_config(variant: str) -> NetConfig:
-    return net_config(check(tiny_config(Path("."), Path("."), variant)))
+    return check(tiny_config(Path("."), Path("."), variant)).net
 
 
 @pytest.mark.parametrize("variant", ["cat", "map"])
@@ -201,14 +202,14 @@ def test_init_of_the_same_architecture_is_strict_and_a_wrong_one_is_refused() ->
 
 def test_exported_checkpoint_loads_into_the_spec_reference(pairs: Path, tmp_path: Path) -> None:
     # four levels, as the spec's padding to 16 assumes
-    four = {"enc_blocks": (1, 1, 1, 1), "dec_blocks": (1, 1, 1, 1), "steps": 3}
-    cfg = tiny_config(pairs, tmp_path / "run", "map", **four)
+    cfg = tiny_config(pairs, tmp_path / "run", "map", steps=3)
+    cfg = replace(cfg, net=replace(cfg.net, enc_blk_nums=(1, 1, 1, 1), dec_blk_nums=(1, 1, 1, 1)))
     outcome = train_run(cfg, register=False)
     assert outcome.model_path == tmp_path / "run" / "model.pth"
     raw = torch.load(outcome.model_path, map_location="cpu", weights_only=True)
     assert list(raw) == ["params"]  # upstream's BasicSR format
     sd = raw["params"]
-    net = build_network(net_config(check(cfg)))
+    net = build_network(check(cfg).net)
     load_strict(net, sd)  # every upstream key, every shape
     image = torch.rand(1, 3, 45, 50)
     labels = torch.randint(0, 6, (1, 45, 50))

@@ -18,14 +18,9 @@ from video_clips import (
 )
 
 from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
-from sam_deblur_cli.video.run import (
-    SCENE_CUT,
-    KeyFrames,
-    VideoSettings,
-    run_video,
-    scene_change,
-    work_folder,
-)
+from sam_deblur_cli.video.keyframes import SCENE_CUT, KeyFrames, scene_change
+from sam_deblur_cli.video.resume import work_folder
+from sam_deblur_cli.video.run import VideoSettings, run_video
 from sam_deblur_cli.video.write import EncodeOptions
 
 LOSSLESS = EncodeOptions(codec="libx264rgb", crf=0)

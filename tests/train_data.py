@@ -16,6 +16,7 @@ from scipy import ndimage
 from tiny_models import small_photo
 
 from sam_deblur_cli.masks.formats import write_segmask_png
+from sam_deblur_cli.nets import NetConfig
 from sam_deblur_cli.train.config import TrainConfig
 
 SIZE = 96
@@ -54,10 +55,7 @@ def tiny_config(data: Path, run_dir: Path, variant: str = "map", **changes: obje
     cfg = TrainConfig(
         data=str(data),
         run_dir=str(run_dir),
-        variant=variant,
-        width=8,
-        enc_blocks=(1, 1),
-        dec_blocks=(1, 1),
+        net=NetConfig(variant=variant, width=8, enc_blk_nums=(1, 1), dec_blk_nums=(1, 1)),  # type: ignore[arg-type]
         steps=10,
         batch=4,
         crop=32,

@@ -1,7 +1,8 @@
-"""Many inputs: planning where each goes (``plan``) and running them (``local``).
+"""Many inputs: planning where each goes (``plan``) and running them (``local``, ``ray``,
+``stores``).
 
-Import the modules themselves: ``plan`` sits below the Deblurrer (which names outputs with
-it), ``local`` above it (it runs one). An engine plans with :mod:`.plan` and deblurs each
-job with ``Deblurrer.new_record`` + ``Deblurrer.deblur_into``, as :func:`.local.run_batch`
-does on this machine.
+Import the modules themselves. An engine plans with :mod:`.plan` (output names come from
+:mod:`sam_deblur_cli.naming`, as for a single image) and deblurs each job with
+``Deblurrer.new_record`` + ``Deblurrer.deblur_into``, as :func:`.local.run_batch` does on
+this machine.
 """

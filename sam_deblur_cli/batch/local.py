@@ -3,8 +3,10 @@
 Guarantees (the ones any other engine must keep too): records come back in job order,
 one per job; an existing output is skipped unless ``overwrite``; a failing input is
 recorded and the run goes on; a SetupError or Ctrl-C stops it and no output is left
-half-written (the Deblurrer writes atomically). The next image is decoded in a background
-thread while the current one runs.
+half-written (the Deblurrer writes atomically); so does a full disk (``OutOfSpaceError``,
+which counts the inputs not attempted). Temporary files a killed run left in the output
+folders are removed first. The next image is decoded in a background thread while the
+current one runs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sam_deblur_cli.batch.plan import Job, StoreJob
-from sam_deblur_cli.errors import InputError, SetupError, UsageError
+from sam_deblur_cli.errors import InputError, OutOfSpaceError, SetupError, UsageError
+from sam_deblur_cli.files import remove_stale_temporaries
 
 if TYPE_CHECKING:
     from sam_deblur_cli.imageio import Picture
@@ -59,6 +62,8 @@ def run_batch(
         raise UsageError(
             f"{deblurrer.entry.name} takes no masks; drop --masks or pick a model that does."
         )
+    for folder in dict.fromkeys(job.dst.parent for job in jobs):
+        remove_stale_temporaries(folder)  # a killed run's; a live run's are locked and kept
     records: dict[int, Record] = {}
     todo = []
     for index, job in enumerate(jobs):
@@ -76,8 +81,14 @@ def run_batch(
                 _notify(callbacks.on_start, jobs[index])
                 records[index] = _one_job(deblurrer, jobs[index], decoded, options)
                 _notify(callbacks.on_done, jobs[index], records[index])
-        except BaseException:
+        except BaseException as exc:
             pool.shutdown(wait=True, cancel_futures=True)  # drop the prefetched decode
+            if isinstance(exc, OutOfSpaceError):
+                left = len(todo) - sum(index in records for index in todo)
+                raise OutOfSpaceError(
+                    f"{exc} Stopped there: {left} of {len(jobs)} input(s) not done "
+                    "(the next run does them)."
+                ) from exc
             raise
     return [records[i] for i in range(len(jobs))]
 

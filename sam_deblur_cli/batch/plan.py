@@ -1,8 +1,9 @@
 """Where each input goes: jobs (input -> output) for files and folders, and their checks.
 
-Pure path logic, no pixels: nothing here reads an image. Every engine (the local runner,
-and later Ray, video or a server) plans with these functions, so outputs land in the same
-places whichever runs them. Planning errors are UsageErrors, raised before any work.
+Path logic, no pixels: only :func:`preflight` opens inputs, for their headers. The batch
+engines (local, Ray, object stores) and the default command plan with these functions; output
+names themselves come from :mod:`sam_deblur_cli.naming`, which the single-image flow uses too.
+Planning errors are UsageErrors, raised before any work.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import Literal
 
-from sam_deblur_cli.errors import UsageError
+from sam_deblur_cli.errors import InputError, MaskError, UsageError
+from sam_deblur_cli.naming import default_output, is_video_path, output_suffix
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,11 @@ def plan_files(
     if masks_file is not None and len(sources) > 1:
         raise UsageError("--masks belongs to one image; pass one input, or run them one by one.")
     masks = None if masks_file is None else Path(masks_file)
+    if output is not None and len(sources) > 1 and _names_a_file(output):
+        raise UsageError(
+            f"-o {output} names one file, but {len(sources)} inputs were given; pass a folder "
+            f"(-o {Path(output).stem}/) or one input."
+        )
     if output is None:
         jobs = [Job(src, default_output(src, format), masks) for src in sources]
     elif len(sources) > 1 or output.endswith(("/", os.sep)) or Path(output).is_dir():
@@ -64,25 +72,6 @@ def plan_files(
     return jobs
 
 
-def default_output(src: Path, format: str | None = None) -> Path:
-    """``photo.jpg`` -> ``photo_deblurred.jpg`` beside it (``format`` may change the extension)."""
-    return src.with_name(f"{src.stem}_deblurred{output_suffix(src, format)}")
-
-
-def overlay_path(dst: Path) -> Path:
-    """Where ``--overlay`` puts the mask overlay of output ``dst`` (always a PNG)."""
-    return dst.with_name(f"{dst.stem}_overlay.png")
-
-
-def output_suffix(src: PurePath, format: str | None) -> str:
-    """The output extension: ``format``'s usual one, else the input's own (same format).
-    A video keeps its own container (``format`` names image formats)."""
-    from sam_deblur_cli.imageio import suffix_for_format
-    from sam_deblur_cli.video import is_video_path
-
-    return src.suffix if format is None or is_video_path(src.name) else suffix_for_format(format)
-
-
 def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -> list[Path]:
     """Image and video files of ``in_dir`` (by extension, hidden files skipped), sorted.
 
@@ -91,7 +80,6 @@ def scan_folder(in_dir: Path, *, recursive: bool, exclude: Path | None = None) -
     if not in_dir.is_dir():
         raise UsageError(f"{in_dir} is not a folder; pass the folder that holds the images.")
     from sam_deblur_cli.imageio import is_image_path
-    from sam_deblur_cli.video import is_video_path
 
     pattern = "**/*" if recursive else "*"
     excluded = exclude.resolve() if exclude is not None and exclude.exists() else None
@@ -210,3 +198,79 @@ def listed_lines(list_file: Path) -> list[str]:
         ) from None
     stripped = dict.fromkeys(line.strip() for line in lines)
     return [line for line in stripped if line and not line.startswith("#")]
+
+
+def _names_a_file(output: str) -> bool:
+    """Whether ``-o output`` reads as a file name: an image or video extension, no trailing
+    slash, not an existing folder."""
+    from sam_deblur_cli.imageio import is_image_path
+
+    if output.endswith(("/", os.sep)) or Path(output).is_dir():
+        return False
+    return is_image_path(output) or is_video_path(output)
+
+
+#: A job settled before any model is built: ("skipped", None) or ("failed", the reason).
+Settled = tuple[Literal["skipped", "failed"], str | None]
+
+
+def preflight(
+    jobs: Sequence[Job], *, overwrite: bool, max_pixels: int | None = None
+) -> dict[int, Settled]:
+    """Every check of a plan that needs no model, run before one is built or downloaded.
+
+    Returns the jobs settled already, by index: an existing output without ``overwrite`` is
+    skipped; an input that is missing or whose header does not decode (images; videos must
+    exist), or a missing masks file, fails as that one input. Raises UsageError for what
+    stops the whole run: an output that is a folder, a folder no output can be written to.
+    ``max_pixels`` None: imageio's default limit.
+    """
+    settled: dict[int, Settled] = {}
+    for index, job in enumerate(jobs):
+        if job.dst.is_dir():
+            raise UsageError(f"The output {job.dst} is a folder; give an output file name.")
+        if job.dst.exists() and not overwrite:
+            settled[index] = ("skipped", None)
+            continue
+        try:
+            _check_input(job, max_pixels)
+        except InputError as exc:
+            settled[index] = ("failed", str(exc))
+    for folder in sorted({job.dst.parent for i, job in enumerate(jobs) if i not in settled}):
+        check_writable(folder)
+    return settled
+
+
+def _check_input(job: Job, max_pixels: int | None) -> None:
+    from sam_deblur_cli.imageio import read_header
+
+    if job.masks_file is not None and not job.masks_file.is_file():
+        raise MaskError(f"{job.masks_file}: no such mask file; check the --masks path.")
+    if not is_video_path(job.src):
+        read_header(job.src, **({} if max_pixels is None else {"max_pixels": max_pixels}))
+    elif not job.src.is_file():
+        raise InputError(f"{job.src}: no such file; check the path.")
+
+
+def check_writable(folder: Path) -> None:
+    """UsageError unless a file can be created in ``folder``, or, while it does not exist, in
+    the nearest folder above it (where it will be made). Tries for real: permissions,
+    read-only mounts and immutable folders all show."""
+    import tempfile
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(
+            f"{existing} is a file, so nothing can be written into {folder}; "
+            "choose another output path."
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"Cannot write into {existing} ({exc.strerror or exc}); choose another output "
+            "folder or fix its permissions."
+        ) from None

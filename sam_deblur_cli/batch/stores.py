@@ -33,10 +33,10 @@ from sam_deblur_cli.batch.plan import (
     listed_lines,
     listed_paths,
     mirrored_names,
-    overlay_path,
     scan_folder,
 )
 from sam_deblur_cli.errors import ImageReadError, ImageWriteError, SetupError, UsageError
+from sam_deblur_cli.naming import is_video_path, overlay_path
 
 if TYPE_CHECKING:
     from sam_deblur_cli.imageio import Picture
@@ -153,7 +153,6 @@ def _relative(path: Path, folder: Path) -> PurePosixPath:
 def _scan_prefix(in_root: str, out_root: str, *, recursive: bool) -> list[PurePosixPath]:
     """Image and video keys under the prefix ``in_root``, relative to it, sorted."""
     from sam_deblur_cli.imageio import is_image_path
-    from sam_deblur_cli.video import is_video_path
 
     found = []
     for rel in _list_files(in_root, recursive=recursive, missing_ok=False):
@@ -167,8 +166,6 @@ def _scan_prefix(in_root: str, out_root: str, *, recursive: bool) -> list[PurePo
 
 
 def _refuse_videos(in_root: str, rels: Sequence[PurePosixPath]) -> None:
-    from sam_deblur_cli.video import is_video_path
-
     videos = [rel for rel in rels if is_video_path(rel.name)]
     if videos:
         raise UsageError(

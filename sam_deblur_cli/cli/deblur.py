@@ -46,19 +46,22 @@ from sam_deblur_cli.cli.output import (
     failure_table,
     library_logging,
     note,
+    nothing_to_do,
     reason,
+    say,
 )
 from sam_deblur_cli.errors import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    NothingToDoError,
     SamDeblurError,
     UsageError,
 )
 
 if TYPE_CHECKING:
-    from sam_deblur_cli.batch.plan import StoreJob
-    from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings, FileOptions, Job, Record
+    from sam_deblur_cli.batch.plan import Job, StoreJob
+    from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings, FileOptions, Record
     from sam_deblur_cli.video.run import VideoSettings
 
 
@@ -145,7 +148,8 @@ BATCH_HELP = (
     "(a.png and a.jpg with --format png), both get their input extension added: "
     "a_png.png and a_jpg.png.\n\n"
     "Exit codes: 0 done, 1 some input failed (summary at the end), 2 usage or set-up error "
-    "(found before any image is processed), 130 interrupted (no partial files are left)."
+    "(found before any image is processed), 3 nothing to do (no image or video found), "
+    "130 interrupted (no partial files are left)."
 )
 
 
@@ -220,15 +224,24 @@ def batch_command(
         from sam_deblur_cli.batch.plan import plan_batch, plan_path_list
         from sam_deblur_cli.batch.stores import is_uri, plan_store_batch
 
+        jobs: Sequence[Job | StoreJob]
         if is_uri(in_dir) or is_uri(output):
             if not engine.uses_ray:
                 raise UsageError("s3:// and gs:// inputs and outputs need --engine ray; add it.")
-            return plan_store_batch(
+            jobs = plan_store_batch(
                 in_dir, output, recursive=recursive, paths_from=paths_from, format=options.format
             )
-        if paths_from is not None:
-            return plan_path_list(Path(in_dir), Path(output), paths_from, format=options.format)
-        return plan_batch(Path(in_dir), Path(output), recursive=recursive, format=options.format)
+        elif paths_from is not None:
+            jobs = plan_path_list(Path(in_dir), Path(output), paths_from, format=options.format)
+        else:
+            jobs = plan_batch(
+                Path(in_dir), Path(output), recursive=recursive, format=options.format
+            )
+        if not jobs:
+            where = f"{paths_from} lists" if paths_from is not None else f"{in_dir} holds"
+            deeper = "" if recursive or paths_from is not None else " (add -r for sub-folders)"
+            raise NothingToDoError(f"{where} no images or videos{deeper}.")
+        return jobs
 
     _run(plan, options, engine)
 
@@ -245,10 +258,20 @@ def _run(
             settings, file_options = options.settings(), options.file_options()
             jobs = plan()
             video = options.video_settings()
-            if engine is not None and engine.uses_ray:
-                records = _process_ray(jobs, settings, file_options, out, engine, video)
-            else:
-                records = _process(_local(jobs), settings, file_options, out, video)
+            _check_videos(jobs, video)
+            if file_options.overlay:
+                _check_overlay(settings)
+            # Every check that needs no model runs before one is built or downloaded; when
+            # that settles every input (all done already, all unreadable), no model is needed.
+            settled = _preflight(jobs, settings, file_options)
+            if len(settled) == len(jobs):
+                records = [settled[i] for i in range(len(jobs))]
+                for record in records:
+                    _report(record, out)
+            else:  # the engine meets the settled inputs again, in their turn, as before
+                records = _engine(jobs, settings, file_options, out, engine, video)
+    except NothingToDoError as exc:
+        raise nothing_to_do(str(exc), json=out.json) from None
     except SamDeblurError as exc:
         raise fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
@@ -259,6 +282,65 @@ def _run(
     if len(failed) > 0 and len(records) > 1:
         failure_table(failed, len(records))
     raise typer.Exit(EXIT_INPUT if failed else EXIT_OK)
+
+
+def _engine(
+    jobs: Sequence[Job | StoreJob],
+    settings: DeblurSettings,
+    options: FileOptions,
+    out: OutputMode,
+    engine: EngineOptions | None,
+    video: VideoSettings,
+) -> list[Record]:
+    """The records of ``jobs``, in order, from the engine the options chose."""
+    if engine is not None and engine.uses_ray:
+        return _process_ray(jobs, settings, options, out, engine, video)
+    return _process(_local(jobs), settings, options, out, video)
+
+
+def _check_videos(jobs: Sequence[Job | StoreJob], video: VideoSettings) -> None:
+    """The video options, and no masks file given to a video (before any model)."""
+    from sam_deblur_cli.batch.plan import Job
+    from sam_deblur_cli.video import is_video_path
+
+    video.check()
+    for job in jobs:
+        if isinstance(job, Job) and job.masks_file is not None and is_video_path(job.src):
+            raise UsageError("--masks belongs to a photo; a video gets its masks from SAM.")
+
+
+def _check_overlay(settings: DeblurSettings) -> None:
+    """--overlay draws the masks a model uses: refused (before any model) for one without."""
+    from sam_deblur_cli.weights import load_manifest
+
+    entry = load_manifest().get(settings.model)
+    if not entry.needs_masks:
+        raise UsageError(
+            f"--overlay draws the SAM masks a model uses, and {entry.name} takes none; "
+            "drop --overlay or pick a model that takes masks."
+        )
+
+
+def _preflight(
+    jobs: Sequence[Job | StoreJob], settings: DeblurSettings, options: FileOptions
+) -> dict[int, Record]:
+    """The records of the local jobs settled with no model (existing outputs skipped,
+    unreadable inputs failed), by job index; SetupErrors stop the run here."""
+    from sam_deblur_cli.batch.plan import Job, preflight
+    from sam_deblur_cli.pipeline import blank_record
+
+    local = {i: job for i, job in enumerate(jobs) if isinstance(job, Job)}
+    indices = list(local)
+    verdicts = preflight(
+        list(local.values()), overwrite=options.overwrite, max_pixels=options.max_pixels
+    )
+    records: dict[int, Record] = {}
+    for position, (status, error) in sorted(verdicts.items()):
+        index = indices[position]
+        record = blank_record(local[index].src, local[index].dst, settings)
+        record.update(status=status, error=error)
+        records[index] = record
+    return records
 
 
 def _local(jobs: Sequence[Job | StoreJob]) -> list[Job]:
@@ -283,9 +365,6 @@ def _process(
     from sam_deblur_cli.pipeline import Deblurrer
     from sam_deblur_cli.video import is_video_path
 
-    if not jobs:
-        err_console.print("[yellow]No images found.[/]")
-        return []
     # SAM only when some image has no mask file (and the model takes masks at all).
     uses_sam = any(job.masks_file is None for job in jobs)
     # First use downloads weights: a bar on a terminal (a 2.6 GB SAM must not look like a
@@ -299,9 +378,6 @@ def _process(
         note(" ".join(notes) + " Results may be worse.")
     videos = {i: job for i, job in enumerate(jobs) if is_video_path(job.src)}
     images = [job for i, job in enumerate(jobs) if i not in videos]
-    if any(job.masks_file is not None for job in videos.values()):
-        raise UsageError("--masks belongs to a photo; a video gets its masks from SAM.")
-    video.check()
     records = iter(_images(deblurrer, images, options, out, bar) if images else [])
     done = {
         i: _video(deblurrer, job, video, options.overwrite, out, bar) for i, job in videos.items()
@@ -430,27 +506,14 @@ def _report(record: Record, out: OutputMode) -> None:
     if status == "ok" and not out.quiet:
         total = sum(record["seconds"].values())
         # stderr, like the progress bar it must print above; stdout is kept for --json.
-        err_console.print(
-            f"{record['input']} -> {record['output']} ({total:.1f} s)",
-            highlight=False,
-            soft_wrap=True,
-        )
+        say(f"{record['input']} -> {record['output']} ({total:.1f} s)")
         if record.get("kept_frames"):
-            err_console.print(
-                f"[yellow]warning:[/] {record['input']}: {record['error']}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            say(f"{record['input']}: {record['error']}", label="warning:", style="yellow")
     elif status == "skipped" and not out.quiet:
-        err_console.print(
-            f"[yellow]skipped[/] {record['input']}: "
-            f"{record['output']} exists (--overwrite replaces it)",
-            highlight=False,
-            soft_wrap=True,
+        say(
+            f"{record['input']}: {record['output']} exists (--overwrite replaces it)",
+            label="skipped",
+            style="yellow",
         )
     elif status == "failed":
-        err_console.print(
-            f"[bold red]failed:[/] {record['input']}: {reason(record)}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        say(f"{record['input']}: {reason(record)}", label="failed:", style="bold red")

@@ -18,28 +18,29 @@ import typer
 from sam_deblur_cli.cli.app import app
 from sam_deblur_cli.cli.options import (
     DEFAULT_MODEL,
-    FILE_PANEL,
-    MODEL_PANEL,
-    RUN_PANEL,
-    Device,
     EvalCommand,
-    FastMasksAlias,
+    EvalOptions,
     Models,
-    Offline,
     OutputMode,
-    Precision,
-    StockMasks,
-    Tile,
-    Tlc,
     takes_groups,
 )
-from sam_deblur_cli.cli.output import console, echo_json, err_console, library_logging, progress_bar
-from sam_deblur_cli.errors import EXIT_INPUT
+from sam_deblur_cli.cli.output import (
+    cell,
+    console,
+    echo_json,
+    escape,
+    library_logging,
+    nothing_to_do,
+    progress_bar,
+    say,
+)
+from sam_deblur_cli.errors import EXIT_INPUT, NothingToDoError
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from sam_deblur_cli.evaluate import Dataset, EvalResult, EvalSettings, ModelSummary
+    from sam_deblur_cli.datasets import Dataset
+    from sam_deblur_cli.evaluate import EvalResult, EvalSettings, ModelSummary
 
 
 EVAL_HELP = (
@@ -48,7 +49,8 @@ EVAL_HELP = (
     "an image that does not fit is skipped).\n\n"
     "The table goes to stdout; --json prints the report (what --json-out writes) there "
     "instead, as one JSON line. The old `--json PATH` still names the report file.\n\n"
-    "Exit codes: 0 every pair evaluated, 1 some skipped, 2 usage or set-up error."
+    "Exit codes: 0 every pair evaluated, 1 some skipped, 2 usage or set-up error, "
+    "3 nothing to do (no image in the dataset)."
 )
 
 
@@ -72,106 +74,42 @@ def eval_command(
     ] = None,
     *,
     model: Models = [DEFAULT_MODEL],  # noqa: B006 (Typer copies the default)
-    masks_from: Annotated[
-        Literal["auto", "dataset", "sam"],
-        typer.Option(
-            "--masks-from",
-            help="Masks for SAM-guided models: the dataset's mask files, or SAM run once per "
-            "image and recipe. auto: the dataset's when it has a mask folder.",
-            rich_help_panel=MODEL_PANEL,
-        ),
-    ] = "auto",
-    stock_masks: StockMasks = False,
-    fast_masks: FastMasksAlias = False,
-    tlc: Tlc = None,
-    mask_value: Annotated[
-        str | None,
-        typer.Option(
-            "--mask-value",
-            help="Feed MAP models masks of this value instead of their entry's: 1/255 (as "
-            "upstream's loader) or 1. To check which convention a checkpoint learned.",
-            show_default=False,
-            rich_help_panel=MODEL_PANEL,
-        ),
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Only the first N pairs.")
-    ] = None,
-    ssim: Annotated[
-        Literal["3d", "classic"],
-        typer.Option(
-            "--ssim", help="3d: NAFNet's SSIM as in the paper; classic: per-channel 11x11."
-        ),
-    ] = "3d",
-    device: Device = "auto",
-    precision: Precision = "fp32",
-    tile: Tile = "0",
-    tf32: Annotated[
-        bool,
-        typer.Option(
-            "--tf32/--no-tf32",
-            help="Allow TF32 in fp32 convolutions on CUDA GPUs (faster, not the paper's protocol).",
-            rich_help_panel=RUN_PANEL,
-        ),
-    ] = False,
-    offline: Offline = False,
-    save: Annotated[
-        Path | None,
-        typer.Option(
-            "--save",
-            help="Save restored images as DIR/MODEL/NAME.png.",
-            show_default=False,
-            rich_help_panel=FILE_PANEL,
-        ),
-    ] = None,
-    csv_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--csv",
-            help="Write per-image rows to this CSV file.",
-            show_default=False,
-            rich_help_panel=FILE_PANEL,
-        ),
-    ] = None,
-    json_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--json-out",
-            help="Write summaries, per-image rows and issues to this JSON file.",
-            show_default=False,
-            rich_help_panel=FILE_PANEL,
-        ),
-    ] = None,
+    protocol: EvalOptions,
     out: OutputMode,
 ) -> None:
     """Measure models on blurred/sharp pairs: PSNR, SSIM and mode-collapse rate."""
-    from sam_deblur_cli.evaluate import EvalSettings, check_writable, open_dataset
+    from sam_deblur_cli.datasets import open_dataset
+    from sam_deblur_cli.evaluate import EvalSettings, check_writable
 
+    p = protocol
     with library_logging(verbose=out.verbose, quiet=out.quiet):
-        value = _parse_mask_value(mask_value)
+        value = _parse_mask_value(p.mask_value)
         dataset = open_dataset(source, sharp)
-        for report in (csv_path, json_path):
+        for report in (p.csv_path, p.json_path):
             if report is not None:
                 check_writable(report)
         settings = EvalSettings(
             models=tuple(model),
-            masks_from=masks_from,
-            tlc=tlc,
-            limit=limit,
-            save_dir=save,
-            ssim=ssim,
-            device=device,
-            precision=precision,
-            tile=_tile(tile),
-            tf32=tf32,
+            masks_from=p.masks_from,
+            tlc=p.tlc,
+            limit=p.limit,
+            save_dir=p.save,
+            ssim=p.ssim,
+            device=p.device,
+            precision=p.precision,
+            tile=_tile(p.tile),
+            tf32=p.tf32,
             mask_value=value,
             # --fast-masks is the old spelling of the default; --stock-masks departs from it.
-            fast_masks=not stock_masks,
-            offline=offline,
+            fast_masks=not p.stock_masks,
+            offline=p.offline,
         )
-        result = _run_with_progress(dataset, settings, enabled=not out.quiet)
+        try:
+            result = _run_with_progress(dataset, settings, enabled=not out.quiet)
+        except NothingToDoError as exc:
+            raise nothing_to_do(str(exc), json=out.json) from None
     _show(result, str(source), out)
-    _write_reports(result, csv_path, json_path)
+    _write_reports(result, p.csv_path, p.json_path)
     if not result.complete:
         raise typer.Exit(EXIT_INPUT)
 
@@ -191,10 +129,10 @@ def _show(result: EvalResult, title: str, out: OutputMode) -> None:
     else:
         console.print(_table(result, title=title))
         for line in _notes(result.summaries()):
-            console.print(line, highlight=False)
+            say(line, stdout=True)
     for issue in result.issues:
         who = f"{issue.name} ({issue.model})" if issue.model else issue.name
-        err_console.print(f"[yellow]skipped[/] {who}: {issue.reason}", highlight=False)
+        say(f"{who}: {issue.reason}", label="skipped", style="yellow")
 
 
 def _write_reports(result: EvalResult, csv_path: Path | None, json_path: Path | None) -> None:
@@ -250,12 +188,12 @@ def _table(result: EvalResult, title: str) -> Table:
     if result.mask_values:
         parts.insert(2, "Masks: the value MAP masks were fed at")
     caption = "; ".join(parts)
-    table = Table(title=title, caption=caption)
+    table = Table(title=escape(title), caption=escape(caption))
     for header in ("Model", "TLC", "Masks", "PSNR", "SSIM", "MCR", "Images", "Skipped"):
         table.add_column(header, justify="left" if header == "Model" else "right")
     for s in result.summaries():
         table.add_row(
-            s.model,
+            cell(s.model),
             {True: "on", False: "off", None: "-"}[s.tlc],
             s.mask_value or "-",
             _number(s.psnr, "{:.2f}"),

@@ -26,7 +26,13 @@ from sam_deblur_cli.cli.options import (
     SceneCut,
     takes_groups,
 )
-from sam_deblur_cli.cli.output import console, echo_json, err_console, fail, library_logging, note
+from sam_deblur_cli.cli.output import (
+    echo_json,
+    fail,
+    library_logging,
+    note,
+    say,
+)
 from sam_deblur_cli.errors import EXIT_INPUT, EXIT_OK, InputError, SamDeblurError
 from sam_deblur_cli.masks.run import DEFAULT_FORMATS, FORMATS
 
@@ -119,7 +125,7 @@ def _one(
             record = save_masks(image, base, formats, generator)
     except InputError as exc:
         record = {"input": str(image), "status": "failed", "error": str(exc)}
-        err_console.print(f"[bold red]error:[/] {image}: {exc}", highlight=False, soft_wrap=True)
+        say(f"{image}: {exc}", label="error:", style="bold red")
     _report(record, out)
     return record["status"] == "ok"
 
@@ -128,17 +134,15 @@ def _report(record: dict[str, Any], out: OutputMode) -> None:
     if out.json:
         echo_json(record)
     elif record["status"] == "ok" and "key_frames" in record:
-        console.print(
+        say(
             f"{record['input']}: {record['frames']} frames, {record['key_frames']} key frames"
             f" -> {record['output']}",
-            highlight=False,
-            soft_wrap=True,
+            stdout=True,
         )
     elif record["status"] == "ok":
         cached = " (cached)" if record["cached"] else ""
-        console.print(
+        say(
             f"{record['input']}: {record['masks']} masks, {record['groups']} groups{cached} -> "
             + ", ".join(record["outputs"].values()),
-            highlight=False,
-            soft_wrap=True,
+            stdout=True,
         )

@@ -22,10 +22,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from typer.core import TyperCommand
@@ -174,7 +175,7 @@ Overlay = Annotated[
     bool,
     typer.Option(
         "--overlay",
-        help="Also write the mask overlay (<output>_overlay.png).",
+        help="Also write the mask overlay (<output>_overlay.png); models that take masks only.",
         rich_help_panel=FILE_PANEL,
     ),
 ]
@@ -465,6 +466,86 @@ def _is_report_path(token: str) -> bool:
     return not token.startswith("-") and not Path(token).is_dir()
 
 
+# --------------------------------------------------------------------------- eval
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions(OptionGroup):
+    """eval's settings after ``--model``, in its help's order: where masks come from, the
+    protocol (device, precision, tiling, TLC, mask value, SSIM), the report files."""
+
+    masks_from: Annotated[
+        Literal["auto", "dataset", "sam"],
+        typer.Option(
+            "--masks-from",
+            help="Masks for SAM-guided models: the dataset's mask files, or SAM run once per "
+            "image and recipe. auto: the dataset's when it has a mask folder.",
+            rich_help_panel=MODEL_PANEL,
+        ),
+    ] = "auto"
+    stock_masks: StockMasks = False
+    fast_masks: FastMasksAlias = False  # the old spelling of the default
+    tlc: Tlc = None
+    mask_value: Annotated[
+        str | None,
+        typer.Option(
+            "--mask-value",
+            help="Feed MAP models masks of this value instead of their entry's: 1/255 (as "
+            "upstream's loader) or 1. To check which convention a checkpoint learned.",
+            show_default=False,
+            rich_help_panel=MODEL_PANEL,
+        ),
+    ] = None
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N pairs.")] = (
+        None
+    )
+    ssim: Annotated[
+        Literal["3d", "classic"],
+        typer.Option(
+            "--ssim", help="3d: NAFNet's SSIM as in the paper; classic: per-channel 11x11."
+        ),
+    ] = "3d"
+    device: Device = "auto"
+    precision: Precision = "fp32"  # the paper's protocol
+    tile: Tile = "0"  # whole images: one that does not fit is skipped
+    tf32: Annotated[
+        bool,
+        typer.Option(
+            "--tf32/--no-tf32",
+            help="Allow TF32 in fp32 convolutions on CUDA GPUs (faster, not the paper's protocol).",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = False
+    offline: Offline = False
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            "--save",
+            help="Save restored images as DIR/MODEL/NAME.png.",
+            show_default=False,
+            rich_help_panel=FILE_PANEL,
+        ),
+    ] = None
+    csv_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv",
+            help="Write per-image rows to this CSV file.",
+            show_default=False,
+            rich_help_panel=FILE_PANEL,
+        ),
+    ] = None
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json-out",
+            help="Write summaries, per-image rows and issues to this JSON file.",
+            show_default=False,
+            rich_help_panel=FILE_PANEL,
+        ),
+    ] = None
+
+
 # --------------------------------------------------------------------------- batch engines
 
 ENGINE_PANEL = "Engine (where the batch runs)"
@@ -531,3 +612,179 @@ class EngineOptions(OptionGroup):
                 "--ray-address, --gpus-per-worker and --workers apply to --engine ray; add it."
             )
         return self.engine == "ray"
+
+
+# --------------------------------------------------------------------------- train
+
+TRAIN_DATA_PANEL = "Data and masks"
+TRAIN_NET_PANEL = "Network"
+TRAIN_OPT_PANEL = "Optimisation"
+TRAIN_RUN_PANEL = "Run folder"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainNetOptions(OptionGroup):
+    """The network a run trains and where it starts (``train``)."""
+
+    variant: Annotated[
+        str | None,
+        typer.Option("--variant", help="plain, cat or map.", rich_help_panel=TRAIN_NET_PANEL),
+    ] = None
+    width: Annotated[int, typer.Option("--width", rich_help_panel=TRAIN_NET_PANEL)] = 32
+    enc_blocks: Annotated[
+        str,
+        typer.Option(
+            "--enc-blocks", help="NAFBlocks per encoder level.", rich_help_panel=TRAIN_NET_PANEL
+        ),
+    ] = "1,1,1,28"
+    mask_dropout: Annotated[
+        float | None,
+        typer.Option(
+            "--mask-dropout",
+            help="Default 0.5 for map, 0 otherwise.",
+            rich_help_panel=TRAIN_NET_PANEL,
+        ),
+    ] = None
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="Start from a checkpoint file or model name; a plain NAFNet may start a "
+            "cat/map net.",
+            rich_help_panel=TRAIN_NET_PANEL,
+        ),
+    ] = None
+    default_tlc: Annotated[
+        bool,
+        typer.Option(
+            "--default-tlc/--no-default-tlc",
+            help="Whether the registered model runs TLC by default (--tlc/--no-tlc of the "
+            "other commands overrides it).",
+            rich_help_panel=TRAIN_NET_PANEL,
+        ),
+    ] = False
+    # the old spelling, which elsewhere means "TLC for this run"
+    tlc: Annotated[bool | None, typer.Option("--tlc/--no-tlc", hidden=True)] = None
+
+    @property
+    def registered_tlc(self) -> bool:
+        """The TLC default of the registered model (``--default-tlc`` or the old ``--tlc``)."""
+        return self.default_tlc if self.tlc is None else self.tlc
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainDataOptions(OptionGroup):
+    """What a run reads and how (``train``)."""
+
+    masks_from: Annotated[
+        str,
+        typer.Option(
+            "--masks-from",
+            help="dataset (mask files), sam (SAM once per image, cached) or predeblur:MODEL.",
+            rich_help_panel=TRAIN_DATA_PANEL,
+        ),
+    ] = "dataset"
+    crop: Annotated[
+        int, typer.Option("--crop", help="Random crop size.", rich_help_panel=TRAIN_DATA_PANEL)
+    ] = 256
+    val: Annotated[
+        Path | None,
+        typer.Option(
+            "--val",
+            help="Held-out pairs, validated on whole images.",
+            rich_help_panel=TRAIN_DATA_PANEL,
+        ),
+    ] = None
+    data_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--data-workers",
+            help="Data loader worker processes (default: the CPUs this process may use, "
+            "at most 4).",
+            show_default=False,
+            rich_help_panel=TRAIN_DATA_PANEL,
+        ),
+    ] = None
+    # the old spelling, which in ``batch`` means Ray workers
+    workers: Annotated[int | None, typer.Option("--workers", hidden=True)] = None
+    skip_bad_pairs: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad-pairs",
+            help="Leave unusable files out instead of stopping.",
+            rich_help_panel=TRAIN_DATA_PANEL,
+        ),
+    ] = False
+
+    @property
+    def loader_workers(self) -> int:
+        """Data loader processes (``--data-workers`` or the old ``--workers``; by default what
+        the machine gives this process, at most 4: more only compete for the CPUs, and torch
+        warns)."""
+        chosen = self.data_workers if self.workers is None else self.workers
+        if chosen is not None:
+            return chosen
+        affinity = getattr(os, "sched_getaffinity", None)
+        return min(4, len(affinity(0)) if affinity is not None else (os.cpu_count() or 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptOptions(OptionGroup):
+    """The optimisation (``train``); the defaults are upstream's recipe."""
+
+    steps: Annotated[int, typer.Option("--steps", rich_help_panel=TRAIN_OPT_PANEL)] = 200_000
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--batch",
+            help="GLOBAL batch per step (all GPUs x --accum).",
+            rich_help_panel=TRAIN_OPT_PANEL,
+        ),
+    ] = 32
+    accum: Annotated[
+        int,
+        typer.Option(
+            "--accum", help="Micro-batches accumulated per step.", rich_help_panel=TRAIN_OPT_PANEL
+        ),
+    ] = 1
+    lr: Annotated[float, typer.Option("--lr", rich_help_panel=TRAIN_OPT_PANEL)] = 1e-3
+    ema: Annotated[
+        float, typer.Option("--ema", help="EMA decay (0: off).", rich_help_panel=TRAIN_OPT_PANEL)
+    ] = 0.0
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=TRAIN_OPT_PANEL)] = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRunOptions(OptionGroup):
+    """The run folder: how often it is written, what it keeps, the model it registers."""
+
+    val_every: Annotated[int, typer.Option("--val-every", rich_help_panel=TRAIN_RUN_PANEL)] = 10_000
+    save_every: Annotated[int, typer.Option("--save-every", rich_help_panel=TRAIN_RUN_PANEL)] = (
+        5_000
+    )
+    keep: Annotated[
+        int,
+        typer.Option(
+            "--keep",
+            help="Numbered checkpoints kept besides last and best.",
+            rich_help_panel=TRAIN_RUN_PANEL,
+        ),
+    ] = 2
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Model name to register (default: the run folder's name).",
+            rich_help_panel=TRAIN_RUN_PANEL,
+        ),
+    ] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions(OptionGroup):
+    """Every setting of a new training run (``train``), by panel."""
+
+    net: TrainNetOptions = TrainNetOptions()
+    data: TrainDataOptions = TrainDataOptions()
+    opt: TrainOptOptions = TrainOptOptions()
+    run: TrainRunOptions = TrainRunOptions()

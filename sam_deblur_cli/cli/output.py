@@ -3,6 +3,11 @@
 The consoles, the one-line error, JSON lines (``--json``), notes, progress bars, the
 end-of-run failure table and the routing of the library's log records. Importing it stays
 cheap (Rich and Typer only); the Rich parts that draw are imported when they are used.
+
+One rule for text: markup is ours alone. Text from users, files, the network or exceptions
+(paths, model names, URLs, error messages) reaches the terminal through :func:`say`,
+:func:`fail`, :func:`note` or :func:`cell`, which escape it once, so ``photo [1].jpg`` and
+``pip install 'sam-deblur-cli[serve]'`` print as written.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape as escape  # re-exported for tables
 
 if TYPE_CHECKING:
     from rich.progress import Progress, ProgressColumn
+    from rich.text import Text
 
     from sam_deblur_cli.weights import ProgressCallback
 
@@ -25,10 +32,40 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def say(text: str, *, label: str = "", style: str = "", stdout: bool = False) -> None:
+    """One line: ``label`` (ours, in ``style``) then ``text``, escaped so it is never markup.
+
+    Messages go to stderr; ``stdout`` for results.
+    """
+    from rich.text import Text
+
+    line = Text.assemble((f"{label} ", style) if label else "", text)
+    (console if stdout else err_console).print(line, highlight=False, soft_wrap=True)
+
+
+def cell(text: object) -> Text:
+    """A table cell holding ``text`` as written (Rich tables parse plain strings as markup)."""
+    from rich.text import Text
+
+    return Text(str(text))
+
+
 def fail(message: str, code: int) -> typer.Exit:
     """Print one red line on stderr and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    say(message, label="error:", style="bold red")
     return typer.Exit(code)
+
+
+def nothing_to_do(message: str, *, json: bool) -> typer.Exit:
+    """Say that a run found no input (a yellow line; with ``json`` also the record
+    ``{"status": "nothing-to-do", "error": null, "message": ...}`` on stdout) and return the
+    Exit to raise (``EXIT_NOTHING``)."""
+    from sam_deblur_cli.errors import EXIT_NOTHING
+
+    if json:
+        echo_json({"status": "nothing-to-do", "error": None, "message": message})
+    say(message, label="nothing to do:", style="yellow")
+    return typer.Exit(EXIT_NOTHING)
 
 
 def echo_json(record: Mapping[str, Any]) -> None:
@@ -40,7 +77,7 @@ def echo_json(record: Mapping[str, Any]) -> None:
 
 def note(text: str) -> None:
     """A yellow ``note:`` line on stderr (departures from a recipe and the like)."""
-    err_console.print(f"[yellow]note:[/] {text}", highlight=False, soft_wrap=True)
+    say(text, label="note:", style="yellow")
 
 
 def progress_bar(*extra: ProgressColumn, enabled: bool = True) -> Progress:
@@ -54,13 +91,15 @@ def progress_bar(*extra: ProgressColumn, enabled: bool = True) -> Progress:
     )
 
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         *extra,
     )
-    return Progress(*columns, console=err_console, disable=not enabled, transient=True)
+    # Off the terminal (logs, pipes) a bar would leave only a blank line behind.
+    shown = enabled and err_console.is_terminal
+    return Progress(*columns, console=err_console, disable=not shown, transient=True)
 
 
 @contextmanager
@@ -80,13 +119,15 @@ def download_progress() -> Iterator[ProgressCallback]:
     )
 
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, transient=True) as bars:
+    # Off the terminal (logs, pipes, tests) a bar would leave only a blank line behind.
+    bars_shown = err_console.is_terminal
+    with Progress(*columns, console=err_console, transient=True, disable=not bars_shown) as bars:
         tasks: dict[str, TaskID] = {}
 
         def update(label: str, done: int, total: int | None) -> None:
@@ -153,10 +194,10 @@ def failure_table(failed: Sequence[Mapping[str, Any]], total: int) -> None:
     inputs = [str(record["input"]) for record in failed]
     root = os.path.dirname(inputs[0]) if len(inputs) == 1 else os.path.commonpath(inputs)
     table = Table(title=f"{len(failed)} of {total} input(s) failed", title_justify="left")
-    table.add_column(f"input (in {root})" if root else "input", overflow="fold")
+    table.add_column(escape(f"input (in {root})") if root else "input", overflow="fold")
     table.add_column("error", overflow="fold")
     for path, record in zip(inputs, failed, strict=True):
-        table.add_row(os.path.relpath(path, root) if root else path, reason(record))
+        table.add_row(cell(os.path.relpath(path, root) if root else path), cell(reason(record)))
     err_console.print(table)
 
 

@@ -27,7 +27,7 @@ from sam_deblur_cli.cli.options import (
     Tile,
     Verbose,
 )
-from sam_deblur_cli.cli.output import err_console, fail, library_logging
+from sam_deblur_cli.cli.output import fail, library_logging, say
 from sam_deblur_cli.errors import EXIT_SETUP
 
 if TYPE_CHECKING:
@@ -107,21 +107,19 @@ def serve_command(
         settings = dataclasses.replace(settings, hosts=None)
     with library_logging(verbose=verbose, quiet=quiet):
         if not _loopback(host):
-            err_console.print(
-                f"[bold red]warning:[/] serving on {host}: anyone who can reach this computer "
+            say(
+                f"serving on {host}: anyone who can reach this computer "
                 "can upload photos and use its processor; there is no login. Use the default "
                 "--host 127.0.0.1 to keep it to this computer.",
-                highlight=False,
-                soft_wrap=True,
+                label="warning:",
+                style="bold red",
             )
         service = Service(settings)
         shown = f"[{host}]" if ":" in host else host
         if not quiet:
-            err_console.print(
+            say(
                 f"sam-deblur serve: http://{shown}:{port}/ (API docs at /docs); "
-                f"loading {model} in the background...",
-                highlight=False,
-                soft_wrap=True,
+                f"loading {model} in the background..."
             )
         threading.Thread(target=_say_when_ready, args=(service, quiet), daemon=True).start()
         level = "info" if verbose else "warning"
@@ -140,11 +138,7 @@ def _loopback(host: str) -> bool:
 def _say_when_ready(service: Service, quiet: bool) -> None:
     while not service.ready.wait(0.2):
         if service.load_error:
-            err_console.print(
-                f"[bold red]error:[/] {service.load_error}", highlight=False, soft_wrap=True
-            )
+            say(str(service.load_error), label="error:", style="bold red")
             return
     if not quiet:
-        err_console.print(
-            f"model {service.settings.model} ready on {service.device}.", highlight=False
-        )
+        say(f"model {service.settings.model} ready on {service.device}.")

@@ -3,6 +3,7 @@
 Thin: parses options into a ``TrainConfig``, shows a progress bar with ETA, turns Ctrl-C
 into a resumable stop, and prints where the model went. The work is ``sam_deblur_cli.train``
 (imported inside the command, so `--help` stays instant). Under torchrun only rank 0 prints.
+The options are ``cli/options.py``'s train group (:class:`TrainOptions`).
 """
 
 from __future__ import annotations
@@ -15,20 +16,34 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from sam_deblur_cli.cli.app import app
-from sam_deblur_cli.cli.options import OUTPUT, Device, Precision, Quiet, Verbose
-from sam_deblur_cli.cli.output import err_console, fail, library_logging, note, progress_bar
+from sam_deblur_cli.cli.options import (
+    OUTPUT,
+    TRAIN_RUN_PANEL,
+    Device,
+    Precision,
+    Quiet,
+    TrainOptions,
+    Verbose,
+    takes_groups,
+)
+from sam_deblur_cli.cli.output import (
+    err_console,
+    fail,
+    library_logging,
+    note,
+    progress_bar,
+    say,
+)
 from sam_deblur_cli.errors import EXIT_INTERRUPTED, UsageError
 
 if TYPE_CHECKING:
+    from sam_deblur_cli.train.config import TrainConfig
     from sam_deblur_cli.train.loop import Trainer
-
-DATA_PANEL = "Data and masks"
-MODEL_PANEL = "Network"
-OPT_PANEL = "Optimisation"
-RUN_PANEL = "Run folder"
+    from sam_deblur_cli.train.run import RunOutcome
 
 
 @app.command("train")
+@takes_groups
 def train_command(
     data: Path | None = typer.Argument(
         None,
@@ -37,120 +52,29 @@ def train_command(
         show_default=False,
     ),
     run_dir: Path | None = typer.Option(
-        None, *OUTPUT, help="New run folder (must not exist).", rich_help_panel=RUN_PANEL
+        None, *OUTPUT, help="New run folder (must not exist).", rich_help_panel=TRAIN_RUN_PANEL
     ),
     resume: Path | None = typer.Option(
-        None, "--resume", help="Continue the run in this folder.", rich_help_panel=RUN_PANEL
-    ),
-    variant: str | None = typer.Option(
-        None, "--variant", help="plain, cat or map.", rich_help_panel=MODEL_PANEL
-    ),
-    width: int = typer.Option(32, "--width", rich_help_panel=MODEL_PANEL),
-    enc_blocks: str = typer.Option(
-        "1,1,1,28", "--enc-blocks", help="NAFBlocks per encoder level.", rich_help_panel=MODEL_PANEL
-    ),
-    mask_dropout: float | None = typer.Option(
         None,
-        "--mask-dropout",
-        help="Default 0.5 for map, 0 otherwise.",
-        rich_help_panel=MODEL_PANEL,
+        "--resume",
+        help="Continue the run in this folder.",
+        rich_help_panel=TRAIN_RUN_PANEL,
     ),
-    init: str | None = typer.Option(
-        None,
-        "--init",
-        help="Start from a checkpoint file or model name; a plain NAFNet may start a cat/map net.",
-        rich_help_panel=MODEL_PANEL,
-    ),
-    tlc: bool = typer.Option(
-        False,
-        "--tlc/--no-tlc",
-        help="TLC default of the registered model.",
-        rich_help_panel=MODEL_PANEL,
-    ),
-    masks_from: str = typer.Option(
-        "dataset",
-        "--masks-from",
-        help="dataset (mask files), sam (SAM once per image, cached) or predeblur:MODEL.",
-        rich_help_panel=DATA_PANEL,
-    ),
-    crop: int = typer.Option(256, "--crop", help="Random crop size.", rich_help_panel=DATA_PANEL),
-    val: Path | None = typer.Option(
-        None, "--val", help="Held-out pairs, validated on whole images.", rich_help_panel=DATA_PANEL
-    ),
-    workers: int = typer.Option(
-        4, "--workers", help="Data worker processes.", rich_help_panel=DATA_PANEL
-    ),
-    skip_bad_pairs: bool = typer.Option(
-        False,
-        "--skip-bad-pairs",
-        help="Leave unusable files out instead of stopping.",
-        rich_help_panel=DATA_PANEL,
-    ),
-    steps: int = typer.Option(200_000, "--steps", rich_help_panel=OPT_PANEL),
-    batch: int = typer.Option(
-        32, "--batch", help="GLOBAL batch per step (all GPUs x --accum).", rich_help_panel=OPT_PANEL
-    ),
-    accum: int = typer.Option(
-        1, "--accum", help="Micro-batches accumulated per step.", rich_help_panel=OPT_PANEL
-    ),
-    lr: float = typer.Option(1e-3, "--lr", rich_help_panel=OPT_PANEL),
-    ema: float = typer.Option(0.0, "--ema", help="EMA decay (0: off).", rich_help_panel=OPT_PANEL),
-    seed: int = typer.Option(0, "--seed", rich_help_panel=OPT_PANEL),
-    val_every: int = typer.Option(10_000, "--val-every", rich_help_panel=RUN_PANEL),
-    save_every: int = typer.Option(5_000, "--save-every", rich_help_panel=RUN_PANEL),
-    keep: int = typer.Option(
-        2,
-        "--keep",
-        help="Numbered checkpoints kept besides last and best.",
-        rich_help_panel=RUN_PANEL,
-    ),
-    name: str | None = typer.Option(
-        None,
-        "--name",
-        help="Model name to register (default: the run folder's name).",
-        rich_help_panel=RUN_PANEL,
-    ),
+    *,
+    train: TrainOptions,
     precision: Precision = "fp32",
     device: Device = "auto",
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
     """Train a SAM-Deblur network (upstream's recipe by default); resumable with --resume."""
-    from sam_deblur_cli.train.config import TrainConfig
     from sam_deblur_cli.train.run import train_run
 
     cfg = None
     if resume is None:
-        if data is None or run_dir is None or variant is None:
+        if data is None or run_dir is None or train.net.variant is None:
             raise fail("Pass DATA_DIR -o RUN_DIR --variant plain|cat|map, or --resume RUN_DIR.", 2)
-        cfg = TrainConfig(
-            data=str(data),
-            run_dir=str(run_dir),
-            variant=variant,
-            width=width,
-            enc_blocks=_blocks(enc_blocks),
-            dec_blocks=(1,) * len(_blocks(enc_blocks)),
-            mask_dropout=mask_dropout,
-            steps=steps,
-            batch=batch,
-            accum=accum,
-            crop=crop,
-            lr=lr,
-            ema=ema,
-            precision="fp32" if precision == "auto" else precision,
-            device=device,
-            init=init,
-            masks_from=masks_from,
-            val=str(val) if val else None,
-            val_every=val_every,
-            save_every=save_every,
-            keep=keep,
-            seed=seed,
-            workers=workers,
-            name=name,
-            tlc=tlc,
-            skip_bad_pairs=skip_bad_pairs,
-        )
+        cfg = _config(data, run_dir, train, precision=precision, device=device)
     elif data is not None or run_dir is not None:
         raise fail("--resume continues a run with its saved settings; drop DATA_DIR and -o.", 2)
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -166,21 +90,64 @@ def train_command(
             on_issue=lambda issue: note(f"{issue.name}: {issue.reason}") if show else None,
             trainer_hook=lambda trainer: _catch_ctrl_c(trainer, state),
         )
-    if not main_rank:
-        return
+    if main_rank:
+        _report(outcome)
+
+
+def _config(
+    data: Path, run_dir: Path, train: TrainOptions, *, precision: str, device: str
+) -> TrainConfig:
+    """The configuration of a new run from the command line."""
+    from sam_deblur_cli.nets import NetConfig
+    from sam_deblur_cli.train.config import TrainConfig
+
+    net, feed, opt, run = train.net, train.data, train.opt, train.run
+    blocks = _blocks(net.enc_blocks)
+    return TrainConfig(
+        data=str(data),
+        run_dir=str(run_dir),
+        net=NetConfig(
+            variant=net.variant,  # type: ignore[arg-type]  # train.config.check refuses others
+            width=net.width,
+            enc_blk_nums=blocks,
+            dec_blk_nums=(1,) * len(blocks),
+        ),
+        mask_dropout=net.mask_dropout,
+        steps=opt.steps,
+        batch=opt.batch,
+        accum=opt.accum,
+        crop=feed.crop,
+        lr=opt.lr,
+        ema=opt.ema,
+        precision="fp32" if precision == "auto" else precision,
+        device=device,
+        init=net.init,
+        masks_from=feed.masks_from,
+        val=str(feed.val) if feed.val else None,
+        val_every=run.val_every,
+        save_every=run.save_every,
+        keep=run.keep,
+        seed=opt.seed,
+        workers=feed.loader_workers,
+        name=run.name,
+        tlc=net.registered_tlc,
+        skip_bad_pairs=feed.skip_bad_pairs,
+    )
+
+
+def _report(outcome: RunOutcome) -> None:
+    """Where the run ended and where its model went (rank 0)."""
     result, folder = outcome.result, outcome.config.run_dir
     if result.interrupted:
-        err_console.print(
+        say(
             f"stopped at step {result.step} of {result.steps}; continue with "
             f"`sam-deblur train --resume {folder}`"
         )
         raise typer.Exit(EXIT_INTERRUPTED)
     best = f", best validation PSNR {result.best_psnr:.2f} dB" if result.best_psnr else ""
-    err_console.print(f"trained {result.steps} steps{best}; model: {outcome.model_path}")
+    say(f"trained {result.steps} steps{best}; model: {outcome.model_path}")
     if outcome.registered:
-        err_console.print(
-            f"registered as {outcome.registered}: `sam-deblur PHOTO --model {outcome.registered}`"
-        )
+        say(f"registered as {outcome.registered}: `sam-deblur PHOTO --model {outcome.registered}`")
 
 
 def _blocks(text: str) -> tuple[int, ...]:
@@ -194,7 +161,7 @@ def _callbacks(bar: Any, task: Any) -> Any:
     from sam_deblur_cli.train.loop import Callbacks
 
     def start(step: int, total: int, description: str) -> None:
-        err_console.print(f"training: {description}", highlight=False)
+        say(f"training: {description}")
         bar.update(task, description="training", completed=step, total=total)
 
     def logged(row: dict[str, Any]) -> None:
@@ -206,7 +173,7 @@ def _callbacks(bar: Any, task: Any) -> Any:
         on_start=start,
         on_step=lambda step, total: bar.update(task, completed=step),
         on_log=logged,
-        on_message=lambda text: err_console.print(text, highlight=False),
+        on_message=lambda text: say(text),
     )
 
 

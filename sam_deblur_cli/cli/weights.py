@@ -11,9 +11,9 @@ from typing import Any
 import typer
 
 from sam_deblur_cli import weights as lib
-from sam_deblur_cli.cli.app import app, console, echo_json, err_console, fail
+from sam_deblur_cli.cli.app import app, console, echo_json, fail
 from sam_deblur_cli.cli.options import Json, Offline
-from sam_deblur_cli.cli.output import download_progress
+from sam_deblur_cli.cli.output import cell, download_progress, say
 from sam_deblur_cli.errors import EXIT_OK, SamDeblurError
 
 weights_app = typer.Typer(
@@ -25,14 +25,9 @@ app.add_typer(weights_app, name="weights")
 
 
 def _human_size(size: int | None) -> str:
-    if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
+    from sam_deblur_cli.files import human_size
+
+    return "?" if size is None else human_size(size)
 
 
 def _source_text(entry: lib.Entry) -> str:
@@ -79,13 +74,20 @@ def list_weights(json_output: Json = False) -> None:
         for record in records:
             echo_json(record)
         return
-    table = Table("name", "kind", "size", "source", "cached", "verified")
+    table = Table()
+    # Names are what users type: never cut; the source column wraps instead.
+    longest = max((len(entry.name) for entry in entries), default=4)
+    table.add_column("name", no_wrap=True, min_width=longest)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("size", no_wrap=True)
+    table.add_column("source", overflow="fold")
+    table.add_column("cached", no_wrap=True)
+    table.add_column("verified", no_wrap=True)
     for entry, r in zip(entries, records, strict=True):
         verified = ("yes" if r["verified"] else "no") if r["cached"] else "-"
         cached = "yes" if r["cached"] else "no"
-        table.add_row(
-            entry.name, entry.kind, _human_size(r["size"]), _source_text(entry), cached, verified
-        )
+        cells = (entry.name, entry.kind, _human_size(r["size"]), _source_text(entry))
+        table.add_row(*(cell(text) for text in cells), cached, verified)
     console.print(table)
 
 
@@ -127,7 +129,7 @@ def verify(
     if not names:
         names = [entry.name for entry in manifest if lib.locate(entry) is not None]
         if not names:
-            err_console.print(f"no model is cached in {lib.cache_root()}")
+            say(f"no model is cached in {lib.cache_root()}")
 
     def one(entry: lib.Entry) -> None:
         with download_progress() as progress:
@@ -155,19 +157,28 @@ def import_(
     entry = lib.load_manifest().get(name)
     with download_progress() as progress:
         dest = lib.import_weights(entry, file, progress=progress)
-    err_console.print(f"imported {file} as {entry.name} (sha256 {lib.expected_sha256(entry)})")
+    say(f"imported {file} as {entry.name} (sha256 {lib.expected_sha256(entry)})")
     typer.echo(str(dest))
 
 
 @weights_app.command("remove")
 def remove(names: list[str] = typer.Argument(..., help="Model names.")) -> None:
-    """Delete the cached files of models (imported copies included)."""
+    """Delete the cached files of models (imported copies included); a trained model is
+    unregistered, its file kept."""
 
     def one(entry: lib.Entry) -> None:
+        if isinstance(entry.source, lib.LocalSource):
+            lib.remove_weights(entry)
+            typer.echo(f"{entry.name}\tunregistered\t{entry.source.file}")
+            say(
+                f"{entry.name} is no longer a model name; its file {entry.source.file} was kept "
+                "(delete its run folder to free the space)."
+            )
+            return
         removed = lib.remove_weights(entry)
         for gone in removed:
             typer.echo(f"{entry.name}\tremoved\t{gone}")
         if not removed:
-            err_console.print(f"{entry.name} was not cached")
+            say(f"{entry.name} was not cached")
 
     _each(names, one)

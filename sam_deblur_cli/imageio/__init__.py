@@ -34,7 +34,7 @@ from sam_deblur_cli.imageio.formats import (
     suffix_for_format,
 )
 from sam_deblur_cli.imageio.picture import Picture, picture_with, to_uint8, to_uint16
-from sam_deblur_cli.imageio.read import DEFAULT_MAX_PIXELS, read_image
+from sam_deblur_cli.imageio.read import DEFAULT_MAX_PIXELS, read_header, read_image
 from sam_deblur_cli.imageio.write import write_image
 
 __all__ = [
@@ -44,24 +44,10 @@ __all__ = [
     "is_image_path",
     "output_format_for",
     "picture_with",
+    "read_header",
     "read_image",
     "suffix_for_format",
     "to_uint8",
     "to_uint16",
     "write_image",
 ]
-
-_heif_registered = False
-
-
-def _register_heif() -> bool:
-    """Register pillow-heif's opener on first need; False if that optional package is missing."""
-    global _heif_registered
-    if not _heif_registered:
-        try:
-            import pillow_heif
-        except ImportError:
-            return False
-        pillow_heif.register_heif_opener()
-        _heif_registered = True
-    return True

@@ -86,11 +86,18 @@ def suffix_for_format(format: str) -> str:
     return _SUFFIX_BY_FORMAT[output_format_for("", format)]
 
 
+_heif_registered = False
+
+
 def _heif_support() -> bool:
-    """Whether HEIF can be read and written: pillow-heif's opener, registered on first need.
-
-    The registration state is the package's (``imageio._register_heif``), where tests reset it.
-    """
-    from sam_deblur_cli import imageio
-
-    return imageio._register_heif()
+    """Whether HEIF can be read and written: pillow-heif's opener, registered on first need
+    (False when that optional package is missing). Tests reset ``_heif_registered``."""
+    global _heif_registered
+    if not _heif_registered:
+        try:
+            import pillow_heif
+        except ImportError:
+            return False
+        pillow_heif.register_heif_opener()
+        _heif_registered = True
+    return True

@@ -65,11 +65,41 @@ def read_image(
     return _picture_from_planes(planes, gray, depth, source_format=_format_name(im), **meta)
 
 
-def _read_bytes(src: Path) -> bytes:
+#: Bytes read by read_header first: PNG, WebP and JPEG headers (with their EXIF, ICC and XMP
+#: segments) fit; a TIFF whose directory sits at the end falls back to the whole file.
+_HEADER_BYTES = 1 << 20
+
+
+def read_header(
+    path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
+    """Check that ``path`` is an image read_image would accept, decoding no pixels; returns
+    (width, height) as stored. Raises the ImageReadError read_image would raise for a missing,
+    empty, unidentifiable or over-limit file (damage inside the pixel data shows only when
+    they are decoded). Usually reads the first MB only."""
+    src = Path(path)
+    head = _read_bytes(src, limit=_HEADER_BYTES)
+    if _looks_like_heif(head) and not _heif_support():
+        raise ImageReadError(f"{src}: is a HEIF/HEIC image, {_HEIF_ADVICE}")
+    try:
+        im = _open_header(src, head)
+    except ImageReadError:
+        if len(head) < _HEADER_BYTES:
+            raise
+        im = _open_header(src, _read_bytes(src))  # a header beyond the first MB (TIFF)
+    _check_header(src, im, max_pixels, warn=False)  # read_image warns when it decodes
+    return im.size
+
+
+def _read_bytes(src: Path, *, limit: int | None = None) -> bytes:
     try:
         if src.is_dir():
             raise ImageReadError(f"{src}: is a folder, not an image file.")
-        data = src.read_bytes()
+        if limit is None:
+            data = src.read_bytes()
+        else:
+            with src.open("rb") as f:
+                data = f.read(limit)
     except FileNotFoundError:
         raise ImageReadError(f"{src}: no such file; check the path.") from None
     except PermissionError:
@@ -182,7 +212,7 @@ def _diagnose(data: bytes) -> None:
                 raise _DamagedFile(name, exc) from exc
 
 
-def _check_header(src: Path, im: Image.Image, max_pixels: int | None) -> None:
+def _check_header(src: Path, im: Image.Image, max_pixels: int | None, *, warn: bool = True) -> None:
     fmt = im.format or "unknown"
     if fmt not in _READ_FORMATS:
         raise ImageReadError(
@@ -199,7 +229,7 @@ def _check_header(src: Path, im: Image.Image, max_pixels: int | None) -> None:
             f"{max_pixels / 1e6:g} MP safety limit; if you trust this file, raise the limit "
             f"with --max-pixels {width * height} (max_pixels= in Python)."
         )
-    frames = getattr(im, "n_frames", 1)
+    frames = getattr(im, "n_frames", 1) if warn else 1  # counting may read the whole file
     if frames > 1 and im.format != "MPO":  # MPO: a camera JPEG with preview/depth frames
         logger.warning("%s has %d frames; only the first is used.", src, frames)
 

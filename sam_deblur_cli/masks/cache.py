@@ -4,9 +4,10 @@ Running the same photo again (another model with the same recipe, TLC on or off,
 different output format) reads the segmask back instead of running SAM. An entry lives in
 ``<cache_root()>/masks/<key[:2]>/`` as ``<key>.png`` (the segmask, 8-bit gray) and
 ``<key>.json`` (``count``, ``shape``, ``version``), the JSON written last so that it marks a
-complete entry. The key is a sha256 over the decoded pixels (not the file: a re-saved or
-renamed photo still hits) and everything that shapes the masks. A corrupt entry is ignored
-and rewritten; a cache that cannot be written only costs speed.
+complete entry (two processes may fill one entry at once: each file is replaced whole).
+The key is a sha256 over the decoded pixels (not the file: a re-saved or renamed photo
+still hits) and everything that shapes the masks. A corrupt entry is ignored and rewritten;
+a cache that cannot be written (a full disk included) only costs speed.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sam_deblur_cli.errors import ImageWriteError, MaskError
-from sam_deblur_cli.files import write_bytes
+from sam_deblur_cli.amg import effective_amg
+from sam_deblur_cli.errors import ImageWriteError, MaskError, OutOfSpaceError
+from sam_deblur_cli.files import remove_stale_temporaries, write_bytes
 from sam_deblur_cli.masks.formats import read_segmask_png, write_segmask_png
-from sam_deblur_cli.masks.recipe import effective_amg
 
 if TYPE_CHECKING:
-    from sam_deblur_cli.masks import MaskResult
+    from sam_deblur_cli.masks.result import MaskResult
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class MaskCache:
 
     def get(self, key: str, shape: tuple[int, int]) -> MaskResult | None:
         """The cached masks of an image of ``shape`` (H, W), or None (missing or corrupt)."""
-        from sam_deblur_cli.masks import result_from_segmask
+        from sam_deblur_cli.masks.result import result_from_segmask
 
         png, meta = self._paths(key)
         if not meta.is_file():
@@ -118,7 +119,10 @@ class MaskCache:
         text = json.dumps(info).encode()
         try:
             png.parent.mkdir(parents=True, exist_ok=True)
+            # Two processes filling one entry write the same bytes, each file renamed into
+            # place whole: a reader sees the old file or the new, never a torn one.
+            remove_stale_temporaries(png.parent)  # a killed writer's
             write_segmask_png(png, segmask, compress_level=1)  # speed over size
             write_bytes(meta, text)
-        except (OSError, ImageWriteError) as exc:
+        except (OSError, ImageWriteError, OutOfSpaceError) as exc:  # only costs speed later
             logger.warning("could not write the mask cache entry %s (%s)", meta, exc)

@@ -45,6 +45,26 @@ def encode_segmask(masks: Iterable[np.ndarray], shape: tuple[int, int]) -> np.nd
     return acc.astype(np.uint8)
 
 
+def encode_segmask_windows(
+    windows: Iterable[tuple[tuple[int, int], np.ndarray]], shape: tuple[int, int]
+) -> np.ndarray:
+    """``encode_segmask`` of masks given as ((x0, y0), bool window): each mask is its window
+    placed at (x0, y0) and False elsewhere. Work is per window pixel, not per image pixel."""
+    height, width = shape
+    acc = np.zeros((height, width), dtype=np.float32)
+    for idx, ((x0, y0), window) in enumerate(windows):
+        rows, cols = window.shape
+        if x0 < 0 or y0 < 0 or y0 + rows > height or x0 + cols > width:
+            raise MaskError(
+                f"Mask {idx} reaches past the {width}x{height} image; generate the masks "
+                "from this image."
+            )
+        region = acc[y0 : y0 + rows, x0 : x0 + cols]
+        np.add(region, np.float32(mask_weight(idx)), out=region, where=window)
+    np.clip(acc, 0.0, 255.0, out=acc)
+    return acc.astype(np.uint8)
+
+
 def labels_from_segmask(segmask: np.ndarray) -> np.ndarray:
     """One group per distinct gray value, 0 included, numbered by increasing value (int64 H x W).
 

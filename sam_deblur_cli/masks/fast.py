@@ -10,10 +10,10 @@ scores, output in NMS keep order. What differs is the cost:
 - candidates are dropped by predicted IoU on their 256 x 256 logits, before any upscaling;
 - stability scores, areas and boxes of the survivors come from ``upscale.ExactUpscaler``:
   the stock upscaling chain run a few candidates at a time (never all candidates at full
-  resolution at once) or, when the image is upscaled 2x or more, an exact row-wise
+  resolution at once) or, when the image is upscaled 2x or more, an exact cell-wise
   evaluation that computes only the pixels near a threshold; both give the stock values;
-- kept masks stay as low-res logits; ``FastMaskSet.iter_masks`` brings them to full
-  resolution one at a time, bit-identical to the stock chain.
+- kept masks stay as low-res logits; ``FastMaskSet.iter_windows`` brings them to full
+  resolution one at a time, inside their boxes only, bit-identical to the stock chain.
 
 torch and segment_anything are imported inside functions: ``sam_deblur_cli.masks`` is
 imported by the CLI at start-up.
@@ -26,10 +26,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sam_deblur_cli.amg import AmgParams
 from sam_deblur_cli.errors import InputError
 from sam_deblur_cli.masks.maskset import MaskRecord, MaskSet
-from sam_deblur_cli.masks.recipe import AmgParams
-from sam_deblur_cli.masks.sam import StockMaskGenerator
+from sam_deblur_cli.masks.stock import StockMaskGenerator
 from sam_deblur_cli.masks.upscale import ExactUpscaler, one_cpu_thread
 
 if TYPE_CHECKING:
@@ -243,11 +243,23 @@ class FastMaskSet:
 
     def iter_masks(self) -> Iterator[np.ndarray]:
         """Yield bool H x W masks in generator order, equal to the stock generator's."""
+        import numpy as np
+
+        for (x0, y0), window in self.iter_windows():
+            mask = np.zeros(self.shape, dtype=np.bool_)
+            mask[y0 : y0 + window.shape[0], x0 : x0 + window.shape[1]] = window
+            yield mask
+
+    def iter_windows(self) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+        """Yield ((x0, y0), bool window) per mask in generator order: the mask inside its
+        box (``records[i].bbox``), which holds all of its pixels; work is per box pixel."""
         import torch
 
         with torch.inference_mode():
-            for logits in self._logits:
-                yield self._upscaler.mask(logits, self._threshold)
+            for logits, record in zip(self._logits, self.records, strict=True):
+                x0, y0, w, h = record.bbox
+                box = (x0, y0, x0 + w, y0 + h)
+                yield (x0, y0), self._upscaler.mask_window(logits, self._threshold, box)
 
 
 def _xyxy_to_xywh(box: list[int]) -> tuple[int, int, int, int]:

@@ -28,7 +28,7 @@ from sam_deblur_cli.masks.encode import count_groups, labels_from_groups
 from sam_deblur_cli.masks.maskset import ListMaskSet, MaskRecord, MaskSet
 
 if TYPE_CHECKING:
-    from sam_deblur_cli.masks import MaskResult
+    from sam_deblur_cli.masks.result import MaskResult
 
 METADATA_HEADER = (
     "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,"
@@ -77,13 +77,15 @@ def write_segmask_png(path: str | Path, segmask: np.ndarray, *, compress_level: 
 
 def read_segmask_png(path: str | Path) -> np.ndarray:
     """Read a gray segmask PNG (uint8 H x W). RGB files are accepted only if gray."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()
             mode, array = image.mode, np.asarray(image)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    # Pillow raises an open-ended set of types on damaged bytes (SyntaxError for a broken
+    # chunk, DecompressionBombError for a header claiming billions of pixels...).
+    except Exception as exc:
         raise MaskError(
             f"Could not read the mask file {path} ({exc}); pass a gray segmask PNG or a "
             "groups .npz."
@@ -103,36 +105,14 @@ def read_segmask_png(path: str | Path) -> np.ndarray:
 def write_groups_npz(path: str | Path, labels: np.ndarray) -> Path:
     """Save a label map as the upstream groups file (key ``masks``, bool G x 1 x H x W).
 
-    The file is what ``np.savez_compressed(file, masks=groups_from_labels(labels))`` writes
-    (one deflated ``masks.npy`` member, zip64), but the slices are made and compressed one
-    at a time: the G x H x W stack (3 GB for 256 groups at 12 MP) never exists in memory.
+    ``np.load`` gives what ``np.savez_compressed(file, masks=groups_from_labels(labels))``
+    stored (one deflated zip64 ``masks.npy`` member), but the G x H x W stack (3 GB for 256
+    groups at 12 MP) never exists: ``groups_npz`` compresses only the parts of each slice
+    where its group has pixels, in a few threads, and reuses one compressed run of zeros.
     """
-    return _write_file(path, lambda handle: _write_groups(handle, labels))
+    from sam_deblur_cli.masks.groups_npz import write_groups
 
-
-def _write_groups(handle: IO[bytes], labels: np.ndarray) -> None:
-    import zipfile
-
-    count = count_groups(labels)
-    height, width = labels.shape
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(np.bool_)),
-        "fortran_order": False,
-        "shape": (count, 1, height, width),
-    }
-    # A narrower copy when it fits: each slice is one pass over the labels.
-    narrow = np.int16 if count <= np.iinfo(np.int16).max else labels.dtype
-    compact = labels.astype(narrow, copy=False)
-    group = np.empty((height, width), dtype=np.bool_)
-    row_bytes = group.reshape(-1).view(np.uint8).data  # 1-D bytes view of one slice
-    with (
-        zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf,
-        zf.open("masks.npy", "w", force_zip64=True) as member,  # as numpy does (gh-10776)
-    ):
-        np.lib.format.write_array_header_1_0(member, header)
-        for label in range(count):
-            np.equal(compact, label, out=group)
-            member.write(row_bytes)
+    return _write_file(path, lambda handle: write_groups(handle, labels))
 
 
 def read_groups_npz(path: str | Path) -> np.ndarray:
@@ -145,16 +125,25 @@ def read_groups_npz(path: str | Path) -> np.ndarray:
                     "save the stack under the key 'masks'."
                 )
             stack = data["masks"]
-    except (OSError, ValueError, EOFError) as exc:
+    except MaskError:
+        raise
+    # numpy and zipfile raise an open-ended set of types on a damaged file (BadZipFile,
+    # zlib.error, NotImplementedError for an unknown compression, TokenError in the header...).
+    except Exception as exc:
         raise MaskError(
             f"Could not read the groups file {path} ({exc}); pass an .npz with a 'masks' stack."
         ) from exc
+    if not isinstance(stack, np.ndarray) or stack.ndim not in (3, 4):  # e.g. a damaged header
+        raise MaskError(
+            f"The groups file {path} holds no G x H x W stack under 'masks'; pass an .npz "
+            "written by `sam-deblur masks` or upstream's code."
+        )
     return stack
 
 
 def load_mask_file(path: str | Path, shape: tuple[int, int]) -> MaskResult:
     """Read a segmask PNG or a groups ``.npz`` made for an image of ``shape`` (H, W)."""
-    from sam_deblur_cli.masks import MaskResult, result_from_segmask
+    from sam_deblur_cli.masks.result import MaskResult, result_from_segmask
 
     path = Path(path)
     if path.suffix.lower() == ".npz":
@@ -246,10 +235,7 @@ def write_overlay_png(
     path: str | Path, rgb_uint8: np.ndarray, result: MaskResult, *, alpha: float = 0.5
 ) -> Path:
     """Render and save the overlay of ``result`` on the photo (RGB uint8 H x W x 3)."""
-    plain = None
-    if result.segmask is not None and not result.segmask.all():
-        plain = 0  # gray value 0 is the smallest, so its group is label 0
-    overlay = render_overlay(rgb_uint8, result.labels, plain_label=plain, alpha=alpha)
+    overlay = render_overlay(rgb_uint8, result.labels, plain_label=result.plain_label, alpha=alpha)
     return _write_file(path, _png_writer(overlay))
 
 

@@ -126,13 +126,17 @@ def open_generator(settings: MaskSettings) -> tuple[MaskGenerator, list[str]]:
 
 
 def make_folder(output: Path) -> None:
-    """Create the output folder (UsageError, saying so, when it cannot be)."""
+    """Create the output folder (UsageError, saying so, when it cannot be) and remove the
+    temporary files a killed run left there."""
+    from sam_deblur_cli.files import remove_stale_temporaries
+
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(
             f"Could not create {output} ({exc.strerror}); pick another -o folder."
         ) from exc
+    remove_stale_temporaries(output)
 
 
 def save_masks(

@@ -6,12 +6,12 @@
 - :func:`to_sam_input` applies the recipe's channel order: the published checkpoints were
   trained on masks of images handed to SAM in BGR order (upstream.md 5.2).
 - :func:`make_generator` returns the fast generator or segment-anything's stock one
-  (:class:`StockMaskGenerator`, also the fast generator's fallback); both map an
+  (``stock.StockMaskGenerator``, also the fast generator's fallback); both map an
   H x W x 3 uint8 image to a :class:`MaskSet` in generator order.
 - :func:`override_recipe` / :func:`recipe_departures` apply user overrides and describe,
   in sentences, how a run's masks differ from those the model was trained on.
 
-The generator parameters, their types and defaults are ``masks.recipe``'s table.
+The generator parameters, their types and defaults are ``amg``'s table.
 
 torch and segment_anything are imported inside the functions that need them.
 """
@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
+from sam_deblur_cli.amg import AMG_DEFAULTS, amg_params, effective_amg
 from sam_deblur_cli.errors import UsageError
-from sam_deblur_cli.masks.maskset import ListMaskSet, MaskRecord, MaskSet
-from sam_deblur_cli.masks.recipe import AMG_DEFAULTS, AmgParams, amg_params, effective_amg
+from sam_deblur_cli.masks.maskset import MaskSet
+from sam_deblur_cli.masks.stock import StockMaskGenerator
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -141,43 +142,6 @@ def entry_sha256(entry: Entry, *, offline: bool = False) -> str:
         path = ensure_weights(entry, offline=offline)
         sha = str(expected_sha256(entry)) or str(sha256_file(path))
     return sha
-
-
-class StockMaskGenerator:
-    """segment-anything's ``SamAutomaticMaskGenerator``, returning a :class:`ListMaskSet`.
-
-    The one stock path: ``make_generator(fast=False)`` and the fast generator's fallback.
-    """
-
-    def __init__(
-        self, sam: Sam, params: AmgParams, *, point_grids: list[np.ndarray] | None = None
-    ) -> None:
-        from segment_anything import SamAutomaticMaskGenerator
-
-        self._amg = SamAutomaticMaskGenerator(
-            sam, point_grids=point_grids, output_mode="binary_mask", **params.as_kwargs()
-        )
-
-    def __call__(self, image: np.ndarray) -> ListMaskSet:
-        """Masks of an H x W x 3 uint8 image, handed to SAM exactly as given."""
-        anns = self._amg.generate(image)
-        masks = [ann["segmentation"] for ann in anns]
-        records = [_record(ann) for ann in anns]
-        return ListMaskSet((int(image.shape[0]), int(image.shape[1])), masks, records)
-
-
-def _record(ann: dict[str, Any]) -> MaskRecord:
-    x, y, w, h = (int(v) for v in ann["bbox"])
-    cx, cy, cw, ch = (int(v) for v in ann["crop_box"])
-    px, py = (float(v) for v in ann["point_coords"][0])
-    return MaskRecord(
-        area=int(ann["area"]),
-        bbox=(x, y, w, h),
-        predicted_iou=float(ann["predicted_iou"]),
-        stability_score=float(ann["stability_score"]),
-        point_coords=(px, py),
-        crop_box=(cx, cy, cw, ch),
-    )
 
 
 def make_generator(sam: Sam, amg: Mapping[str, float | int], *, fast: bool) -> MaskSetGenerator:

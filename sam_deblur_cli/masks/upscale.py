@@ -24,22 +24,61 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class _Axis:
+    """The taps of one axis of the last resize (``size_in`` -> ``size_out``), from torch's
+    kernel applied to an identity matrix, grouped into *sources*.
+
+    Output index i reads inputs ``a[i]`` and ``b[i]`` with weights ``w_a[i]``, ``w_b[i]``
+    (at the clamped borders b = a and ``w_b`` is 0). Source s is the input pair (s, s+1),
+    s < size_in - 1: output i belongs to source min(a[i], size_in - 2), whose pair holds
+    every input it reads. Outputs of one source are consecutive: ``start[s]``, ``length[s]``.
+    """
+
+    def __init__(self, size_in: int, size_out: int, device: Any) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        eye = torch.eye(size_in, device=device)[None, None]
+        weights = F.interpolate(eye, (size_out, size_in), mode="bilinear", align_corners=False)
+        weights = weights[0, 0]
+        first, last = _taps(size_in, size_out, device)
+        out = torch.arange(size_out, device=device)
+        self.a, self.b = first, last
+        self.w_a = weights[out, first]
+        self.w_b = torch.where(first != last, weights[out, last], 0.0)
+        n_sources = max(1, size_in - 1)
+        self.source = first.clamp(max=n_sources - 1)  # per output
+        self.length = torch.bincount(self.source, minlength=n_sources)
+        start = torch.full((n_sources,), size_out, device=device, dtype=torch.long)
+        self.start = start.scatter_reduce(0, self.source, out, "amin")
+        self.used = self.length > 0
+        self.all_used = bool(self.used.all())
+        self.max_len = int(self.length.max())
+
+    @staticmethod
+    def cells(values: torch.Tensor, dim: int, reduce: Any) -> torch.Tensor:
+        """``reduce`` (torch.minimum / maximum) of each source's input pair along ``dim``."""
+        n = values.shape[dim]
+        if n == 1:
+            return values
+        return reduce(values.narrow(dim, 0, n - 1), values.narrow(dim, 1, n - 1))
+
+
 class ExactUpscaler:
     """segment_anything's mask upscaling chain for one image size, with cheap statistics.
 
     The stock chain is: 256 x 256 logits -> bilinear to img_size^2 -> crop to the input size
-    (hi x wi) -> bilinear to the original size (H x W), align_corners=False. Torch's bilinear
-    kernel resizes columns, then combines two rows, so the chain equals: the same resizes up
-    to G = resize(crop, (hi, W)), then output row y = combine(G[a_y], w_a, G[b_y], w_b).
-    Each output pixel lies between G[a] and G[b] at its column, so a pixel whose bracket does
-    not contain a threshold needs no evaluation; only the rest (mask edges) are computed one
-    by one. The row taps and the rounding of ``combine`` are read off torch's kernel once per
-    image size and checked bit for bit; if the check fails, the full-resolution chain is
-    used instead (same results, slower). Below a 2x upscale the rows save too little, and
-    the full-resolution chain is used too (``by_rows``).
-
-    A "source" is what an output row reads: a pair of adjacent G rows (a, a+1), or a single
-    G row (a, a) at the clamped borders. Rows reading the same source are consecutive.
+    (hi x wi), the *input frame* F -> bilinear to the original size (H x W),
+    align_corners=False. Torch's bilinear kernel resizes columns, then combines two rows:
+    G[r, x] = combine(F[r, c_x], F[r, d_x]), then output[y, x] = combine(G[a_y, x], G[b_y, x]).
+    So each output pixel is a convex combination of one *cell* of F (a source of rows times
+    a source of columns, see ``_Axis``), and a pixel whose cell's values are all above (or
+    all below) a threshold needs no evaluation; only the cells that straddle it (mask edges)
+    are computed, pixel by pixel. The taps and the rounding of ``combine`` are read off
+    torch's kernel once per image size and checked bit for bit; if the check fails, the
+    full-resolution chain is used instead (same results, slower). Below a 2x upscale the
+    cells save too little, and the full-resolution chain is used too (``by_rows``, the
+    name of the flag from when the saving went by rows: True for the cell-wise path).
     """
 
     def __init__(
@@ -54,64 +93,57 @@ class ExactUpscaler:
         self.img_size = img_size
         self.device = device
         self._crop_first_resize()
-        self._read_row_taps()
-        self.style = self._pick_style()
+        self.rows = _Axis(input_size[0], original_size[0], device)
+        self.cols = _Axis(input_size[1], original_size[1], device)
+        self.style, self.col_style = self._pick_style()
         if self.style is None:
             logger.warning(
-                "Row-wise upscaling does not reproduce this torch build's kernel; "
+                "Cell-wise upscaling does not reproduce this torch build's kernel; "
                 "using full-resolution upscaling for mask statistics (slower)."
             )
-        # Rows pay off when each source feeds several output rows (an upscale of 2x or more).
-        self.by_rows = self.style is not None and self.max_len >= 3 and self.all_used
+        # Cells pay off when each feeds several output pixels (an upscale of 2x or more).
+        self.by_rows = (
+            self.style is not None
+            and min(self.rows.max_len, self.cols.max_len) >= 3
+            and self.rows.all_used
+            and self.cols.all_used
+        )
         self.chunk = max(1, min(64, 12_000_000 // (input_size[0] * original_size[1])))
+        if self.by_rows:  # the input frame is all a chunk holds
+            self.chunk = max(1, min(64, 12_000_000 // (input_size[0] * input_size[1])))
 
-    def _read_row_taps(self) -> None:
-        """Row taps of the last resize, from torch's kernel applied to an identity matrix."""
-        import torch
-        import torch.nn.functional as F
-
-        hi, h = self.input_size[0], self.original_size[0]
-        dev = self.device
-        eye = torch.eye(hi, device=dev)[None, None]
-        weights = F.interpolate(eye, (h, hi), mode="bilinear", align_corners=False)[0, 0]
-        first, last = _taps(hi, h, dev)
-        rows = torch.arange(h, device=dev)
-        self.row_a, self.row_b = first, last
-        self.w_a = weights[rows, first]
-        self.w_b = torch.where(first != last, weights[rows, last], 0.0)
-        # Sources 0..hi-2 are the pairs (a, a+1); then one source per single row used.
-        is_pair = last == first + 1
-        self.singles = torch.unique(first[~is_pair])
-        single_slot = torch.searchsorted(self.singles, first)
-        self.row_source = torch.where(is_pair, first, hi - 1 + single_slot)
-        n_sources = hi - 1 + len(self.singles)
-        self.source_len = torch.bincount(self.row_source, minlength=n_sources)
-        start = torch.full((n_sources,), h, device=dev, dtype=torch.long)
-        self.source_start = start.scatter_reduce(0, self.row_source, rows, "amin")
-        self.source_used = self.source_len > 0
-        self.all_used = bool(self.source_used.all())
-        self.max_len = int(self.source_len.max())
-
-    def _pick_style(self) -> str | None:
-        """The rounding of ``combine`` that reproduces torch's kernel here, or None."""
+    def _pick_style(self) -> tuple[str | None, str | None]:
+        """The roundings of ``combine`` (rows, columns) that reproduce torch's kernel here."""
         import torch
 
         if torch.device(self.device).type == "mps":  # no float64 there to emulate fma with
-            return None
+            return None, None
         gen = torch.Generator().manual_seed(0)
         side = self.img_size // 4
         low = (torch.randn(1, side, side, generator=gen) * 8).to(self.device)
+        frame = self._input_frame(low)[0, 0]
+        g = self._rows_source(low)[0]  # torch's column pass, every value
+        c = self.cols
+        col_style = next(
+            (
+                style
+                for style in _STYLES
+                if torch.equal(_combine(frame[:, c.a], c.w_a, frame[:, c.b], c.w_b, style), g)
+            ),
+            None,
+        )
+        if col_style is None:
+            return None, None
         # Every output row, on a spread of columns (columns go through torch's own resize).
         cols = torch.linspace(0, self.original_size[1] - 1, 257, device=self.device).long()
         full = self._reference_chain(low)[0][:, cols]
-        g = self._rows_source(low)[0][:, cols]
-        for style in ("addcmul", "fma_a", "separate", "fma_b"):
-            rows = _combine(
-                g[self.row_a], self.w_a[:, None], g[self.row_b], self.w_b[:, None], style
-            )
+        g = g[:, cols]
+        r = self.rows
+        for style in _STYLES:
+            rows = _combine(g[r.a], r.w_a[:, None], g[r.b], r.w_b[:, None], style)
             if torch.equal(rows, full):
-                return style
-        return None
+                return style, col_style
+        return None, None
 
     def _reference_chain(self, low: torch.Tensor) -> torch.Tensor:
         """n x 256 x 256 -> n x H x W, ``Sam.postprocess_masks`` verbatim (for the checks)."""
@@ -167,51 +199,68 @@ class ExactUpscaler:
         return F.interpolate(up, out_size, mode="bilinear", align_corners=False)[:, 0]
 
     def _classify(
-        self, g: torch.Tensor, margin: torch.Tensor, top: float, bottom: float
+        self,
+        frame: torch.Tensor,
+        margin: torch.Tensor,
+        top: float,
+        bottom: float,
+        offset: tuple[int, int] = (0, 0),
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per source and column: surely above ``top`` at every row it feeds (n x S x W bool),
-        and the (mask, source, column) entries that may exceed ``bottom`` but are not sure.
-
-        ``margin`` (n) covers the rounding of ``combine`` (an output is a convex combination).
-        """
+        """Per cell (n x row sources x column sources): surely above ``top`` at every pixel
+        it feeds, and the (mask, row source, column source) cells that may exceed ``bottom``
+        but are not sure. ``frame``: n x hi x wi. ``margin`` (n) covers the rounding of
+        ``combine`` (an output is a convex combination of its cell's values). ``frame`` may be
+        a part of the input frame from row and column ``offset``: cells are then numbered
+        from there."""
         import torch
 
         margin = margin.view(-1, 1, 1)
-        high, low = g > top + margin, g > bottom - margin
-        n, pairs, width = g.shape[0], g.shape[1] - 1, g.shape[2]
-        shape = (n, pairs + len(self.singles), width)
-        above = torch.empty(shape, dtype=torch.bool, device=g.device)
-        maybe = torch.empty(shape, dtype=torch.bool, device=g.device)
-        torch.logical_and(high[:, :-1], high[:, 1:], out=above[:, :pairs])
-        torch.logical_or(low[:, :-1], low[:, 1:], out=maybe[:, :pairs])
-        above[:, pairs:], maybe[:, pairs:] = high[:, self.singles], low[:, self.singles]
-        if not self.all_used:
-            above &= self.source_used.view(1, -1, 1)
+        lowest = self.rows.cells(self.cols.cells(frame, 2, torch.minimum), 1, torch.minimum)
+        above = lowest > top + margin
+        del lowest
+        highest = self.rows.cells(self.cols.cells(frame, 2, torch.maximum), 1, torch.maximum)
+        maybe = highest > bottom - margin
+        del highest
+        if not (self.rows.all_used and self.cols.all_used):  # a downscale skips inputs
+            rows = self.rows.used[offset[0] : offset[0] + above.shape[1]]
+            used = rows[:, None] & self.cols.used[offset[1] : offset[1] + above.shape[2]]
+            above &= used
+            maybe &= used
         maybe &= ~above
-        i, s, x = maybe.nonzero(as_tuple=True)
-        if self.all_used:
-            return above, (i, s, x)
-        used = self.source_used[s]
-        return above, (i[used], s[used], x[used])
+        i, r, c = maybe.nonzero(as_tuple=True)
+        return above, (i, r, c)
 
-    def _exact_rows(
-        self, g: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """For each step k, the output values at row ``source_start + k`` of the given
-        (mask, source, column) entries: yields (values, rows, valid). Past a source's last
-        row, entries repeat that last row and are marked not valid."""
+    def _exact_pixels(
+        self, frame: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The output values at every pixel of the given (mask, row source, column source)
+        cells: yields (values, masks, rows, columns, valid), a block of cells at a time, each cell
+        as max_len x max_len offsets (dy, dx) from its first pixel. Offsets past a cell's
+        extent repeat its last row or column and are marked not valid."""
         import torch
 
-        i, s, x = index
-        width = g.shape[2]
-        flat = g.view(-1)
-        base = i * (g.shape[1] * width) + x
-        length, start = self.source_len[s], self.source_start[s]
-        assert self.style is not None
-        for step in range(self.max_len):
-            y = start + torch.clamp(length - 1, max=step)
-            va, vb = flat[base + self.row_a[y] * width], flat[base + self.row_b[y] * width]
-            yield _combine(va, self.w_a[y], vb, self.w_b[y], self.style), y, length > step
+        r, c = self.rows, self.cols
+        height, width = frame.shape[1], frame.shape[2]
+        flat = frame.reshape(-1)
+        dev = frame.device
+        dy = torch.arange(r.max_len, device=dev).repeat_interleave(c.max_len)
+        dx = torch.arange(c.max_len, device=dev).repeat(r.max_len)
+        assert self.style is not None and self.col_style is not None
+        block = max(1, (1 << 20) // len(dy))  # cells per step: about a million pixels
+        for first in range(0, len(cells[0]), block):
+            i, sr, sc = (t[first : first + block, None] for t in cells)
+            r_len, c_len = r.length[sr], c.length[sc]
+            y = r.start[sr] + torch.minimum(r_len - 1, dy)
+            x = c.start[sc] + torch.minimum(c_len - 1, dx)
+            base = i * (height * width)
+            top, bottom = base + r.a[y] * width, base + r.b[y] * width
+            ca, cb, wx_a, wx_b = c.a[x], c.b[x], c.w_a[x], c.w_b[x]
+            ga = _combine(flat[top + ca], wx_a, flat[top + cb], wx_b, self.col_style)
+            gb = _combine(flat[bottom + ca], wx_a, flat[bottom + cb], wx_b, self.col_style)
+            value = _combine(ga, r.w_a[y], gb, r.w_b[y], self.style)
+            valid = (r_len > dy) & (c_len > dx)
+            owner = i.expand_as(y).reshape(-1)
+            yield value.reshape(-1), owner, y.reshape(-1), x.reshape(-1), valid.reshape(-1)
 
     def stats(
         self, low: torch.Tensor, t_high: float, t_low: float, t_mask: float
@@ -224,18 +273,22 @@ class ExactUpscaler:
         import torch
 
         thresholds = (t_high, t_low, t_mask)
-        g = self._rows_source(low)
-        # G's values are convex combinations of the low-res logits: bounded by them.
-        above, index = self._classify(g, _margin(low.flatten(1)), max(thresholds), min(thresholds))
-        sure = (above.sum(2, dtype=torch.int16) * self.source_len).sum(1)
+        frame = self._input_frame(low)[:, 0]
+        # F's values are convex combinations of the low-res logits: bounded by them.
+        above, cells = self._classify(
+            frame, _margin(low.flatten(1)), max(thresholds), min(thresholds)
+        )
+        # Pixels of the sure cells: row lengths x column lengths (sums of whole numbers below
+        # 2**24 in float32 per row of cells, then float64: exact).
+        per_row = above.to(torch.float32) @ self.cols.length.to(torch.float32)
+        sure = (per_row.double() @ self.rows.length.double()).round().long()
         counts = [sure.clone() for _ in thresholds]
-        box = _BoxBounds(self, above)
-        owner, cols = index[0], index[2]
+        box = _BoxBounds(self, per_row > 0, above.any(1))
         with one_cpu_thread(self.device):  # many small ops: see one_cpu_thread
-            for values, rows, valid in self._exact_rows(g, index):
+            for values, owner, rows, cols, valid in self._exact_pixels(frame, cells):
                 for count, t in zip(counts, thresholds, strict=True):
                     count.index_add_(0, owner, (valid & (values > t)).long())
-                box.add(owner, rows, cols, values > t_mask)
+                box.add(owner, rows, cols, valid & (values > t_mask))
         return counts[0], counts[1], counts[2], box.result()
 
     def _stats_full(
@@ -268,34 +321,54 @@ class ExactUpscaler:
 
     def mask(self, low: torch.Tensor, threshold: float) -> np.ndarray:
         """Logits 256 x 256 -> bool H x W (numpy), equal to the stock chain thresholded."""
+        h, w = self.original_size
+        return self.mask_window(low, threshold, (0, 0, w - 1, h - 1))
+
+    def mask_window(
+        self, low: torch.Tensor, threshold: float, box: tuple[int, int, int, int]
+    ) -> np.ndarray:
+        """Logits 256 x 256 -> the stock chain thresholded, in the window ``box`` (XYXY,
+        inclusive): bool (y1 - y0 + 1) x (x1 - x0 + 1) numpy. With the mask's own box, the
+        window holds every pixel of the mask."""
+        x0, y0, x1, y1 = box
         if not self.by_rows:
-            return (self._stock_chain(low[None])[0] > threshold).cpu().numpy()
-        g = self._rows_source(low[None])
-        above, index = self._classify(g, _margin(low.view(1, -1)), threshold, threshold)
-        out = above[0].index_select(0, self.row_source)  # H x W: sources surely above
+            full = self._stock_chain(low[None])[0, y0 : y1 + 1, x0 : x1 + 1]
+            return (full > threshold).cpu().numpy()
+        frame = self._input_frame(low[None])[:, 0]
+        r_src, c_src = self.rows.source[y0 : y1 + 1], self.cols.source[x0 : x1 + 1]
+        r_off, c_off = int(r_src[0]), int(c_src[0])
+        # Only the cells the window meets: sources r_off.. and c_off.. read inputs from there.
+        part = frame[:, r_off : int(r_src[-1]) + 2, c_off : int(c_src[-1]) + 2]
+        margin = _margin(low.view(1, -1))
+        above, (i, sr, sc) = self._classify(part, margin, threshold, threshold, (r_off, c_off))
+        out = above[0].index_select(0, r_src - r_off).index_select(1, c_src - c_off)
+        cells = (i, sr + r_off, sc + c_off)
         width = out.shape[1]
         with one_cpu_thread(self.device):
-            for values, rows, _ in self._exact_rows(g, index):
-                out.view(-1)[rows * width + index[2]] = values > threshold
+            for values, _, rows, cols, valid in self._exact_pixels(frame, cells):
+                inside = valid & (rows >= y0) & (rows <= y1) & (cols >= x0) & (cols <= x1)
+                at = (rows[inside] - y0) * width + (cols[inside] - x0)
+                out.view(-1)[at] = values[inside] > threshold
         return out.cpu().numpy()
 
 
 class _BoxBounds:
     """Running XYXY bounds of the pixels above a threshold, per mask of a chunk."""
 
-    def __init__(self, upscaler: ExactUpscaler, above: torch.Tensor) -> None:
-        """Start from the sources surely above (``above``: n x S x W bool)."""
+    def __init__(
+        self, upscaler: ExactUpscaler, rows_any: torch.Tensor, cols_any: torch.Tensor
+    ) -> None:
+        """Start from the sources with a cell surely above: n x row sources, n x column
+        sources (bool)."""
         import torch
 
         h, w = upscaler.original_size
         self.h, self.w = h, w
-        start, length = upscaler.source_start, upscaler.source_len
-        rows_any, cols_any = above.any(2), above.any(1)  # n x S, n x W
-        cols = torch.arange(w, device=above.device)
-        self.top = torch.where(rows_any, start, h).amin(1)
-        self.bottom = torch.where(rows_any, start + length - 1, -1).amax(1)
-        self.left = torch.where(cols_any, cols, w).amin(1)
-        self.right = torch.where(cols_any, cols, -1).amax(1)
+        r, c = upscaler.rows, upscaler.cols
+        self.top = torch.where(rows_any, r.start, h).amin(1)
+        self.bottom = torch.where(rows_any, r.start + r.length - 1, -1).amax(1)
+        self.left = torch.where(cols_any, c.start, w).amin(1)
+        self.right = torch.where(cols_any, c.start + c.length - 1, -1).amax(1)
 
     def add(
         self, owner: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, inside: torch.Tensor
@@ -315,6 +388,9 @@ class _BoxBounds:
         boxes = torch.stack([self.left, self.top, self.right, self.bottom], dim=1)
         empty = (self.right < self.left) | (self.bottom < self.top)
         return torch.where(empty[:, None], 0, boxes)
+
+
+_STYLES = ("addcmul", "fma_a", "separate", "fma_b")
 
 
 def _taps(size_in: int, size_out: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:

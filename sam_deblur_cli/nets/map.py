@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from sam_deblur_cli.nets import MASK_VALUE_UPSTREAM
-from sam_deblur_cli.nets.nafnet import GuideKind, NAFNet, pad_to_multiple
+from sam_deblur_cli.nets.config import MASK_VALUE_UPSTREAM, GuideKind
+from sam_deblur_cli.nets.nafnet import NAFNet, pad_to_multiple
 
 UNCOVERED = -1  # label of pixels in no group: the zero padding (or a gap in an npz's groups)
 EPS = 1e-8  # upstream's eps, in both denominators

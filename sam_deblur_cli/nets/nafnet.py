@@ -11,13 +11,13 @@ NCHW (upstream's layout, and its LayerNorm arithmetic), which strict float32 on 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-GuideKind = Literal["none", "segmask", "labels"]
+from sam_deblur_cli.nets.config import GuideKind
 
 
 class LayerNorm2d(nn.Module):

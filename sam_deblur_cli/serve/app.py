@@ -3,7 +3,8 @@
 Endpoints (all errors are JSON ``{"detail": "one sentence"}``, never a traceback):
 
 - ``GET /`` the page (``static/``); ``GET /docs`` OpenAPI;
-- ``GET /api/health`` loading / ready / error, device, queue; ``GET /api/models``;
+- ``GET /api/health`` loading / ready / degraded (the default model failed, others answer) /
+  error, the models that answer, device, queue; ``GET /api/models``;
 - ``POST /api/deblur`` multipart ``file`` + form ``model``, ``tlc``, ``format``, ``quality``:
   waits and returns the image (the original format unless ``format``), cancelled if the client
   goes away;
@@ -14,7 +15,7 @@ Endpoints (all errors are JSON ``{"detail": "one sentence"}``, never a traceback
 
 Statuses: 400 a malformed request, 403 a cross-site POST, 404 an unknown job or output, 413 an
 upload or image too large, 415 not an image, 422 a bad option (unknown model or format),
-503 queue full (Retry-After) or the model failed to load.
+503 queue full (Retry-After) or the model failed to load (answered at once).
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from fastapi.staticfiles import StaticFiles
 
 from sam_deblur_cli.errors import ImageReadError, PixelLimitError, SamDeblurError, UsageError
 from sam_deblur_cli.serve.jobs import (
-    Job,
     JobKind,
     JobRequest,
+    ModelUnavailable,
     QueueFull,
+    ServeJob,
     ServeSettings,
     Service,
     check_mask_format,
@@ -290,14 +292,14 @@ async def job_form(
     return form
 
 
-def _job(svc: Service, job_id: str) -> Job:
+def _job(svc: Service, job_id: str) -> ServeJob:
     job = svc.job(job_id)
     if job is None:
         raise HTTPException(404, f"No job {job_id}; it finished long ago or never existed.")
     return job
 
 
-async def _submit(svc: Service, form: Upload, kind: JobKind, *, previews: bool) -> Job:
+async def _submit(svc: Service, form: Upload, kind: JobKind, *, previews: bool) -> ServeJob:
     """Save the upload privately, decode it, check the options, queue it (the job owns the
     folder from then on; before that, any refusal removes it)."""
     if not 1 <= form.quality <= 100:
@@ -351,12 +353,14 @@ def _decode_and_check(svc: Service, src: Path, request: JobRequest) -> Any:
         raise HTTPException(413, public_message(exc, src.parent, request.name)) from None
     except ImageReadError as exc:
         raise HTTPException(415, public_message(exc, src.parent, request.name)) from None
+    except ModelUnavailable as exc:
+        raise HTTPException(503, str(exc)) from None
     except UsageError as exc:
         raise HTTPException(422, str(exc)) from None
     return picture
 
 
-async def _wait_and_answer(svc: Service, request: Request, job: Job) -> Response:
+async def _wait_and_answer(svc: Service, request: Request, job: ServeJob) -> Response:
     """Wait for ``job``; cancel it if the client goes away; the result or its error as JSON."""
     while not job.done.is_set():
         if await request.is_disconnected():
@@ -369,7 +373,7 @@ async def _wait_and_answer(svc: Service, request: Request, job: Job) -> Response
     return _file(job, "result")
 
 
-def _file(job: Job, key: str) -> Response:
+def _file(job: ServeJob, key: str) -> Response:
     item = job.outputs[key]
     headers = {"Content-Disposition": f'attachment; filename="{item.filename}"', "X-Job-Id": job.id}
     return Response(item.data, media_type=item.media_type, headers=headers)

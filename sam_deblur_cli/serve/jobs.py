@@ -8,7 +8,7 @@ dropped first.
 
 Concurrency: one job at a time holds ``device_lock`` (one deblur at a time per device); at
 most ``queue_size`` jobs wait for it, and a job beyond that is refused with :class:`QueueFull`
-(the HTTP layer answers 503 with Retry-After). A waiting job is cancelled by :meth:`Job.cancel`
+(the HTTP layer answers 503 with Retry-After). A waiting job is cancelled by :meth:`ServeJob.cancel`
 or, for page jobs, when nobody has asked for it for ``abandon_after`` seconds; a running job
 stops at the next stage boundary (masks, deblur, write: torch calls are not interruptible).
 
@@ -86,6 +86,10 @@ class QueueFull(SamDeblurError):
     """Every waiting place is taken; the client should retry later."""
 
 
+class ModelUnavailable(SamDeblurError):
+    """The requested model failed to load (its weights are missing, ...): HTTP 503 at once."""
+
+
 class JobCancelled(Exception):
     """Raised inside a job when it was cancelled (caught by the worker)."""
 
@@ -104,7 +108,7 @@ class JobRequest:
 
 
 @dataclass
-class Job:
+class ServeJob:
     """One photo through the queue; its public view is :meth:`status`."""
 
     request: JobRequest
@@ -177,8 +181,8 @@ class Service:
         self.device: str | None = None
         self._deblurrers: dict[str, Deblurrer] = {}
         self._cond = threading.Condition()
-        self._waiting: collections.deque[Job] = collections.deque()
-        self._jobs: dict[str, Job] = {}
+        self._waiting: collections.deque[ServeJob] = collections.deque()
+        self._jobs: dict[str, ServeJob] = {}
         self._closed = False
         self._worker = threading.Thread(target=self._work, name="sam-deblur-worker", daemon=True)
         self._worker.start()
@@ -186,13 +190,20 @@ class Service:
     # ------------------------------------------------------------------ state for the API
 
     def health(self) -> dict[str, Any]:
-        """``status`` "loading" | "ready" | "error", the default model, device, queue length."""
-        status = "error" if self.load_error else "ready" if self.ready.is_set() else "loading"
+        """``status`` "loading" | "ready" | "degraded" (the default model failed, others
+        answer) | "error" (none answers), the default model, the models that answer
+        (``models``), device, queue length."""
+        answering = [m["name"] for m in self.models() if m["available"]]
+        if self.load_error:
+            status = "degraded" if answering else "error"
+        else:
+            status = "ready" if self.ready.is_set() else "loading"
         with self._cond:
             waiting = len(self._waiting)
         return {
             "status": status,
             "model": self.settings.model,
+            "models": answering,
             "device": self.device,
             "error": self.load_error,
             "waiting": waiting,
@@ -201,7 +212,8 @@ class Service:
         }
 
     def models(self) -> list[dict[str, Any]]:
-        """The deblur models this server may use: installed ones plus its start-up model."""
+        """The deblur models this server may use: installed ones plus its start-up model;
+        ``available`` is False for the start-up model when it failed to load."""
         from sam_deblur_cli import weights
 
         found = []
@@ -217,12 +229,19 @@ class Service:
                         "masks": entry.recipe is not None,
                         "tlc": entry.tlc,
                         "loaded": entry.name in self._deblurrers,
+                        "available": installed and not self._failed(entry.name),
                     }
                 )
         return found
 
+    def _failed(self, name: str) -> bool:
+        return name == self.settings.model and self.load_error is not None
+
     def check_model(self, name: str) -> None:
-        """UsageError unless ``name`` is one of :meth:`models` (never downloads on request)."""
+        """UsageError unless ``name`` is one of :meth:`models` (never downloads on request);
+        ModelUnavailable, at once, for the start-up model when it failed to load."""
+        if self._failed(name):
+            raise ModelUnavailable(f"{name} is not available: {self.load_error}")
         names = [m["name"] for m in self.models()]
         if name not in names:
             raise UsageError(
@@ -230,7 +249,7 @@ class Service:
                 "(install others with `sam-deblur weights download`)."
             )
 
-    def job(self, job_id: str) -> Job | None:
+    def job(self, job_id: str) -> ServeJob | None:
         """The job with this id, if it is still known."""
         with self._cond:
             return self._jobs.get(job_id)
@@ -241,9 +260,9 @@ class Service:
         """A fresh private sub-folder of the temp folder for one upload."""
         return Path(tempfile.mkdtemp(dir=self.temp_root))
 
-    def submit(self, request: JobRequest, folder: Path, picture: Picture) -> Job:
+    def submit(self, request: JobRequest, folder: Path, picture: Picture) -> ServeJob:
         """Queue a job owning ``folder`` (removed when it ends); QueueFull when no place is free."""
-        job = Job(request, folder, picture)
+        job = ServeJob(request, folder, picture)
         with self._cond:
             if self._closed:
                 raise QueueFull("The server is shutting down; try again later.")
@@ -257,7 +276,7 @@ class Service:
             self._cond.notify_all()
         return job
 
-    def cancel(self, job: Job) -> None:
+    def cancel(self, job: ServeJob) -> None:
         """Cancel ``job``: a waiting one leaves the queue at once, a running one at a stage."""
         job.cancel()
         with self._cond:
@@ -281,7 +300,7 @@ class Service:
             del self._jobs[old.id]
 
     def _finish(
-        self, job: Job, state: JobState, error: str | None = None, status: int = 200
+        self, job: ServeJob, state: JobState, error: str | None = None, status: int = 200
     ) -> None:
         job.state, job.error, job.http_status = state, error, status
         if state != "done":
@@ -338,7 +357,7 @@ class Service:
             self.device = self._deblurrers[model].placement.device
         return self._deblurrers[model]
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: ServeJob) -> None:
         try:
             self._stage(job, "loading model")
             deblurrer = self._deblurrer(job.request.model)
@@ -363,12 +382,12 @@ class Service:
         else:
             self._finish(job, "done")
 
-    def _stage(self, job: Job, stage: str) -> None:
+    def _stage(self, job: ServeJob, stage: str) -> None:
         if job.cancelled:
             raise JobCancelled
         job.stage = stage
 
-    def _masks_of(self, job: Job, deblurrer: Deblurrer) -> MaskResult | None:
+    def _masks_of(self, job: ServeJob, deblurrer: Deblurrer) -> MaskResult | None:
         from sam_deblur_cli.pipeline import as_uint8_rgb
 
         if not deblurrer.needs_masks:
@@ -378,8 +397,9 @@ class Service:
         job.info.update(masks=masks.count, groups=masks.groups)
         return masks
 
-    def _deblur(self, job: Job, deblurrer: Deblurrer) -> None:
+    def _deblur(self, job: ServeJob, deblurrer: Deblurrer) -> None:
         from sam_deblur_cli.imageio import picture_with, suffix_for_format, write_image
+        from sam_deblur_cli.naming import default_output
         from sam_deblur_cli.nets.tlc import set_tlc
 
         request, picture = job.request, job.picture
@@ -390,7 +410,7 @@ class Service:
         set_tlc(deblurrer.net, tlc)  # one job at a time holds the device: no one else sees it
         restored = deblurrer.deblur(picture.rgb, masks)
         self._stage(job, "write")
-        name = f"{safe_stem(request.name)}_deblurred{suffix_for_format(fmt)}"
+        name = default_output(Path(safe_stem(request.name) + suffix_for_format(fmt)), fmt).name
         dst = job.folder / f"result{suffix_for_format(fmt)}"
         write_image(dst, picture_with(restored, picture), format=fmt, quality=request.quality)
         job.outputs["result"] = Output(dst.read_bytes(), MEDIA_TYPES[fmt], name)
@@ -399,7 +419,7 @@ class Service:
             self._stage(job, "previews")
             self._previews(job, restored, masks)
 
-    def _previews(self, job: Job, restored: Any, masks: MaskResult | None) -> None:
+    def _previews(self, job: ServeJob, restored: Any, masks: MaskResult | None) -> None:
         """8-bit PNGs of the photo before and after (same orientation) and the mask overlay."""
         from sam_deblur_cli.masks.formats import render_overlay
         from sam_deblur_cli.pipeline import as_uint8_rgb
@@ -408,12 +428,13 @@ class Service:
         rgb = as_uint8_rgb(job.picture.rgb)
         shown = {"before": rgb, "after": as_uint8_rgb(restored)}
         if masks is not None:
-            plain = 0 if masks.segmask is not None and not masks.segmask.all() else None
-            shown["overlay"] = render_overlay(rgb, masks.labels, plain_label=plain, alpha=0.5)
+            shown["overlay"] = render_overlay(
+                rgb, masks.labels, plain_label=masks.plain_label, alpha=0.5
+            )
         for key, pixels in shown.items():
             job.outputs[key] = Output(_png_bytes(pixels), "image/png", f"{stem}_{key}.png")
 
-    def _masks(self, job: Job, deblurrer: Deblurrer) -> None:
+    def _masks(self, job: ServeJob, deblurrer: Deblurrer) -> None:
         from sam_deblur_cli.masks.run import write_format
         from sam_deblur_cli.pipeline import as_uint8_rgb
 

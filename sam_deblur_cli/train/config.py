@@ -10,18 +10,28 @@ with the folder) continues or repeats the run exactly. The defaults are upstream
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from sam_deblur_cli.errors import CheckpointError, UsageError
-from sam_deblur_cli.nets import MASK_VALUE_UPSTREAM
+from sam_deblur_cli.nets import NetConfig
 
 CONFIG_FILE = "config.json"
 CONFIG_VERSION = 1
 MASKS_FROM_CHOICES = ("dataset", "sam")  # or "predeblur:MODEL"
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_RECIPE = "sam-deblur-gopro"
+# config.json keeps the flat names it has always had: its key -> the NetConfig field
+_NET_KEYS = {
+    "variant": "variant",
+    "width": "width",
+    "enc_blocks": "enc_blk_nums",
+    "middle_blocks": "middle_blk_num",
+    "dec_blocks": "dec_blk_nums",
+    "seg_channel": "seg_channel",
+    "mask_value": "mask_value",
+}
 
 
 @dataclass(frozen=True)
@@ -30,20 +40,15 @@ class TrainConfig:
     optimiser step (upstream: 32); each of ``world_size`` processes runs micro-batches of
     ``batch // (world_size * accum)`` images, ``accum`` of them per step.
 
-    ``mask_dropout`` None: 0.5 for map, 0 otherwise. ``mask_value``: the value a mask pixel
-    has at the MAP unit (float32 1/255 as upstream's loader fed it). ``ema`` 0: no EMA,
-    else the decay. ``keep``: numbered checkpoints kept besides ``last`` and ``best``.
+    ``net``: the network trained (what the exported model entry records; its
+    ``mask_value`` is the value a mask pixel has at the MAP unit, float32 1/255 as
+    upstream's loader fed it). ``mask_dropout`` None: 0.5 for map, 0 otherwise. ``ema`` 0:
+    no EMA, else the decay. ``keep``: numbered checkpoints kept besides ``last`` and ``best``.
     """
 
     data: str
     run_dir: str
-    variant: str = "map"
-    width: int = 32
-    enc_blocks: tuple[int, ...] = (1, 1, 1, 28)
-    middle_blocks: int = 1
-    dec_blocks: tuple[int, ...] = (1, 1, 1, 1)
-    seg_channel: int = 2
-    mask_value: float = MASK_VALUE_UPSTREAM
+    net: NetConfig = field(default_factory=NetConfig)
     mask_dropout: float | None = None
     steps: int = 200_000
     batch: int = 32
@@ -72,6 +77,11 @@ class TrainConfig:
     skip_bad_pairs: bool = False
 
     @property
+    def variant(self) -> str:
+        """The network variant: plain, cat or map."""
+        return self.net.variant
+
+    @property
     def dropout(self) -> float:
         """The mask dropout actually used."""
         if self.mask_dropout is not None:
@@ -88,7 +98,11 @@ class TrainConfig:
         return self.batch // (world_size * self.accum)
 
     def to_json(self) -> str:
-        record = {"version": CONFIG_VERSION, **asdict(self)}
+        """config.json: every setting under its flat name (the network's too), sorted."""
+        fields_ = asdict(self)
+        net = fields_.pop("net")
+        record = {"version": CONFIG_VERSION, **fields_}
+        record |= {key: net[name] for key, name in _NET_KEYS.items()}
         return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
 
@@ -98,7 +112,8 @@ def check(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
 
     if cfg.variant not in VARIANTS:
         raise UsageError(f"Unknown variant {cfg.variant!r}; use plain, cat or map.")
-    positive = {"steps": cfg.steps, "batch": cfg.batch, "accum": cfg.accum, "width": cfg.width}
+    positive = {"steps": cfg.steps, "batch": cfg.batch, "accum": cfg.accum}
+    positive |= {"width": cfg.net.width}
     positive |= {"val-every": cfg.val_every, "save-every": cfg.save_every}
     positive |= {"log-every": cfg.log_every}
     for name, value in positive.items():
@@ -106,7 +121,8 @@ def check(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
             raise UsageError(f"--{name} must be at least 1, not {value}.")
     if cfg.crop < 16 or cfg.crop % 16:
         raise UsageError(f"--crop {cfg.crop} must be a multiple of 16 (the network's grid).")
-    if not cfg.enc_blocks or len(cfg.enc_blocks) != len(cfg.dec_blocks) or min(cfg.enc_blocks) < 0:
+    enc, dec = cfg.net.enc_blk_nums, cfg.net.dec_blk_nums
+    if not enc or len(enc) != len(dec) or min(enc) < 0:
         raise UsageError("--enc-blocks needs one non-negative count per level, e.g. 1,1,1,28.")
     if cfg.batch % (world_size * cfg.accum):
         raise UsageError(
@@ -145,10 +161,12 @@ def load_config(run_dir: Path) -> TrainConfig:
         raise UsageError(f"{run_dir} holds no {CONFIG_FILE}; pass the folder of a training run.")
     try:
         record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        known = {f.name for f in fields(TrainConfig)}
+        known = {f.name for f in fields(TrainConfig)} - {"net"}
         args = {k: v for k, v in record.items() if k in known}
-        for key in ("enc_blocks", "dec_blocks", "betas"):
-            args[key] = tuple(args[key])
-        return TrainConfig(**args)
+        args["betas"] = tuple(args["betas"])
+        net = {name: record[key] for key, name in _NET_KEYS.items()}
+        for name in ("enc_blk_nums", "dec_blk_nums"):
+            net[name] = tuple(net[name])
+        return TrainConfig(**args, net=NetConfig(**net))
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"{path} is damaged ({exc}); restore it or start a new run.") from exc

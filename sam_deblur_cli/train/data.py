@@ -1,6 +1,6 @@
 """Training data: named pairs decoded once, masks per image, random aligned crops on the fly.
 
-Layout and pairing are ``eval``'s (``evaluate.open_dataset`` / ``list_pairs``): ``input/``
+Layout and pairing are ``eval``'s (``datasets.open_dataset`` / ``list_pairs``): ``input/``
 blurred, ``target/`` sharp, optional ``input_mask/`` segmask PNGs or ``grouped_masks/``
 npz, all paired by file stem (never by listing position, upstream.md 8). Every image is
 decoded once into uint8 and kept, with its masks as a label map (MAP) or segmask (CAT),
@@ -20,26 +20,25 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sam_deblur_cli.errors import InputError, UsageError
+from sam_deblur_cli.nets import GUIDE_KINDS
 
 if TYPE_CHECKING:
-    from sam_deblur_cli.evaluate import Issue, Pair
+    from sam_deblur_cli.datasets import Issue, Pair
     from sam_deblur_cli.masks import MaskResult
 
 logger = logging.getLogger(__name__)
 
-GuideKind = Literal["none", "segmask", "labels"]
 # make_masks(name, blurred uint8 H x W x 3, the pair) -> masks for that image
 MaskSource = Callable[[str, np.ndarray, "Pair"], "MaskResult"]
 Progress = Callable[[int, int, str], None]  # (images done, total, name)
 
-GUIDE_KINDS: dict[str, GuideKind] = {"plain": "none", "cat": "segmask", "map": "labels"}
 _DECODE_THREADS = 4
 
 
@@ -80,11 +79,11 @@ def read_pairs(
 ) -> tuple[list[TrainImage], list[Issue]]:
     """Decode every pair of the dataset at ``folder`` and its masks (``masks`` None for plain).
 
-    Returns the usable pairs in name order and an ``evaluate.Issue`` for every file that
+    Returns the usable pairs in name order and a ``datasets.Issue`` for every file that
     cannot be used (a missing partner, an ambiguous stem, an unreadable image or mask, a
     size mismatch). Raises UsageError when ``folder`` is not a dataset.
     """
-    from sam_deblur_cli.evaluate import Issue, list_pairs, open_dataset
+    from sam_deblur_cli.datasets import Issue, list_pairs, open_dataset
 
     pairs, issues = list_pairs(open_dataset(folder))
     images: list[TrainImage] = []

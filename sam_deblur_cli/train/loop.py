@@ -16,17 +16,17 @@ Run folder (only rank 0 writes):
 A resumed run continues the same sequence: same samples, same dropout draws, same
 updates, bit for bit (on the same device and software). Ctrl-C (``request_stop``) ends
 at a step boundary with a resumable ``last.pt``. Progress goes through :class:`Callbacks`.
+
+The loop's helpers live beside it: ``checkpoint`` (last.pt, numbered copies, RNG state),
+``logs`` (log.csv, TensorBoard), ``dist`` (torchrun set-up, device choice), ``export``
+(``{"params": ...}`` files).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import logging
 import math
-import os
-import random
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,14 +38,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sam_deblur_cli.errors import CheckpointError, UsageError
+from sam_deblur_cli.errors import CheckpointError
+from sam_deblur_cli.train.checkpoint import (
+    LAST,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from sam_deblur_cli.train.config import TrainConfig
 from sam_deblur_cli.train.data import TrainImage
+from sam_deblur_cli.train.dist import Dist, check_precision, pick_device
+from sam_deblur_cli.train.export import export_weights
+from sam_deblur_cli.train.logs import CsvLog, TensorBoardLog
 
 logger = logging.getLogger(__name__)
 
-LOG_FIELDS = ("step", "loss", "lr", "images_per_s", "val_psnr", "val_ssim")
-LAST = "last.pt"
 _PSNR_SCALE = 10.0 / math.log(10.0)
 
 
@@ -56,27 +65,6 @@ def psnr_loss(pred: Tensor, target: Tensor) -> Tensor:
     diff = pred.float() - target.float()
     mse = diff.pow(2).flatten(1).mean(1)
     return _PSNR_SCALE * torch.log(mse + 1e-8).mean()
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a torchrun job (world 1: a single process)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Dist:
-        """Read RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 @dataclass
@@ -107,56 +95,6 @@ class TrainResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-class CsvLog:
-    """``log.csv`` rows, appended and flushed one by one; on resume, cut back to the step."""
-
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        from sam_deblur_cli.files import write_text
-
-        self.path = path
-        rows: list[dict[str, str]] = []
-        if resume_step is not None and path.is_file():
-            with path.open(newline="", encoding="utf-8") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=LOG_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(path, text.getvalue())
-
-    def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="", encoding="utf-8") as handle:
-            csv.DictWriter(handle, fieldnames=LOG_FIELDS, lineterminator="\n").writerow(row)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-class TensorBoardLog:
-    """The log rows as TensorBoard scalars in ``folder``, when TensorBoard is installed."""
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-
-    @classmethod
-    def open(cls, folder: Path) -> TensorBoardLog | None:
-        """A writer into ``folder``, or None (logged once) when TensorBoard is not installed."""
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            logger.debug("TensorBoard is not installed: log.csv only")
-            return None
-        return cls(SummaryWriter(log_dir=str(folder)))
-
-    def append(self, row: dict[str, Any]) -> None:
-        for key in LOG_FIELDS[1:]:
-            if row.get(key, "") != "":
-                self.writer.add_scalar(key, float(row[key]), int(row["step"]))
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 class Ema:
     """Exponential moving average of the weights (float32 copies, on the model's device)."""
 
@@ -168,41 +106,6 @@ class Ema:
     def update(self, net: nn.Module) -> None:
         for key, value in net.state_dict().items():
             self.shadow[key].lerp_(value.float(), 1.0 - self.decay)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every global RNG a run draws from (torch CPU and CUDA, numpy, python)."""
-    _kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached": float(cached),
-        },
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np_state = state["numpy"]
-    keys = np_state["keys"].numpy().astype(np.uint32)
-    np.random.set_state(
-        ("MT19937", keys, np_state["pos"], np_state["has_gauss"], np_state["cached"])
-    )
-    version, inner, gauss = state["python"]
-    random.setstate((version, tuple(inner), gauss))
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % (1 << 32))
-    random.seed(seed)
 
 
 def _ignore_sigint(_worker_id: int) -> None:
@@ -233,10 +136,10 @@ class Trainer:
         self.callbacks = callbacks or Callbacks()
         self.dist = dist or Dist()
         self.run_dir = Path(cfg.run_dir)
-        self.device = torch.device(device or _pick_device(cfg, self.dist))
+        self.device = torch.device(device or pick_device(cfg, self.dist))
         self._stop = False
-        _check_precision(cfg.precision, self.device)
-        _seed_everything(cfg.seed)  # the same initial weights on every rank
+        check_precision(cfg.precision, self.device)
+        seed_everything(cfg.seed)  # the same initial weights on every rank
         self.net = build_model(cfg)
         if cfg.init and not resume:
             how = load_init(self.net, init_state_dict(cfg.init))
@@ -258,7 +161,7 @@ class Trainer:
         self.ema = Ema(self.net, cfg.ema) if cfg.ema else None
         self.step = 0
         self.best_psnr: float | None = None
-        _seed_everything(cfg.seed + self.dist.rank)  # mask dropout draws differ per rank
+        seed_everything(cfg.seed + self.dist.rank)  # mask dropout draws differ per rank
         if resume:
             self._load(self.run_dir / "checkpoints" / LAST)
         self._rng_at_step = rng_state()
@@ -465,10 +368,9 @@ class Trainer:
 
     def _eval_net(self) -> nn.Module:
         from sam_deblur_cli.checkpoints import load_strict
-        from sam_deblur_cli.train.models import net_config
         from sam_deblur_cli.weights.models import build_net
 
-        net = build_net(net_config(self.cfg))
+        net = build_net(self.cfg.net)
         load_strict(net, self.final_state_dict())
         return net
 
@@ -490,15 +392,7 @@ class Trainer:
             "best_psnr": self.best_psnr if self.best_psnr is not None else float("nan"),
             "rng": self._rng_at_step,
         }
-        last = folder / LAST
-        _torch_save(state, last)
-        if self.cfg.keep:
-            numbered = folder / f"step_{self.step:07d}.pt"
-            numbered.unlink(missing_ok=True)
-            os.link(last, numbered)
-            for old in sorted(folder.glob("step_*.pt"))[: -self.cfg.keep]:
-                old.unlink()
-        return last
+        return save_checkpoint(state, folder, step=self.step, keep=self.cfg.keep)
 
     def _load(self, path: Path) -> None:
         state = read_checkpoint(path)
@@ -517,22 +411,6 @@ class Trainer:
             raise CheckpointError(
                 f"{path} does not match this run ({exc}); resume with the run's own folder."
             ) from None
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a resumable checkpoint (weights only: no pickled code runs)."""
-    if not path.is_file():
-        raise UsageError(f"{path} does not exist; this run has no checkpoint to resume from.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for damaged files
-        raise CheckpointError(
-            f"Checkpoint {path} cannot be read ({type(exc).__name__}); it is damaged: resume "
-            "from a numbered copy in checkpoints/ (copy it over last.pt) or start a new run."
-        ) from None
-    if not isinstance(state, dict) or "step" not in state:
-        raise CheckpointError(f"{path} is not a training checkpoint; pass a run folder.")
-    return state
 
 
 def validate(
@@ -558,43 +436,3 @@ def validate(
         psnrs.append(metrics.psnr(restored, image.sharp))
         ssims.append(metrics.ssim(restored, image.sharp))
     return metrics.mean_psnr(psnrs), float(np.mean(ssims))
-
-
-def export_weights(state_dict: dict[str, Tensor], path: Path) -> Path:
-    """Write ``{"params": state_dict}`` (BasicSR's format, upstream's loader reads it)."""
-    return _torch_save({"params": state_dict}, path)
-
-
-def _torch_save(obj: object, path: Path) -> Path:
-    from sam_deblur_cli.files import atomic_file
-
-    with atomic_file(path) as handle:
-        torch.save(obj, handle)
-    return path
-
-
-def _pick_device(cfg: TrainConfig, dist: Dist) -> str:
-    from sam_deblur_cli.devices import resolve_device
-
-    if dist.world > 1:
-        cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
-        return f"cuda:{dist.local_rank}" if cuda else "cpu"
-    return resolve_device(cfg.device)[0]
-
-
-def _check_precision(precision: str, device: torch.device) -> None:
-    if precision != "fp32" and device.type != "cuda":
-        raise UsageError(
-            f"{precision} training uses autocast on a CUDA GPU; use --precision fp32 on {device}."
-        )
-
-
-def init_distributed(dist: Dist, device: str) -> None:
-    """Join the torchrun job: NCCL on CUDA GPUs, gloo on the CPU."""
-    import torch.distributed as td
-
-    if dist.world > 1 and not td.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(dist.local_rank)
-        td.init_process_group(backend, rank=dist.rank, world_size=dist.world)

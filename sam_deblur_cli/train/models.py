@@ -19,25 +19,9 @@ from sam_deblur_cli.errors import CheckpointError
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from sam_deblur_cli.nets import NetConfig
     from sam_deblur_cli.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-
-def net_config(cfg: TrainConfig) -> NetConfig:
-    """The architecture of ``cfg`` (what the exported model entry records)."""
-    from sam_deblur_cli.nets import NetConfig
-
-    return NetConfig(
-        variant=cfg.variant,  # type: ignore[arg-type]
-        width=cfg.width,
-        enc_blk_nums=tuple(cfg.enc_blocks),
-        middle_blk_num=cfg.middle_blocks,
-        dec_blk_nums=tuple(cfg.dec_blocks),
-        seg_channel=cfg.seg_channel,
-        mask_value=cfg.mask_value,
-    )
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -45,7 +29,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     the run's mask dropout on its MAP unit (active in train() mode only)."""
     from sam_deblur_cli.weights.models import build_net
 
-    net = build_net(net_config(cfg))
+    net = build_net(cfg.net)
     if cfg.variant == "map":
         net.mask_dropout = float(cfg.dropout)  # type: ignore[assignment]
     return net.train()

@@ -17,9 +17,10 @@ from sam_deblur_cli.errors import UsageError
 from sam_deblur_cli.train.config import TrainConfig, check, load_config, save_config
 
 if TYPE_CHECKING:
-    from sam_deblur_cli.evaluate import Issue
+    from sam_deblur_cli.datasets import Issue
     from sam_deblur_cli.train.data import MaskSource, Progress, TrainImage
-    from sam_deblur_cli.train.loop import Callbacks, Dist, Trainer, TrainResult
+    from sam_deblur_cli.train.dist import Dist
+    from sam_deblur_cli.train.loop import Callbacks, Trainer, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +119,12 @@ def train_run(
     model when it completes. ``trainer_hook`` receives the Trainer before it runs (the CLI
     connects Ctrl-C to ``request_stop`` there)."""
     from sam_deblur_cli.train.data import check_crop
-    from sam_deblur_cli.train.loop import Dist, Trainer, _pick_device, init_distributed
+    from sam_deblur_cli.train.dist import Dist, init_distributed, pick_device
+    from sam_deblur_cli.train.loop import Trainer
 
     dist = Dist.from_env()
     cfg = resolve_config(cfg, resume=resume, world=dist.world)
-    device = _pick_device(cfg, dist)
+    device = pick_device(cfg, dist)
     init_distributed(dist, device)
     masks = mask_source(cfg, device)
     images = _rank_ordered(
@@ -149,6 +151,10 @@ def train_run(
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume is None:
             save_config(cfg, run_dir)
+        from sam_deblur_cli.files import remove_stale_temporaries
+
+        for folder in (run_dir, run_dir / "checkpoints"):  # a killed run's half-saved files
+            remove_stale_temporaries(folder)
     if trainer_hook is not None:
         trainer_hook(trainer)
     result = trainer.run()
@@ -161,7 +167,7 @@ def train_run(
 
 
 def _has_masks(folder: Path) -> bool:
-    from sam_deblur_cli.evaluate import open_dataset
+    from sam_deblur_cli.datasets import open_dataset
 
     return open_dataset(folder).has_masks
 

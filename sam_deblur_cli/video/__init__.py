@@ -1,20 +1,16 @@
 """Video in and out through PyAV: probing, decoding frames with their timestamps, encoding.
 
-``probe``/``read``/``write`` sit beside ``imageio`` (no torch), ``convert`` re-encodes the
+``probe``/``read``/``write`` are PyAV in and out (no torch), ``convert`` re-encodes the
 streams an output container cannot hold; ``run`` is the engine that feeds frames to a
-Deblurrer. Nothing here imports ``av`` at module level, so the CLI's
-``--help`` stays instant; this module only knows which file names are videos.
+Deblurrer, with ``keyframes`` (which frames get fresh masks, scene cuts) and ``resume``
+(the work folder of finished segments and its fingerprint). Nothing here imports ``av``
+at module level, so the CLI's ``--help`` stays instant; this module only names the video
+containers we read (defined in :mod:`sam_deblur_cli.naming`, beside the output names that
+depend on them).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
+from sam_deblur_cli.naming import VIDEO_SUFFIXES, is_video_path
 
 __all__ = ["VIDEO_SUFFIXES", "is_video_path"]
-
-
-def is_video_path(path: Path | str) -> bool:
-    """Whether ``path``'s extension is one of the video containers we read (case-insensitive)."""
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES

@@ -1,5 +1,8 @@
 """The video engine: one Deblurrer over every frame of a video, and SAM masks of a video.
 
+Which frames get fresh masks is :mod:`.keyframes`'s; the work folder and what lets a run
+resume are :mod:`.resume`'s.
+
 Decoding (a reader thread), the network (this thread) and encoding (a writer thread)
 overlap. Masks come from key frames: every ``mask_every``-th frame, the first frame of each
 segment and any frame whose colours differ from the frame before's by more than
@@ -16,21 +19,21 @@ packets.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import queue
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from sam_deblur_cli.errors import SetupError, UsageError, VideoError
+from sam_deblur_cli.video.keyframes import SCENE_CUT, KeyFrames
+from sam_deblur_cli.video.resume import fingerprint, finished_segments, prepare_work
 from sam_deblur_cli.video.write import EncodeOptions
 
 if TYPE_CHECKING:
@@ -42,8 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # on_frame(frames done, frames expected or None, frames per second of this run)
-SCENE_CUT = 0.12  # default scene_change threshold (measured; see scene_change)
-_BINS = 16
 FrameCallback = Callable[[int, int | None, float], None]
 
 
@@ -88,57 +89,6 @@ def parse_batch_frames(value: str | int) -> int | Literal["auto"]:
     return count
 
 
-class KeyFrames:
-    """Decides which frames get fresh masks (see the module docstring)."""
-
-    def __init__(self, mask_every: int, scene_cut: float | None) -> None:
-        self.mask_every, self.scene_cut = mask_every, scene_cut
-        self.last: int | None = None
-        self.hist: np.ndarray | None = None
-
-    def is_key(self, index: int, rgb: np.ndarray, *, force: bool = False) -> bool:
-        hist = colour_histograms(rgb) if self.scene_cut is not None else None
-        key = force or self.last is None or index - self.last >= self.mask_every
-        if not key and hist is not None and self.hist is not None:
-            key = _distance(hist, self.hist) > float(self.scene_cut or 0)
-        self.hist = hist  # a cut is a jump from one frame to the next
-        if key:
-            self.last = index
-        return key
-
-
-def colour_histograms(rgb: np.ndarray) -> np.ndarray:
-    """3 x 16 float: the R, G and B histograms (fractions) of a 32 x 32 area-averaged
-    thumbnail of H x W x 3 uint8 or uint16 ``rgb``."""
-    import cv2
-
-    scale = np.float32(255.0 if rgb.dtype == np.uint8 else 65535.0)
-    thumb = cv2.resize(rgb.astype(np.float32) / scale, (32, 32), interpolation=cv2.INTER_AREA)
-    bins = np.minimum((thumb * _BINS).astype(np.int64), _BINS - 1).reshape(-1, 3)
-    return np.stack([np.bincount(bins[:, c], minlength=_BINS) for c in range(3)]) / 1024.0
-
-
-def scene_change(a: np.ndarray, b: np.ndarray) -> float:
-    """How far apart two frames' colours are, 0 (same histograms) to 1 (no overlap): the
-    total variation distance of their thumbnails' R, G and B histograms, averaged.
-
-    Histograms ignore where things are, so camera motion barely moves them: 16 scikit-image
-    photos panning 2-8 px a frame across a 160 x 120 view score at most 0.08 from one frame
-    to the next, while cuts between two different of them score 0.16 or more (0.2+ for all
-    but two pairs of look-alikes). SCENE_CUT sits between the two.
-    """
-    return _distance(colour_histograms(a), colour_histograms(b))
-
-
-def _distance(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).sum(axis=1).mean() / 2)
-
-
-def work_folder(dst: Path) -> Path:
-    """The hidden folder beside ``dst`` that holds its finished segments while it is made."""
-    return dst.with_name(f".{dst.name}.parts")
-
-
 def run_video(
     deblurrer: Deblurrer,
     src: Path,
@@ -158,6 +108,7 @@ def run_video(
     with ``keep_going_frames`` keeps its input pixels and is listed in
     ``record["kept_frames"]``. ``dst`` appears only when complete.
     """
+    from sam_deblur_cli.files import remove_stale_temporaries
     from sam_deblur_cli.video.probe import probe
     from sam_deblur_cli.video.write import assemble, muxer_for, output_colour, resolve_encoding
 
@@ -167,6 +118,7 @@ def run_video(
     record = deblurrer.new_record(src, dst)
     if dst.exists() and not overwrite:
         return {**record, "status": "skipped"}
+    remove_stale_temporaries(dst.parent)  # a killed run's final file, never a live one's
     started = time.perf_counter()
     info = probe(src)
     encoding = resolve_encoding(info, dst, settings.encode)
@@ -174,12 +126,12 @@ def run_video(
     colour_note = output_colour(info, encoding, muxer)[1]
     if colour_note:
         logger.warning("%s", colour_note)
-    work = _prepare_work(dst, _fingerprint(deblurrer, info, settings, encoding))
-    done = _finished_segments(work, dst.suffix)
+    work = prepare_work(dst, fingerprint(deblurrer, info, settings, encoding))
+    done = finished_segments(work, dst.suffix)
     start = len(done) * settings.segment_frames
     engine = _Engine(deblurrer, info, settings, work, dst.suffix, encoding, muxer, on_frame)
     engine.run(start, len(done))
-    segments = _finished_segments(work, dst.suffix)
+    segments = finished_segments(work, dst.suffix)
     if engine.frames == 0 and start == 0:
         raise VideoError(f"{src} has no video frames; pass a video with at least one frame.")
     t0 = time.perf_counter()
@@ -432,55 +384,6 @@ def _pixels(out: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
 
 def _to_uint8(rgb16: np.ndarray) -> np.ndarray:
     return ((rgb16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-
-
-def _fingerprint(
-    deblurrer: Deblurrer, info: VideoInfo, settings: VideoSettings, encoding: Any
-) -> dict[str, Any]:
-    """What must not change for finished segments to be reused."""
-    stat = info.path.stat()
-    return {
-        "input": [str(info.path.resolve()), stat.st_size, stat.st_mtime_ns],
-        "model": deblurrer.entry.name,
-        "masks": deblurrer.recipe_key if deblurrer.needs_masks else None,
-        "tlc": deblurrer.tlc,
-        "mask_value": deblurrer.mask_value,
-        "precision": deblurrer.placement.precision,
-        "tile": str(deblurrer.tile),
-        # neither changes the frames (batches agree with single frames to float rounding)
-        "video": {
-            k: v
-            for k, v in asdict(settings).items()
-            if k not in ("keep_going_frames", "batch_frames")
-        },
-        "encoding": asdict(encoding),
-        "colour": asdict(info.colour),  # the segments carry the tags
-    }
-
-
-def _prepare_work(dst: Path, fingerprint: dict[str, Any]) -> Path:
-    """The work folder for ``dst``: kept when its fingerprint matches, else emptied."""
-    from sam_deblur_cli.files import write_text
-
-    work = work_folder(dst)
-    text = json.dumps(fingerprint, sort_keys=True, default=str)
-    stamp = work / "settings.json"
-    if work.is_dir() and stamp.is_file() and stamp.read_text() == text:
-        logger.info("resuming %s from %s", dst, work)
-        return work
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    write_text(stamp, text)
-    logger.debug("work folder %s (%s)", work, hashlib.sha256(text.encode()).hexdigest()[:12])
-    return work
-
-
-def _finished_segments(work: Path, suffix: str) -> list[Path]:
-    """The consecutive finished segments seg-000000, seg-000001, ... (a gap ends the list)."""
-    found: list[Path] = []
-    while (path := work / f"seg-{len(found):06d}{suffix}").is_file():
-        found.append(path)
-    return found
 
 
 # --------------------------------------------------------------------------- masks

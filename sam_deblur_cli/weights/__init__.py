@@ -1,7 +1,8 @@
 """Model weights: the manifest, the cache, Hub downloads, sha256 checks, imports, loading.
 
 - ``manifest``: weights.toml's schema, parsed and validated into :class:`Entry` records;
-- ``cache``: the cache folders, the imported copies' index, the verified-hash memory;
+- ``paths``: where the cache and the local models' manifest live (a leaf);
+- ``cache``: the imported copies' index, the verified-hash memory, sha256;
 - ``hub``: downloads from the Hugging Face Hub (the only ``huggingface_hub`` importer);
 - ``store``: an entry's local file: ``locate``, ``ensure_weights``, ``import_weights``...;
 - ``models``: builds and strictly loads any entry's network (deblur or SAM); not imported
@@ -12,11 +13,8 @@ public API.
 """
 
 from sam_deblur_cli.weights.cache import (
-    LIBRARY_NAME,
     ProgressCallback,
-    cache_root,
     expected_sha256,
-    hub_cache_dir,
     is_verified,
     sha256_file,
 )
@@ -34,6 +32,7 @@ from sam_deblur_cli.weights.manifest import (
     manifest_path,
     tomllib,
 )
+from sam_deblur_cli.weights.paths import LIBRARY_NAME, cache_root, hub_cache_dir
 from sam_deblur_cli.weights.store import (
     ensure_weights,
     import_weights,

@@ -1,12 +1,13 @@
 """The weights cache on disk: its folders, the imported copies' index, the verified-hash memory.
 
-Layout under ``cache_root()`` (``$SAM_DEBLUR_HOME``, else the platformdirs user cache):
+Layout under ``paths.cache_root()`` (``$SAM_DEBLUR_HOME``, else the platformdirs user cache):
 
     hub/                      huggingface_hub cache (blobs + snapshot links, pinned revisions)
     imported/NAME/FILE        copies made by ``import_weights`` (the user's file is never touched)
     imported/index.json       {NAME: {"file", "sha256", "size", "source"}} for those copies
     verified.json             {real path: {"size", "mtime_ns", "sha256"}}: what was hashed, so
                               ordinary runs do not re-hash gigabytes
+    .verified.json.lock       taken while a process updates verified.json (same for the index)
 
 Only bookkeeping and hashing: no network (``hub``), no torch.
 """
@@ -16,37 +17,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sam_deblur_cli.errors import ChecksumError
-from sam_deblur_cli.files import atomic_text_file
+from sam_deblur_cli.files import atomic_text_file, file_lock
 from sam_deblur_cli.weights.manifest import Entry
+from sam_deblur_cli.weights.paths import cache_root
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
 """``(label, done_bytes, total_bytes_or_None)``; labels look like ``"verify NAME"``."""
 
-LIBRARY_NAME = "sam-deblur"
 CHUNK = 4 << 20  # bytes read at a time when hashing or copying
-
-
-def cache_root() -> Path:
-    """Where weights live: ``$SAM_DEBLUR_HOME``, else the user cache dir for ``sam-deblur``."""
-    override = os.environ.get("SAM_DEBLUR_HOME")
-    if override:
-        return Path(override).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir(LIBRARY_NAME, appauthor=False))
-
-
-def hub_cache_dir() -> Path:
-    """The huggingface_hub cache inside ours (never the user's shared ~/.cache/huggingface)."""
-    return cache_root() / "hub"
 
 
 # --------------------------------------------------------------------------- json records
@@ -70,6 +56,19 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, f, indent=1, sort_keys=True)
 
 
+@contextmanager
+def _updating(path: Path) -> Iterator[dict[str, Any]]:
+    """Read, change and write back the JSON record ``path`` under its lock file, so that two
+    processes (two downloads at once) never lose each other's update; written only if changed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        records = _read_json(path)
+        before = json.dumps(records, sort_keys=True)
+        yield records
+        if json.dumps(records, sort_keys=True) != before:
+            _write_json(path, records)
+
+
 def _verified_path() -> Path:
     return cache_root() / "verified.json"
 
@@ -84,18 +83,17 @@ def _imported_index() -> Path:
 def remember(real: Path, sha256: str) -> None:
     """Record that ``real`` (a resolved path), as it is now, has ``sha256``."""
     st = real.stat()
-    records = _read_json(_verified_path())
-    records[str(real)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
-    _write_json(_verified_path(), records)
+    with _updating(_verified_path()) as records:
+        records[str(real)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
 
 
-def _forget(real: Path) -> None:
-    records = _read_json(_verified_path())
-    if records.pop(str(real), None) is not None:
-        _write_json(_verified_path(), records)
+def forget(real: Path) -> None:
+    """Drop what was recorded for ``real``, so that the next check hashes it again."""
+    with _updating(_verified_path()) as records:
+        records.pop(str(real), None)
 
 
-def _remembered_sha256(real: Path) -> str | None:
+def remembered_sha256(real: Path) -> str | None:
     """The sha256 recorded for ``real`` if the file is unchanged since (same size and mtime)."""
     record = _read_json(_verified_path()).get(str(real))
     if not isinstance(record, dict):
@@ -145,25 +143,23 @@ def imported_copy(entry: Entry) -> Path | None:
 
 def record_import(entry: Entry, src: Path, dest: Path, sha256: str) -> None:
     """Index ``dest`` (in ``imported/NAME/``) as ``entry``'s copy of ``src``; drop an older one."""
-    index = _read_json(_imported_index())
-    old = index.get(entry.name)
-    if isinstance(old, dict) and old.get("file") not in (None, dest.name):
-        discard(dest.parent / str(old["file"]))
-    index[entry.name] = {
-        "file": dest.name,
-        "sha256": sha256,
-        "size": dest.stat().st_size,
-        "source": str(src.resolve()),
-    }
-    _write_json(_imported_index(), index)
+    with _updating(_imported_index()) as index:
+        old = index.get(entry.name)
+        if isinstance(old, dict) and old.get("file") not in (None, dest.name):
+            discard(dest.parent / str(old["file"]))
+        index[entry.name] = {
+            "file": dest.name,
+            "sha256": sha256,
+            "size": dest.stat().st_size,
+            "source": str(src.resolve()),
+        }
     remember(dest.resolve(), sha256)
 
 
 def forget_import(entry: Entry) -> None:
     """Drop ``entry`` from the imported index (its file is removed separately)."""
-    index = _read_json(_imported_index())
-    if index.pop(entry.name, None) is not None:
-        _write_json(_imported_index(), index)
+    with _updating(_imported_index()) as index:
+        index.pop(entry.name, None)
 
 
 # --------------------------------------------------------------------------- checking
@@ -181,7 +177,7 @@ def expected_sha256(entry: Entry) -> str:
 def is_verified(entry: Entry, path: Path) -> bool:
     """Whether ``path`` was hashed before, is unchanged since, and matched ``entry``'s sha256."""
     expected = expected_sha256(entry)
-    return bool(expected) and _remembered_sha256(path.resolve()) == expected
+    return bool(expected) and remembered_sha256(path.resolve()) == expected
 
 
 def discard(path: Path) -> None:
@@ -189,7 +185,7 @@ def discard(path: Path) -> None:
     real = path.resolve()
     path.unlink(missing_ok=True)
     real.unlink(missing_ok=True)
-    _forget(real)
+    forget(real)
 
 
 def check(entry: Entry, path: Path, *, progress: ProgressCallback | None, force: bool) -> None:
@@ -199,7 +195,7 @@ def check(entry: Entry, path: Path, *, progress: ProgressCallback | None, force:
     """
     expected = expected_sha256(entry)
     real = path.resolve()
-    if not force and expected and _remembered_sha256(real) == expected:
+    if not force and expected and remembered_sha256(real) == expected:
         return
     actual = sha256_file(real, progress=progress, label=f"verify {entry.name}")
     if expected and actual != expected:

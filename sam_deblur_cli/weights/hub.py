@@ -1,7 +1,7 @@
 """Hugging Face Hub transport: the only module that imports ``huggingface_hub``.
 
 It is imported inside the functions that need it, so importing this module stays cheap for
-the CLI. Files land in ``cache.hub_cache_dir()`` at the manifest's pinned revision; failures
+the CLI. Files land in ``paths.hub_cache_dir()`` at the manifest's pinned revision; failures
 become one ``WeightsError`` sentence of advice. ``httpx2`` (transport errors that
 huggingface_hub lets through) and ``tqdm`` (its progress-bar hook) are declared dependencies.
 """
@@ -15,8 +15,9 @@ from typing import Any
 
 from sam_deblur_cli._version import __version__
 from sam_deblur_cli.errors import DownloadError, WeightsError, WeightsNotFoundError
-from sam_deblur_cli.weights.cache import LIBRARY_NAME, ProgressCallback, hub_cache_dir
+from sam_deblur_cli.weights.cache import ProgressCallback
 from sam_deblur_cli.weights.manifest import Entry, HubSource
+from sam_deblur_cli.weights.paths import LIBRARY_NAME, hub_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def _translate(entry: Entry, source: HubSource, endpoint: str, exc: Exception) -
         problem = f"{source.repo}@{source.revision[:12]} on {endpoint} has no file {source.file}"
     elif isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else "an error"
-        problem, check = f"{endpoint} answered HTTP {status}", "try again later or use a mirror"
+        problem = f"{endpoint} answered HTTP {status}"
+        check = f"try again later, set HF_ENDPOINT to a mirror, or {_import_advice(entry, source)}"
     elif isinstance(cause, OfflineModeIsEnabled):
         return WeightsNotFoundError(
             f"{name} is not in the cache and huggingface_hub is in offline mode; unset "
@@ -109,10 +111,23 @@ def _translate(entry: Entry, source: HubSource, endpoint: str, exc: Exception) -
         )
     elif isinstance(cause, httpx2.TransportError):
         problem = f"{endpoint} cannot be reached ({reason})"
-        check = "check the network connection or set HF_ENDPOINT to a mirror"
+        check = "check the network connection, set HF_ENDPOINT to a mirror, or " + _import_advice(
+            entry, source
+        )
     else:
         problem, check = f"the download broke off ({reason})", "run the command again"
     return DownloadError(f"Cannot download {name}: {problem}; {check}.")
+
+
+def _import_advice(entry: Entry, source: HubSource) -> str:
+    """How to get the file without this machine reaching the Hub: the file users download
+    (its usual name) and the import command."""
+    name = Path(source.file).name
+    page = f"{DEFAULT_ENDPOINT}/{source.repo}/resolve/{source.revision}/{source.file}"
+    return (
+        f"download {name} on another machine ({page}) and run "
+        f"`sam-deblur weights import {entry.name} PATH/TO/{name}`"
+    )
 
 
 def _progress_relay(progress: ProgressCallback | None, label: str) -> type:

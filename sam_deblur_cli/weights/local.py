@@ -10,18 +10,16 @@ with advice instead.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sam_deblur_cli.errors import ChecksumError, UsageError, WeightsNotFoundError
+from sam_deblur_cli.weights.paths import local_manifest_path
 
 if TYPE_CHECKING:
     from sam_deblur_cli.nets import NetConfig
     from sam_deblur_cli.weights.manifest import Entry
-
-LOCAL_FILE = "local_models.toml"
 
 
 @dataclass(frozen=True)
@@ -34,14 +32,6 @@ class LocalModel:
     recipe: str | None
     tlc: bool = False
     description: str = ""
-
-
-def local_manifest_path() -> Path:
-    """``$SAM_DEBLUR_LOCAL_MODELS``, else ``local_models.toml`` in the weights cache root."""
-    from sam_deblur_cli.weights.cache import cache_root
-
-    override = os.environ.get("SAM_DEBLUR_LOCAL_MODELS")
-    return Path(override).expanduser() if override else cache_root() / LOCAL_FILE
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -114,14 +104,14 @@ def remove_local_model(name: str) -> bool:
 
 def local_file(entry: Entry) -> Path:
     """The file of a local entry, checked against its recorded sha256 (never deleted)."""
-    from sam_deblur_cli.weights.cache import _remembered_sha256, remember, sha256_file
+    from sam_deblur_cli.weights.cache import remember, remembered_sha256, sha256_file
 
     path = Path(entry.source.file)
     if not path.is_file():
         raise WeightsNotFoundError(
             f"{entry.name}'s file {path} is missing; restore it or train the model again."
         )
-    if _remembered_sha256(path) != entry.sha256:
+    if remembered_sha256(path) != entry.sha256:
         actual = sha256_file(path)
         if actual != entry.sha256:
             raise ChecksumError(

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from sam_deblur_cli.amg import AMG_KEYS
 from sam_deblur_cli.errors import SetupError, UsageError
-from sam_deblur_cli.masks.recipe import AMG_KEYS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -180,7 +180,7 @@ def load_manifest(path: str | Path | None = None, *, local: bool = True) -> Mani
     ``local``, the user manifest of locally trained models (``weights.local``) is merged in
     after the packaged entries."""
     if path is None and local:
-        from sam_deblur_cli.weights.local import local_manifest_path
+        from sam_deblur_cli.weights.paths import local_manifest_path
 
         return _merge_local(load_manifest(local=False), local_manifest_path())
     path = Path(path) if path is not None else manifest_path()

@@ -9,6 +9,7 @@ imported copy always wins over the Hub cache. Progress is reported through
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,8 +21,9 @@ from sam_deblur_cli.errors import (
 )
 from sam_deblur_cli.files import atomic_file
 from sam_deblur_cli.weights import cache, hub
-from sam_deblur_cli.weights.cache import CHUNK, ProgressCallback, cache_root
+from sam_deblur_cli.weights.cache import CHUNK, ProgressCallback
 from sam_deblur_cli.weights.manifest import Entry, HubSource, LocalSource, PageSource
+from sam_deblur_cli.weights.paths import cache_root
 
 
 def locate(entry: Entry) -> Path | None:
@@ -65,10 +67,9 @@ def verify(entry: Entry, *, progress: ProgressCallback | None = None) -> Path:
     """Re-hash ``entry``'s local file now; a mismatch removes it and raises ``ChecksumError``."""
     path = local_path(entry)
     if isinstance(entry.source, LocalSource):
-        from sam_deblur_cli.weights.cache import _forget
         from sam_deblur_cli.weights.local import local_file
 
-        _forget(path.resolve())  # hash it now
+        cache.forget(path.resolve())  # hash it now
         return local_file(entry)
     cache.check(entry, path, progress=progress, force=True)
     return path
@@ -105,6 +106,25 @@ def ensure_weights(
         path = hub.download(entry, entry.source, progress)
     cache.check(entry, path, progress=progress, force=False)
     return path
+
+
+def hub_alternative(manifest: Iterable[Entry]) -> Entry | None:
+    """The widest deblurring network of ``manifest`` that downloads from the Hub and takes no
+    masks: what runs at once when a page-hosted model has not been imported yet."""
+    ready = [e for e in manifest if e.kind == "deblur" and e.on_hub and not e.needs_masks]
+    return max(ready, key=lambda e: e.net_config().width, default=None)
+
+
+def with_alternative(exc: WeightsNotFoundError, manifest: Iterable[Entry]) -> WeightsNotFoundError:
+    """``exc`` (a page-hosted deblurring model is missing) extended with the Hub model that
+    works right away, when the manifest has one."""
+    other = hub_alternative(manifest)
+    if other is None:
+        return exc
+    return WeightsNotFoundError(
+        f"{str(exc).rstrip('.')}; or deblur right away without masks with `-m {other.name}` "
+        "(official NAFNet, downloaded from the Hugging Face Hub on first use)."
+    )
 
 
 def _copy_hashing(src: Path, fout: BinaryIO, progress: ProgressCallback | None, label: str) -> str:

@@ -20,7 +20,9 @@ async function watchHealth() {
     const status = $("status");
     status.className = "status " + health.status;
     status.textContent = health.status === "ready" ? `${health.model} ready on ${health.device}`
-      : health.status === "error" ? health.error : `loading ${health.model}…`;
+      : health.status === "error" ? health.error
+      : health.status === "degraded" ? `${health.error} Other models answer: ${health.models.join(", ")}.`
+      : `loading ${health.model}…`;
     if (health.status === "loading") setTimeout(watchHealth, 1000);
   } catch { setTimeout(watchHealth, 2000); }
 }
