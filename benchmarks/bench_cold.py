@@ -20,7 +20,7 @@ loader patched in (same output expected, byte for byte), and the stock pipeline
 sides get the same realistic masks. Every file was just written, so it is in the page
 cache: "cold" is the process, not the disk.
 
-    python -m benchmarks.bench_cold [--quick | --smoke] [--json PATH]
+    python -m benchmarks.bench_cold [--quick | --smoke | --load-only] [--repeat N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -90,7 +91,7 @@ def child_load(side: str, manifest: Path, sam_file: Path, result: Path) -> None:
 
     register_tiny_arch()  # a smoke run's architecture; real ones are untouched
     entry = load_manifest(manifest).get("bench-sam")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if side == "torch.load":
         loaded: Any = torch.load(sam_file, map_location="cpu", weights_only=True)
     elif side == "ours":
@@ -99,31 +100,47 @@ def child_load(side: str, manifest: Path, sam_file: Path, result: Path) -> None:
         loaded = old_load(entry, sam_file)
     else:
         loaded = sam_model_registry[entry.arch](checkpoint=str(sam_file))
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     digest = None if side == "torch.load" else model_digest(loaded)
-    result.write_text(json.dumps({"seconds": seconds, "digest": digest}))
+    result.write_text(
+        json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "digest": digest})
+    )
 
 
-def load_rows(work: Path, sam_arch: str, sam_file: Path, timeout: float) -> list[dict[str, Any]]:
-    """Every side of the load rows, each in a fresh child process."""
+def load_rows(
+    work: Path, sam_arch: str, sam_file: Path, timeout: float, repeat: int = 1
+) -> list[dict[str, Any]]:
+    """Every side of the load rows, each run in a fresh child process, ``repeat`` rounds with
+    the sides interleaved (a busy spell then hits every side); a row's ``seconds`` is the
+    median of its runs, ``runs`` all of them."""
     from benchmarks.bench_e2e import manifest_text
 
     manifest = work / "load-weights.toml"
     manifest.write_text(manifest_text(sam_arch, {}, {}))
-    rows = []
-    for side in SIDES:
-        slug = side.replace(" ", "-").replace(".", "-")
-        result = work / f"load-{slug}.json"
-        cmd = [sys.executable, "-m", "benchmarks.bench_cold", "--child-load", side]
-        cmd += [str(manifest), str(sam_file), str(result)]
-        m = measure(cmd, env=_env(), logs=work / f"load-{slug}", timeout=timeout)
-        row: dict[str, Any] = {"side": side, "process_s": m.wall_s, "peak_rss_bytes": 0}
-        if m.returncode == 0:
-            row.update(json.loads(result.read_text()), peak_rss_bytes=m.peak_rss_bytes)
-        else:
-            row["error"] = m.last_error()
-        rows.append(row)
-    return rows
+    rows: dict[str, dict[str, Any]] = {
+        side: {"side": side, "runs": [], "cpu_runs": [], "peak_rss_bytes": 0} for side in SIDES
+    }
+    for _ in range(repeat):
+        for side in SIDES:
+            row = rows[side]
+            slug = side.replace(" ", "-").replace(".", "-")
+            result = work / f"load-{slug}.json"
+            cmd = [sys.executable, "-m", "benchmarks.bench_cold", "--child-load", side]
+            cmd += [str(manifest), str(sam_file), str(result)]
+            m = measure(cmd, env=_env(), logs=work / f"load-{slug}", timeout=timeout)
+            if m.returncode != 0:
+                row["error"] = m.last_error()
+                continue
+            child = json.loads(result.read_text())
+            row["runs"].append(child["seconds"])
+            row["cpu_runs"].append(child["cpu_seconds"])
+            row.update(digest=child["digest"], process_s=m.wall_s)
+            row["peak_rss_bytes"] = max(row["peak_rss_bytes"], m.peak_rss_bytes)
+    for row in rows.values():
+        if row["runs"] and "error" not in row:
+            row["seconds"] = statistics.median(row["runs"])
+            row["cpu_seconds"] = statistics.median(row["cpu_runs"])
+    return list(rows.values())
 
 
 def _env() -> dict[str, str]:
@@ -139,35 +156,42 @@ def _env() -> dict[str, str]:
 # --------------------------------------------------------------------------- cold CLI rows
 
 
-def cold_rows(models: Models, work: Path, timeout: float) -> list[dict[str, Any]]:
-    """`sam-deblur photo.jpg` cold with the new loader, with the old one, and the stock
-    pipeline; outputs compared with the new loader's."""
+def cold_rows(models: Models, work: Path, timeout: float, repeat: int = 1) -> list[dict[str, Any]]:
+    """`sam-deblur photo.jpg` cold with the new loader, with the old one (``repeat`` pairs,
+    interleaved; wall and CPU seconds are medians, ``runs`` lists each pair's), and the stock
+    pipeline once; outputs compared with the new loader's."""
     import shutil
 
     photo = write_photo(work / "photo.jpg", COLD_SHAPE)
     case = Case("720p cold, default recipe", COLD_SHAPE, model=MODEL)
-    rows: list[dict[str, Any]] = []
-    for side in ("ours", "ours before"):
-        shutil.rmtree(models.home / "masks", ignore_errors=True)  # masks made, not cached
-        out = work / f"cold-{side.replace(' ', '-')}.png"
-        cmd = ours_command(models, case, photo, out, "cpu")
-        if side == "ours before":
-            cmd[1:4] = ["-m", "benchmarks.bench_cold", "--child-cli-old-loader"]
-        m = measure(cmd, env=models.env(), logs=out.with_suffix(""), timeout=timeout)
-        row: dict[str, Any] = {"side": side, "wall_s": m.wall_s, "cpu_s": m.cpu_s}
-        row["peak_rss_bytes"] = m.peak_rss_bytes
-        if m.returncode == 0:
-            row["output"] = str(out)
+    rows = {side: {"side": side, "runs": []} for side in ("ours", "ours before")}
+    for _ in range(repeat):
+        for side, row in rows.items():
+            shutil.rmtree(models.home / "masks", ignore_errors=True)  # masks made, not cached
+            out = work / f"cold-{side.replace(' ', '-')}.png"
+            cmd = ours_command(models, case, photo, out, "cpu")
+            if side == "ours before":
+                cmd[1:4] = ["-m", "benchmarks.bench_cold", "--child-cli-old-loader"]
+            m = measure(cmd, env=models.env(), logs=out.with_suffix(""), timeout=timeout)
+            if m.returncode != 0:
+                row["error"] = m.last_error()
+                continue
             record = json.loads(m.stdout.read_text().strip().splitlines()[-1])
-            row.update(seconds=record.get("seconds", {}), groups=record.get("groups"))
-        else:
-            row["error"] = m.last_error()
-        rows.append(row)
+            row["runs"].append(
+                {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "seconds": record.get("seconds", {})}
+            )
+            row.update(output=str(out), groups=record.get("groups"))
+            row["peak_rss_bytes"] = max(row.get("peak_rss_bytes", 0), m.peak_rss_bytes)
+    for row in rows.values():
+        if row["runs"]:
+            row["wall_s"] = statistics.median(r["wall_s"] for r in row["runs"])
+            row["cpu_s"] = statistics.median(r["cpu_s"] for r in row["runs"])
+    ours, before = rows["ours"], rows["ours before"]
     stock = run_stock(models, case, photo, work, "cpu", timeout)
-    rows.append({"side": "stock", **stock})
-    for row in rows[1:]:
-        row["output_diff"] = compare_outputs(rows[0].get("output"), row.get("output"))
-    return rows
+    result = [ours, before, {"side": "stock", **stock}]
+    for row in result[1:]:
+        row["output_diff"] = compare_outputs(ours.get("output"), row.get("output"))
+    return result
 
 
 def child_cli_old_loader(argv: list[str]) -> int:
@@ -182,8 +206,9 @@ def child_cli_old_loader(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- the run
 
 
-def run(mode: str, *, timeout: float = 1800) -> dict[str, Any]:
-    """Load rows for the mode's SAM; cold CLI rows in full mode. The JSON-able result."""
+def run(mode: str, *, timeout: float = 1800, repeat: int = 1, cold: bool = True) -> dict[str, Any]:
+    """Load rows for the mode's SAM, ``repeat`` rounds; cold CLI rows in full mode unless
+    ``cold`` is False. The JSON-able result."""
     import torch
 
     from benchmarks.bench_e2e import save_sam
@@ -191,10 +216,11 @@ def run(mode: str, *, timeout: float = 1800) -> dict[str, Any]:
 
     sam_arch = {"smoke": TINY_ARCH, "quick": "vit_b", "full": "vit_h"}[mode]
     config = {"mode": mode, "sam_arch": sam_arch, "torch_threads": torch.get_num_threads()}
+    config["repeat"] = repeat
     result: dict[str, Any] = {"config": config}
     with tempfile.TemporaryDirectory(prefix="sam-deblur-cold-") as tmp:
         work = Path(tmp)
-        if mode == "full":
+        if mode == "full" and cold:
             models = prepare_models(
                 work, sam_arch=sam_arch, nets={MODEL: FULL_NET}, amg=stock_amg()
             )
@@ -204,11 +230,11 @@ def run(mode: str, *, timeout: float = 1800) -> dict[str, Any]:
                 register_tiny_arch()
             sam_file = save_sam(work / "sam.pth", sam_arch)
         config["sam_file_bytes"] = sam_file.stat().st_size
-        result["load"] = load_rows(work, sam_arch, sam_file, timeout)
-        if mode == "full":
+        result["load"] = load_rows(work, sam_arch, sam_file, timeout, repeat)
+        if mode == "full" and cold:
             config["cold_shape"] = list(COLD_SHAPE)
             config["net"] = FULL_NET
-            result["cold"] = cold_rows(models, work, timeout)
+            result["cold"] = cold_rows(models, work, timeout, repeat)
     return result
 
 
@@ -219,19 +245,28 @@ def table(result: dict[str, Any]) -> str:
     gb = 1 << 30
     rows = {r["side"]: r for r in result["load"]}
     base = rows.get("torch.load", {}).get("seconds")
+    base_cpu = rows.get("torch.load", {}).get("cpu_seconds")
     stock_digest = rows.get("stock", {}).get("digest")
     lines = []
     for side, r in rows.items():
         if "seconds" not in r:
-            lines.append([side, f"failed: {r.get('error', '')}", "-", "-", "-", "-"])
+            lines.append([side, f"failed: {r.get('error', '')}", "-", "-", "-", "-", "-"])
             continue
         same = "-" if r["digest"] is None else ("yes" if r["digest"] == stock_digest else "NO")
         ratio = f"{r['seconds'] / base:.2f}" if base else "-"
+        cpu = r.get("cpu_seconds")
+        cpu_ratio = f"{cpu / base_cpu:.2f}" if cpu is not None and base_cpu else "-"
         peak = f"{r['peak_rss_bytes'] / gb:.2f} GB"
-        lines.append([side, f"{r['seconds']:.2f} s", ratio, f"{r['process_s']:.1f} s", peak, same])
+        runs = ", ".join(f"{x:.2f}" for x in r.get("runs", [r["seconds"]]))
+        took = f"{r['seconds']:.2f} s" + (f" ({cpu:.2f} CPU s)" if cpu is not None else "")
+        lines.append([side, took, ratio, cpu_ratio, runs, peak, same])
     cfg = result["config"]
-    text = f"SAM {cfg['sam_arch']}, random weights, {cfg['sam_file_bytes'] / gb:.2f} GB file.\n\n"
-    head = ["load", "call", "/ torch.load", "whole process", "peak RSS", "equal to stock"]
+    text = (
+        f"SAM {cfg['sam_arch']}, random weights, {cfg['sam_file_bytes'] / gb:.2f} GB file; "
+        f"median of {cfg.get('repeat', 1)} fresh process(es) per side, sides interleaved.\n\n"
+    )
+    head = ["load", "call (median)", "/ torch.load", "CPU / torch.load", "each run, s"]
+    head += ["peak RSS", "equal to stock"]
     text += markdown_table(head, lines)
     if "cold" in result:
         cold = []
@@ -239,6 +274,8 @@ def table(result: dict[str, Any]) -> str:
             diff = r.get("output_diff")
             shown = f"max {diff['max_abs_diff']}" if diff else "-"
             took = f"{r['wall_s']:.1f} s ({r['cpu_s']:.0f} CPU s)" if "wall_s" in r else "-"
+            if len(r.get("runs", [])) > 1:
+                took += " [" + ", ".join(f"{x['wall_s']:.0f}" for x in r["runs"]) + " s]"
             if r.get("status", "ok") != "ok" or "error" in r:
                 took = f"{r.get('status', 'failed')}: {r.get('error', '')}"
             cold.append([r["side"], took, f"{r.get('peak_rss_bytes', 0) / gb:.2f} GB", shown])
@@ -263,11 +300,19 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--smoke", action="store_true", help="tiny SAM, load rows only")
     mode.add_argument("--quick", action="store_true", help="SAM vit_b, load rows only")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per child run")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds per side, interleaved (default 3)"
+    )
+    parser.add_argument(
+        "--load-only", action="store_true", help="full mode: vit_h load rows, no cold CLI rows"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     # A time-out upstream sends SIGTERM: exit normally so that the temporary folder goes.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    result = run("smoke" if args.smoke else "quick" if args.quick else "full", timeout=args.timeout)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    repeat = max(1, args.repeat)
+    result = run(mode, timeout=args.timeout, repeat=repeat, cold=not args.load_only)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

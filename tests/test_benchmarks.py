@@ -208,3 +208,21 @@ def test_component_needing_a_missing_package_is_skipped(
         "error": "needs no_such_package_for_sure, which is not installed",
     }
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.subprocess
+def test_cold_load_rows_interleave_fresh_processes_and_match_stock(tmp_path: Path) -> None:
+    # bench_cold --smoke: a tiny SAM loaded by every side, each round in fresh processes.
+    out = tmp_path / "cold.json"
+    cmd = [sys.executable, "-m", "benchmarks.bench_cold", "--smoke", "--repeat", "2"]
+    proc = subprocess.run(
+        [*cmd, "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = {row["side"]: row for row in result["load"]}
+    assert set(rows) == {"torch.load", "ours", "ours before", "stock"}
+    assert all(len(row["runs"]) == 2 and row["seconds"] > 0 for row in rows.values())
+    # the meta-device loader gives stock's model, tensor for tensor (buffers included)
+    assert rows["ours"]["digest"] == rows["ours before"]["digest"] == rows["stock"]["digest"]
+    assert "median of 2 fresh process(es)" in proc.stdout
