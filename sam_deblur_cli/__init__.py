@@ -3,9 +3,9 @@
 The public API is re-exported here lazily (module ``__getattr__``), so
 ``import sam_deblur_cli`` stays instant and never imports torch::
 
-    from sam_deblur_cli import Deblurrer, DeblurSettings, deblur_file, deblur_array
+    from sam_deblur_cli import Deblurrer, DeblurSettings, RecipeOverrides, deblur_array
 
-    deblurrer = Deblurrer(DeblurSettings(model="segnafnet-gopro"))
+    deblurrer = Deblurrer(DeblurSettings(recipe=RecipeOverrides(model="segnafnet-gopro")))
     sharp = deblurrer.deblur(rgb)  # H x W x 3 RGB, uint8 or float32 [0, 1] -> float32 [0, 1]
 """
 
@@ -44,6 +44,7 @@ def _advise_huge_pages() -> None:
 _advise_huge_pages()
 
 if TYPE_CHECKING:
+    from sam_deblur_cli.amg import RecipeOverrides
     from sam_deblur_cli.batch.local import run_batch
     from sam_deblur_cli.batch.plan import plan_batch
     from sam_deblur_cli.devices import Placement, resolve
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
 
 # Public name -> the module that defines it.
 _EXPORTS = {
+    "RecipeOverrides": "sam_deblur_cli.amg",
     "DeblurSettings": "sam_deblur_cli.pipeline",
     "Deblurrer": "sam_deblur_cli.pipeline",
     "FileOptions": "sam_deblur_cli.pipeline",
@@ -112,6 +114,7 @@ __all__ = [
     "MaskResult",
     "NothingToDoError",
     "Placement",
+    "RecipeOverrides",
     "SamDeblurError",
     "SetupError",
     "UsageError",
