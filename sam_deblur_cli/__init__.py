@@ -45,6 +45,7 @@ _advise_huge_pages()
 
 if TYPE_CHECKING:
     from sam_deblur_cli.amg import RecipeOverrides
+    from sam_deblur_cli.batch.dispatch import run_jobs
     from sam_deblur_cli.batch.local import run_batch
     from sam_deblur_cli.batch.plan import plan_batch
     from sam_deblur_cli.devices import Placement, resolve
@@ -80,6 +81,7 @@ _EXPORTS = {
     "deblur_file": "sam_deblur_cli.pipeline",
     "plan_batch": "sam_deblur_cli.batch.plan",
     "run_batch": "sam_deblur_cli.batch.local",
+    "run_jobs": "sam_deblur_cli.batch.dispatch",
     "MaskResult": "sam_deblur_cli.masks",
     "load_mask_file": "sam_deblur_cli.masks",
     "Placement": "sam_deblur_cli.devices",
@@ -127,6 +129,7 @@ __all__ = [
     "plan_batch",
     "resolve",
     "run_batch",
+    "run_jobs",
 ]
 
 
