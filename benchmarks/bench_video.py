@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
 
             env = make_tiny_env(root / "tiny", build_checkpoints(root / "ckpt"))
             os.environ["SAM_DEBLUR_WEIGHTS"] = str(env.manifest)
+        from sam_deblur_cli.amg import RecipeOverrides
         from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
-        from sam_deblur_cli.video.run import VideoSettings, run_video
+        from sam_deblur_cli.video.engine import VideoSettings, run_video
 
         src = root / "clip.mp4"
         make_clip(src, frames, width, height)
@@ -153,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
             if model not in deblurrers:  # loaded once per model
                 name = "nafnet-gopro" if model == IDENTITY else model
                 deblurrer = Deblurrer(
-                    DeblurSettings(model=name, device=args.device, tlc=False, tile=None)
+                    DeblurSettings(
+                        recipe=RecipeOverrides(model=name), device=args.device, tlc=False, tile=None
+                    )
                 )
                 if model == IDENTITY:  # the machinery alone: no network at all
                     deblurrer.deblur = _identity  # type: ignore[method-assign]

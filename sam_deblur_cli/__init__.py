@@ -3,9 +3,9 @@
 The public API is re-exported here lazily (module ``__getattr__``), so
 ``import sam_deblur_cli`` stays instant and never imports torch::
 
-    from sam_deblur_cli import Deblurrer, DeblurSettings, deblur_file, deblur_array
+    from sam_deblur_cli import Deblurrer, DeblurSettings, RecipeOverrides, deblur_array
 
-    deblurrer = Deblurrer(DeblurSettings(model="segnafnet-gopro"))
+    deblurrer = Deblurrer(DeblurSettings(recipe=RecipeOverrides(model="segnafnet-gopro")))
     sharp = deblurrer.deblur(rgb)  # H x W x 3 RGB, uint8 or float32 [0, 1] -> float32 [0, 1]
 """
 
@@ -44,6 +44,8 @@ def _advise_huge_pages() -> None:
 _advise_huge_pages()
 
 if TYPE_CHECKING:
+    from sam_deblur_cli.amg import RecipeOverrides
+    from sam_deblur_cli.batch.dispatch import run_jobs
     from sam_deblur_cli.batch.local import run_batch
     from sam_deblur_cli.batch.plan import plan_batch
     from sam_deblur_cli.devices import Placement, resolve
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
 
 # Public name -> the module that defines it.
 _EXPORTS = {
+    "RecipeOverrides": "sam_deblur_cli.amg",
     "DeblurSettings": "sam_deblur_cli.pipeline",
     "Deblurrer": "sam_deblur_cli.pipeline",
     "FileOptions": "sam_deblur_cli.pipeline",
@@ -78,6 +81,7 @@ _EXPORTS = {
     "deblur_file": "sam_deblur_cli.pipeline",
     "plan_batch": "sam_deblur_cli.batch.plan",
     "run_batch": "sam_deblur_cli.batch.local",
+    "run_jobs": "sam_deblur_cli.batch.dispatch",
     "MaskResult": "sam_deblur_cli.masks",
     "load_mask_file": "sam_deblur_cli.masks",
     "Placement": "sam_deblur_cli.devices",
@@ -112,6 +116,7 @@ __all__ = [
     "MaskResult",
     "NothingToDoError",
     "Placement",
+    "RecipeOverrides",
     "SamDeblurError",
     "SetupError",
     "UsageError",
@@ -124,6 +129,7 @@ __all__ = [
     "plan_batch",
     "resolve",
     "run_batch",
+    "run_jobs",
 ]
 
 

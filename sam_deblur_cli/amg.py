@@ -5,7 +5,9 @@
 (what upstream.md 5.1 says upstream used). The manifest's allowed ``amg`` keys
 (``AMG_KEYS``), the defaults a recipe falls back to (``AMG_DEFAULTS``), the fast
 generator's settings and the mask cache key all come from it; tests compare it with
-segment_anything's own signature so that drift shows.
+segment_anything's own signature so that drift shows. :class:`RecipeOverrides` is the one
+type for "this model's mask recipe, with these departures" that deblurring
+(``pipeline.DeblurSettings``) and mask making (``masks.save.MaskSettings``) both hold.
 
 Light on purpose: ``weights`` imports it to check manifests (no numpy, torch or
 segment_anything here).
@@ -15,12 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sam_deblur_cli.errors import UsageError
 
-__all__ = ["AMG_DEFAULTS", "AMG_KEYS", "AmgParams", "amg_params", "effective_amg"]
+__all__ = [
+    "AMG_DEFAULTS",
+    "AMG_KEYS",
+    "AmgParams",
+    "RecipeOverrides",
+    "amg_params",
+    "effective_amg",
+]
 
 
 @dataclass(frozen=True)
@@ -70,3 +79,16 @@ def amg_params(amg: Mapping[str, float | int]) -> AmgParams:
     """The recipe's values over the defaults, as :class:`AmgParams` (unknown names rejected)."""
     values: dict[str, Any] = effective_amg(amg)
     return AmgParams(**values)
+
+
+@dataclass(frozen=True)
+class RecipeOverrides:
+    """The deblur model whose mask recipe (``weights.toml``) to follow, and how this run
+    departs from it; the defaults follow the published model's recipe exactly."""
+
+    model: str = "segnafnet-gopro"
+    sam: str | None = None  # another SAM entry than the recipe's (a departure)
+    amg: dict[str, float | int] = field(default_factory=dict)  # generator parameter overrides
+    channel_order: str | None = None  # "bgr" / "rgb" instead of the recipe's
+    fast_masks: bool = True  # False: segment-anything's stock generator
+    sam_precision: str = "fp32"  # SAM's image encoder: fp32 | bf16 | fp16 (CUDA only)

@@ -436,6 +436,7 @@ def _load_models(
     image that needs it, and only by the first model of each recipe (the one whose masks
     the others reuse). A mask value override reaches the MAP models only."""
     from sam_deblur_cli import weights
+    from sam_deblur_cli.amg import RecipeOverrides
     from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
 
     manifest = manifest if manifest is not None else weights.load_manifest()
@@ -445,8 +446,7 @@ def _load_models(
     models: dict[str, Deblurrer] = {}
     for name in settings.models:
         deblur_settings = DeblurSettings(
-            model=name,
-            fast_masks=settings.fast_masks,
+            recipe=RecipeOverrides(model=name, fast_masks=settings.fast_masks),
             device=protocol.device,
             precision=protocol.precision,
             tile=protocol.tile,

@@ -5,15 +5,16 @@ Data contracts:
   [0, 1] (``Deblurrer.deblur``);
 - SAM always sees uint8 RGB; the recipe of the model entry decides the channel order it
   is fed (masks/sam.py applies it);
-- a *record* is a JSON-able dict describing what happened to one input (``--json``).
+- a *record* (:class:`Record`) is a JSON-able dict describing what happened to one input:
+  the ``--json`` line of the command line, and what every engine returns per input.
 
 Only what a run needs is loaded: a model without a mask guide never builds SAM, and a
 run whose masks come from files builds it only if an image without a mask file shows up.
 Heavy modules (torch, the networks, SAM) are imported inside the functions that use them.
 
 Output names come from ``sam_deblur_cli.naming``; planning many inputs is
-``sam_deblur_cli.batch.plan`` and running them ``sam_deblur_cli.batch.local.run_batch``, one
-layer up.
+``sam_deblur_cli.batch.plan`` and running them ``sam_deblur_cli.batch.dispatch.run_jobs``,
+one layer up.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
+from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.errors import InputError, UsageError
 from sam_deblur_cli.naming import default_output, overlay_path
 
@@ -53,20 +55,51 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Record = dict[str, Any]
 STAGES = ("read", "masks", "deblur", "write")
+Status = Literal["pending", "ok", "skipped", "failed"]
+
+
+class _RecordFields(TypedDict):
+    """The fields every record has, in the order ``--json`` prints them."""
+
+    input: str
+    output: str | None
+    status: Status  # "pending" only before the run settles it
+    error: str | None  # why it failed (or, for a video with kept frames, which frames)
+    seconds: dict[str, float]  # per stage (STAGES; a video's: masks, deblur, write)
+    masks: int | None  # SAM masks made (0 when read from a file); None: no masks
+    groups: int | None  # mask groups fed to the network
+    model: str
+    device: str  # "auto" only in records settled before any model was loaded
+    precision: str
+    tile: int | Literal["auto"] | None
+    tlc: bool | None  # None only before any model was loaded
+
+
+class Record(_RecordFields, total=False):
+    """What happened to one input: one ``--json`` line, one row of every engine's result.
+
+    Photos that ran add ``width``/``height`` (and ``overlay``, the overlay file's path);
+    videos add the rest (``kept_frames``: frames that failed and kept their input pixels).
+    """
+
+    width: int
+    height: int
+    overlay: str
+    frames: int
+    resumed_from: int  # frames a previous run had finished
+    key_frames: int  # frames SAM ran on
+    kept_frames: list[int]
+    fps: float
+    encoding: str
+    notes: list[str]  # streams converted, colour tags not kept (one line each)
 
 
 @dataclass
 class DeblurSettings:
     """Everything that decides how a run deblurs; the defaults reproduce the published model."""
 
-    model: str = "segnafnet-gopro"
-    sam: str | None = None  # override the recipe's SAM entry (a departure from the recipe)
-    amg: dict[str, float | int] = field(default_factory=dict)  # generator parameter overrides
-    channel_order: str | None = None  # override the recipe's "bgr" / "rgb"
-    fast_masks: bool = True  # False: segment-anything's stock generator
-    sam_precision: str = "fp32"  # SAM's image encoder: fp32 | bf16 | fp16 (CUDA only)
+    recipe: RecipeOverrides = field(default_factory=RecipeOverrides)  # model + mask departures
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     require_gpu: bool = False
     precision: str = "auto"  # auto | fp32 | fp16 | bf16 (fp32 on the CPU)
@@ -133,13 +166,15 @@ class Deblurrer:
         self.settings = settings = settings or DeblurSettings()
         self.tile = normalize_tile(settings.tile)
         self.manifest = manifest if manifest is not None else weights.load_manifest()
-        self.entry: Entry = self.manifest.get(settings.model)
+        self.entry: Entry = self.manifest.get(settings.recipe.model)
         self.placement = resolve(
             settings.device, settings.precision, require_gpu=settings.require_gpu
         )
         from sam_deblur_cli.masks.precision import check_sam_precision
 
-        check_sam_precision(settings.sam_precision, self.placement.device)  # before any loading
+        check_sam_precision(
+            settings.recipe.sam_precision, self.placement.device
+        )  # before any loading
         self.recipe = self._effective_recipe()
         self.tlc = self.entry.tlc if settings.tlc is None else settings.tlc
         self._generator: MaskGenerator | None = None
@@ -194,9 +229,10 @@ class Deblurrer:
         recipe = self.recipe
         if dataclasses.is_dataclass(recipe) and not isinstance(recipe, type):
             recipe = dataclasses.asdict(recipe)
-        key = {"recipe": recipe, "fast": self.settings.fast_masks}
-        if self.settings.sam_precision != "fp32":
-            key["sam_precision"] = self.settings.sam_precision
+        wanted = self.settings.recipe
+        key = {"recipe": recipe, "fast": wanted.fast_masks}
+        if wanted.sam_precision != "fp32":
+            key["sam_precision"] = wanted.sam_precision
         return json.dumps(key, sort_keys=True)
 
     def _effective_recipe(self) -> Any:
@@ -205,7 +241,7 @@ class Deblurrer:
             return None
         from sam_deblur_cli.masks.sam import override_recipe
 
-        s = self.settings
+        s = self.settings.recipe
         return override_recipe(
             self.entry.recipe, sam=s.sam, channel_order=s.channel_order, amg=s.amg
         )
@@ -218,7 +254,8 @@ class Deblurrer:
         from sam_deblur_cli.masks.sam import recipe_departures
 
         notes = recipe_departures(self.entry.recipe, self.recipe, model=self.entry.name)
-        return notes + precision_departures(self.settings.sam_precision, model=self.entry.name)
+        sam_precision = self.settings.recipe.sam_precision
+        return notes + precision_departures(sam_precision, model=self.entry.name)
 
     @property
     def net_config(self) -> NetConfig:
@@ -270,9 +307,9 @@ class Deblurrer:
                 self.recipe,
                 manifest=self.manifest,
                 device=self.placement.device,
-                fast=self.settings.fast_masks,
+                fast=self.settings.recipe.fast_masks,
                 offline=self.settings.offline,
-                sam_precision=self.settings.sam_precision,
+                sam_precision=self.settings.recipe.sam_precision,
             )
         return self._generator
 
@@ -390,7 +427,7 @@ class Deblurrer:
                 picture = read_image(src, **options.read_kwargs())
         masks = self._masks_for(picture, masks_file, seconds)
         if masks is not None:
-            record.update(masks=masks.count, groups=masks.groups)
+            record.update({"masks": masks.count, "groups": masks.groups})
         with _timer(seconds, "deblur"):
             restored = self.deblur(picture.rgb, masks)
         with _timer(seconds, "write"):
@@ -398,7 +435,7 @@ class Deblurrer:
             write_image(dst, written, format=options.format, quality=options.quality, protect=[src])
             if options.overlay and masks is not None:
                 record["overlay"] = str(self._write_overlay(picture, masks, dst))
-        record.update(status="ok", width=picture.width, height=picture.height)
+        record.update({"status": "ok", "width": picture.width, "height": picture.height})
 
     def _masks_for(
         self, picture: Picture, masks_file: Path | None, seconds: dict[str, float]
@@ -425,11 +462,13 @@ class Deblurrer:
         """A record for ``src`` with this run's model, device and tile filled in."""
         record = blank_record(src, dst, self.settings)
         record.update(
-            model=self.entry.name,
-            device=self.placement.device,
-            precision=self.placement.precision,
-            tile=self.tile,
-            tlc=self.tlc,
+            {
+                "model": self.entry.name,
+                "device": self.placement.device,
+                "precision": self.placement.precision,
+                "tile": self.tile,
+                "tlc": self.tlc,
+            }
         )
         return record
 
@@ -445,7 +484,7 @@ def blank_record(src: Path, dst: Path | None, settings: DeblurSettings) -> Recor
         "seconds": {},
         "masks": None,
         "groups": None,
-        "model": settings.model,
+        "model": settings.recipe.model,
         "device": settings.device,
         "precision": settings.precision,
         "tile": normalize_tile(settings.tile),

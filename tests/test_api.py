@@ -16,9 +16,16 @@ from tiny_models import (
 )
 
 import sam_deblur_cli
-from sam_deblur_cli import Deblurrer, DeblurSettings, MaskError, deblur_array, deblur_file
+from sam_deblur_cli import (
+    Deblurrer,
+    DeblurSettings,
+    MaskError,
+    RecipeOverrides,
+    deblur_array,
+    deblur_file,
+)
 
-PLAIN = DeblurSettings(model="nafnet-gopro", device="cpu")
+PLAIN = DeblurSettings(recipe=RecipeOverrides(model="nafnet-gopro"), device="cpu")
 
 
 def _segmask_png(path: Path, shape: tuple[int, int]) -> Path:
@@ -104,7 +111,7 @@ def test_arrays_and_files_go_through_the_same_pipeline(tiny_env: TinyEnv, tmp_pa
 
 def test_deblurrer_makes_sam_masks_once_and_checks_their_size(tiny_env: TinyEnv) -> None:
     rgb = small_photo("astronaut", 16)  # 32 x 32
-    deblurrer = Deblurrer(DeblurSettings(device="cpu", fast_masks=False))
+    deblurrer = Deblurrer(DeblurSettings(recipe=RecipeOverrides(fast_masks=False), device="cpu"))
     assert deblurrer.needs_masks and deblurrer.guide_kind == "labels" and deblurrer.tlc
     masks = deblurrer.compute_masks(rgb)
     assert masks.count > 0 and masks.labels.shape == (32, 32)
@@ -117,7 +124,9 @@ def test_overrides_are_departures_and_change_the_recipe_key(tiny_env: TinyEnv) -
     stock = Deblurrer(DeblurSettings(device="cpu", tlc=False), load_sam=False)
     assert stock.departures() == [] and stock.tlc is False
     changed = Deblurrer(
-        DeblurSettings(device="cpu", amg={"points_per_side": 8}, channel_order="rgb"),
+        DeblurSettings(
+            recipe=RecipeOverrides(amg={"points_per_side": 8}, channel_order="rgb"), device="cpu"
+        ),
         load_sam=False,
     )
     notes = " ".join(changed.departures())
@@ -136,8 +145,8 @@ def test_runs_that_need_no_sam_never_import_segment_anything(
     code = (
         "import sys\n"
         "import numpy as np\n"
-        "from sam_deblur_cli import Deblurrer, DeblurSettings, deblur_array\n"
-        "plain = DeblurSettings(model='nafnet-gopro', tlc=False)\n"
+        "from sam_deblur_cli import Deblurrer, DeblurSettings, RecipeOverrides, deblur_array\n"
+        "plain = DeblurSettings(recipe=RecipeOverrides(model='nafnet-gopro'), tlc=False)\n"
         "out = deblur_array(np.zeros((20, 30, 3), np.uint8), plain)\n"
         "assert out.shape == (20, 30, 3) and out.dtype == np.uint8\n"
         "d = Deblurrer(DeblurSettings(tlc=False), load_sam=False)\n"
@@ -159,7 +168,7 @@ def test_deblur_file_output_rules(tiny_env: TinyEnv, tmp_path: Path) -> None:
 
     src = tmp_path / "a.jpg"
     Image.fromarray(small_photo()).save(src)
-    plain = DeblurSettings(model="nafnet-gopro", device="cpu", tlc=False)
+    plain = DeblurSettings(recipe=RecipeOverrides(model="nafnet-gopro"), device="cpu", tlc=False)
     record = deblur_file(src, settings=plain, options=FileOptions(format="png"))
     assert record["output"] == str(tmp_path / "a_deblurred.png")
     assert Image.open(record["output"]).format == "PNG"

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from tiny_models import TESTS_DIR, TinyEnv, run_cli, save_photo, tree_hashes
 
+from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.batch.local import BatchCallbacks
 from sam_deblur_cli.batch.plan import plan_batch, plan_path_list
 from sam_deblur_cli.batch.ray import RayOptions, pool_size, run_batch_ray
@@ -29,7 +30,7 @@ from sam_deblur_cli.pipeline import DeblurSettings, FileOptions
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-PLAIN = DeblurSettings(model="nafnet-gopro", tlc=False, device="cpu")
+PLAIN = DeblurSettings(recipe=RecipeOverrides(model="nafnet-gopro"), tlc=False, device="cpu")
 ONE_CPU = RayOptions(workers=1, gpus_per_worker=0)
 
 

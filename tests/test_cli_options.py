@@ -12,6 +12,7 @@ from typer.core import TyperOption
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.cli import _register, main
 from sam_deblur_cli.cli.app import app
 from sam_deblur_cli.cli.options import (
@@ -77,20 +78,57 @@ def test_commands_sharing_an_option_spell_it_the_same_way() -> None:
 WORDED_PER_COMMAND = {"--output", "-o", "--format", "-f", "--model", "-m", "--masks-from"}
 
 
-def test_a_shared_spelling_means_one_thing_in_every_command() -> None:
+def _meanings(commands: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """Each visible spelling -> its help texts -> the commands that give it that help."""
     meanings: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for path, command in _commands().items():
+    for path, command in commands.items():
         for option in _options(command):
             if not option.hidden:  # an old spelling kept for scripts means what it meant
                 for name in _spellings(option):
                     meanings[name][option.help or ""].append(path)
-    assert len(meanings["--tlc"]) == 1 and len(meanings["--device"]) == 1
-    ambiguous = {
+    return meanings
+
+
+def _ambiguous(meanings: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+    """The spellings with two meanings (help texts), those worded per command left out."""
+    return {
         name: dict(helps)
         for name, helps in meanings.items()
         if len(helps) > 1 and name not in WORDED_PER_COMMAND
     }
-    assert ambiguous == {}
+
+
+def test_a_shared_spelling_means_one_thing_in_every_command() -> None:
+    meanings = _meanings(_commands())
+    assert len(meanings["--tlc"]) == 1 and len(meanings["--device"]) == 1
+    assert len(meanings["--host"]) == 1 and len(meanings["--workers"]) == 1
+    assert _ambiguous(meanings) == {}
+
+
+def test_the_meaning_check_catches_one_spelling_with_two_meanings() -> None:
+    toy = typer.Typer()
+
+    @toy.command("first")
+    def first(workers: int = typer.Option(1, "--workers", help="Ray workers.")) -> None: ...
+
+    @toy.command("second")
+    def second(
+        workers: int = typer.Option(1, "--workers", help="Data loader processes."),
+        old: bool = typer.Option(False, "--tlc", hidden=True, help="Old spelling."),
+        device: str = typer.Option("auto", "--device", help="Where it runs."),
+    ) -> None: ...
+
+    @toy.command("third")
+    def third(
+        tlc: bool = typer.Option(False, "--tlc", help="Local pooling."),
+        device: str = typer.Option("auto", "--device", help="Where it runs."),
+    ) -> None: ...
+
+    group = get_command(toy)
+    commands = {name: group.commands[name] for name in ("first", "second", "third")}  # type: ignore[attr-defined]
+    assert _ambiguous(_meanings(commands)) == {
+        "--workers": {"Ray workers.": ["first"], "Data loader processes.": ["second"]}
+    }
 
 
 def test_trains_old_spellings_parse_into_the_new_options() -> None:
@@ -202,8 +240,10 @@ def test_option_groups_arrive_as_objects() -> None:
     assert result.exit_code == 0, result.output
     ((name, recipe, out),) = seen
     assert name == "photo" and recipe.model == "other" and recipe.sam is None
-    assert recipe.fast_masks is False and recipe.amg == {"points_per_side": 8}
+    assert recipe.overrides() == RecipeOverrides(
+        model="other", amg={"points_per_side": 8}, fast_masks=False
+    )
     assert out == OutputMode(json=True, quiet=True, verbose=False)
     seen.clear()
     assert CliRunner().invoke(demo, ["photo"]).exit_code == 0
-    assert seen[0][1] == MaskRecipeOptions() and seen[0][1].fast_masks is True
+    assert seen[0][1] == MaskRecipeOptions() and seen[0][1].overrides() == RecipeOverrides()

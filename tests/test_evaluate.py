@@ -15,6 +15,7 @@ from PIL import Image
 from tiny_models import TinyEnv
 
 from sam_deblur_cli import metrics
+from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.datasets import Dataset, Issue, list_pairs, open_dataset
 from sam_deblur_cli.errors import UsageError
 from sam_deblur_cli.evaluate import (
@@ -326,7 +327,9 @@ def test_rows_match_running_the_model_directly(tiny_env: TinyEnv, tmp_path: Path
     )
     assert result.complete and result.tlc == {"nafnet-gopro": False}
     assert result.masks_from is None  # a plain model takes no masks
-    model = Deblurrer(DeblurSettings(model="nafnet-gopro", device="cpu", tlc=False))
+    model = Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="nafnet-gopro"), device="cpu", tlc=False)
+    )
     for row in result.rows:
         sharp = _photos()[row.name]
         restored = metrics.to_uint8(model.deblur(_box_blur(sharp).astype(np.float32) / 255))

@@ -150,22 +150,22 @@ LAYERS = {
     "sam_deblur_cli.batch": 2,
     "sam_deblur_cli.evaluate": 2,
     "sam_deblur_cli.serve": 2,
-    "sam_deblur_cli.video": 2,
-    "sam_deblur_cli.pipeline": 3,
-    "sam_deblur_cli.restore": 4,
-    "sam_deblur_cli.masks": 5,
-    "sam_deblur_cli.metrics": 5,
-    "sam_deblur_cli.naming": 5,
-    "sam_deblur_cli.datasets": 5,
-    "sam_deblur_cli.weights": 6,
-    "sam_deblur_cli.imageio": 6,
-    "sam_deblur_cli.checkpoints": 7,
-    "sam_deblur_cli.nets": 7,
-    "sam_deblur_cli.amg": 8,
-    "sam_deblur_cli.files": 8,
-    "sam_deblur_cli.devices": 8,
-    "sam_deblur_cli.errors": 9,
-    "sam_deblur_cli._version": 9,
+    "sam_deblur_cli.video": 3,
+    "sam_deblur_cli.pipeline": 4,
+    "sam_deblur_cli.restore": 5,
+    "sam_deblur_cli.masks": 6,
+    "sam_deblur_cli.metrics": 6,
+    "sam_deblur_cli.naming": 6,
+    "sam_deblur_cli.datasets": 6,
+    "sam_deblur_cli.weights": 7,
+    "sam_deblur_cli.imageio": 7,
+    "sam_deblur_cli.checkpoints": 8,
+    "sam_deblur_cli.nets": 8,
+    "sam_deblur_cli.amg": 9,
+    "sam_deblur_cli.files": 9,
+    "sam_deblur_cli.devices": 9,
+    "sam_deblur_cli.errors": 10,
+    "sam_deblur_cli._version": 10,
 }
 
 
@@ -274,3 +274,34 @@ def test_no_import_cycles_inside_the_package() -> None:
     graph = import_graph()
     assert "sam_deblur_cli.masks.sam" in graph["sam_deblur_cli.masks"]  # from pkg import module
     assert import_cycles(graph) == []
+
+
+LONGEST_COMMAND_FUNCTION = 60  # docs/DESIGN.md, "Where a new command plugs in"
+
+
+def long_functions(tree: ast.Module, limit: int) -> list[tuple[str, int]]:
+    """(name, lines) of each function in ``tree`` longer than ``limit`` lines, counted from
+    its ``def`` (decorators left out) to its last line, nested functions included."""
+    return [
+        (node.name, lines)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (lines := (node.end_lineno or node.lineno) - node.lineno + 1) > limit
+    ]
+
+
+def test_the_length_check_counts_from_def_to_the_last_line() -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(60))
+    tree = ast.parse(f"@decorated\ndef long():\n{body}\ndef short():\n    pass\n")
+    assert long_functions(tree, 60) == [("long", 61)]
+    assert long_functions(tree, 61) == []
+
+
+def test_commands_stay_thin() -> None:
+    long = [
+        f"{name}::{function} ({lines} lines)"
+        for name, tree in modules()
+        if name.startswith("sam_deblur_cli/cli/")
+        for function, lines in long_functions(tree, LONGEST_COMMAND_FUNCTION)
+    ]
+    assert long == []

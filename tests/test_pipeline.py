@@ -12,6 +12,7 @@ from tiny_models import (
     small_photo,
 )
 
+from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.batch.local import run_batch
 from sam_deblur_cli.batch.plan import plan_batch
 from sam_deblur_cli.errors import InputError, UsageError
@@ -87,7 +88,9 @@ def test_batch_loads_the_model_once_and_decodes_the_next_image_meanwhile(
         return picture
 
     monkeypatch.setattr(imageio, "read_image", read)
-    deblurrer = Deblurrer(DeblurSettings(model="nafnet-gopro", device="cpu"))
+    deblurrer = Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="nafnet-gopro"), device="cpu")
+    )
     real_deblur = deblurrer.deblur
     overlapped: list[bool] = []
 
@@ -127,15 +130,23 @@ def test_models_with_one_mask_recipe_share_one_sam_and_get_the_same_masks(
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(masks, "MaskGenerator", Counted)
-    first = Deblurrer(DeblurSettings(model="segnafnet-gopro", device="cpu"))
-    cat = Deblurrer(DeblurSettings(model="masknafnet-gopro", device="cpu"), share_sam_with=[first])
+    first = Deblurrer(DeblurSettings(recipe=RecipeOverrides(model="segnafnet-gopro"), device="cpu"))
+    cat = Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="masknafnet-gopro"), device="cpu"),
+        share_sam_with=[first],
+    )
     assert built == ["sam-vit-h"]  # one SAM for both
     photo = small_photo()
     np.testing.assert_array_equal(
         cat.compute_masks(photo).segmask, first.compute_masks(photo).segmask
     )
     # Another recipe (here: other AMG settings) or no masks at all: nothing to share.
-    other = DeblurSettings(model="masknafnet-gopro", device="cpu", amg={"points_per_side": 3})
+    other = DeblurSettings(
+        recipe=RecipeOverrides(model="masknafnet-gopro", amg={"points_per_side": 3}), device="cpu"
+    )
     Deblurrer(other, share_sam_with=[first])
-    plain = Deblurrer(DeblurSettings(model="nafnet-gopro", device="cpu"), share_sam_with=[first])
+    plain = Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="nafnet-gopro"), device="cpu"),
+        share_sam_with=[first],
+    )
     assert built == ["sam-vit-h", "sam-vit-h"] and not plain.needs_masks

@@ -13,6 +13,7 @@ import pytest
 import torch
 from train_data import content_segmask, tiny_config, write_pairs
 
+from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.checkpoints import load_strict, read_state_dict
 from sam_deblur_cli.errors import CheckpointError, UsageError
 from sam_deblur_cli.masks.encode import labels_from_segmask
@@ -22,7 +23,7 @@ from sam_deblur_cli.train.config import check
 from sam_deblur_cli.train.data import CropDataset, collate, dihedral
 from sam_deblur_cli.train.loop import Callbacks, Trainer, psnr_loss, validate
 from sam_deblur_cli.train.models import build_model, load_init
-from sam_deblur_cli.train.run import load_images, mask_source, train_run
+from sam_deblur_cli.train.session import load_images, mask_source, train_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -278,7 +279,9 @@ def test_generated_masks_run_sam_once_per_image_and_predeblur_restores_first(
 
     make = generated_masks("sam-deblur-gopro", predeblur="nafnet-gopro")
     make("a", photo, None)  # type: ignore[arg-type]
-    model = Deblurrer(DeblurSettings(model="nafnet-gopro", device="cpu", precision="fp32"))
+    model = Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="nafnet-gopro"), device="cpu", precision="fp32")
+    )
     restored = to_uint8(model.deblur(photo.astype(np.float32) / 255))
     assert len(seen) == 2 and not np.array_equal(restored, photo)
     np.testing.assert_array_equal(seen[1], restored)

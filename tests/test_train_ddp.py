@@ -14,7 +14,7 @@ from train_data import tiny_config, write_pairs
 from sam_deblur_cli.checkpoints import read_state_dict
 from sam_deblur_cli.train.config import TrainConfig, check
 from sam_deblur_cli.train.models import build_model
-from sam_deblur_cli.train.run import train_run
+from sam_deblur_cli.train.session import train_run
 
 
 def _free_port() -> int:

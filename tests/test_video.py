@@ -17,17 +17,18 @@ from video_clips import (
     panning_frames,
 )
 
+from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
+from sam_deblur_cli.video.engine import VideoSettings, run_video
 from sam_deblur_cli.video.keyframes import SCENE_CUT, KeyFrames, scene_change
 from sam_deblur_cli.video.resume import work_folder
-from sam_deblur_cli.video.run import VideoSettings, run_video
 from sam_deblur_cli.video.write import EncodeOptions
 
 LOSSLESS = EncodeOptions(codec="libx264rgb", crf=0)
 
 
 def _deblurrer(model: str = "segnafnet-gopro") -> Deblurrer:
-    return Deblurrer(DeblurSettings(model=model, device="cpu", tlc=False))
+    return Deblurrer(DeblurSettings(recipe=RecipeOverrides(model=model), device="cpu", tlc=False))
 
 
 def test_vfr_clip_keeps_every_timestamp_audio_bytes_and_deblurs_each_frame_as_a_photo(
@@ -179,7 +180,7 @@ def test_the_default_scene_cut_sees_no_cut_in_a_pan_and_exactly_one_at_a_hard_cu
 def test_masks_of_a_panning_clip_with_a_cut_have_one_extra_key_frame_at_the_cut(
     tiny_env: TinyEnv, tmp_path: Path
 ) -> None:
-    from sam_deblur_cli.video.run import video_masks
+    from sam_deblur_cli.video.engine import video_masks
 
     src = tmp_path / "pan.mp4"
     make_clip(src, panning_frames(14, step=3, cut_at=5), audio=False)

@@ -11,9 +11,10 @@ import pytest
 from tiny_models import TinyEnv
 from video_clips import blurred_frames, make_clip
 
+from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
+from sam_deblur_cli.video.engine import VideoSettings, run_video
 from sam_deblur_cli.video.probe import ColourTags, probe
-from sam_deblur_cli.video.run import VideoSettings, run_video
 from sam_deblur_cli.video.write import EncodeOptions
 
 LIMITED, FULL, BT709 = 1, 2, 1
@@ -25,7 +26,9 @@ BOUND = 3
 
 
 def _deblurrer() -> Deblurrer:
-    return Deblurrer(DeblurSettings(model="nafnet-gopro", device="cpu", tlc=False))
+    return Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="nafnet-gopro"), device="cpu", tlc=False)
+    )
 
 
 def _tags(path: Path) -> tuple[int, int, int, int]:

@@ -21,15 +21,18 @@ from video_clips import (
     make_clip,
 )
 
+from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.errors import VideoError
 from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
-from sam_deblur_cli.video.run import VideoSettings, run_video
+from sam_deblur_cli.video.engine import VideoSettings, run_video
 
 SETTINGS = VideoSettings(segment_frames=4)
 
 
 def _deblurrer() -> Deblurrer:
-    return Deblurrer(DeblurSettings(model="nafnet-gopro", device="cpu", tlc=False))
+    return Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="nafnet-gopro"), device="cpu", tlc=False)
+    )
 
 
 def _streams(path: Path) -> list[tuple[str, str, int | None, str | None]]:

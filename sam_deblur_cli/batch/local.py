@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,17 +124,28 @@ def run_job(
     Deblurrer does the rest. An input's failure is recorded (status "failed"); a SetupError
     or KeyboardInterrupt propagates. Every engine runs its jobs through this function."""
     record = deblurrer.new_record(job.src, job.dst)
-    try:
+    with recording_failure(record, f"on {job.src}"):
         picture, record["seconds"]["read"] = read()
         deblurrer.deblur_into(record, job.src, job.dst, job.masks_file, options, picture)
+    return record
+
+
+@contextmanager
+def recording_failure(record: Record, doing: str) -> Iterator[None]:
+    """Run the block for one input; its failure becomes ``record``'s outcome (status
+    "failed", ``error`` the message) and the run goes on. A SetupError, Ctrl-C or any other
+    BaseException propagates. An unforeseen exception (not an InputError) also logs its
+    traceback (shown with -v) as "unexpected failure ``doing``". The one failure recorder
+    of every engine: photos (:func:`run_job`), uploads (``stores``) and videos."""
+    try:
+        yield
     except SetupError:
         raise
     except InputError as exc:
-        record.update(status="failed", error=str(exc))
-    except Exception as exc:  # one input's unforeseen failure must not end the batch
-        logger.info("unexpected failure on %s", job.src, exc_info=True)  # traceback with -v
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-    return record
+        record["status"], record["error"] = "failed", str(exc)
+    except Exception as exc:  # one input's unforeseen failure must not end the run
+        logger.info("unexpected failure %s", doing, exc_info=True)
+        record["status"], record["error"] = "failed", f"{type(exc).__name__}: {exc}"
 
 
 def timed_read(src: Path, options: FileOptions) -> tuple[Picture, float]:

@@ -182,7 +182,7 @@ def _check_settings(settings: DeblurSettings) -> None:
     from sam_deblur_cli import weights
     from sam_deblur_cli.pipeline import normalize_tile
 
-    weights.load_manifest().get(settings.model)
+    weights.load_manifest().get(settings.recipe.model)
     normalize_tile(settings.tile)
 
 
@@ -272,13 +272,15 @@ class DeblurActor:
     """
 
     def __init__(self, settings: dict[str, Any], options: dict[str, Any]) -> None:
+        from sam_deblur_cli.amg import RecipeOverrides
         from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings, FileOptions
 
         self.options = FileOptions(**options)
         self.error: errors.SamDeblurError | None = None
         self.deblurrer: Deblurrer | None = None
+        recipe = RecipeOverrides(**settings.pop("recipe"))  # asdict flattened it to a dict
         try:
-            self.deblurrer = Deblurrer(DeblurSettings(**settings))
+            self.deblurrer = Deblurrer(DeblurSettings(recipe=recipe, **settings))
         except errors.SetupError as exc:
             self.error = exc
         self.worker = json.dumps(_worker_facts())
@@ -299,7 +301,8 @@ class DeblurActor:
             "worker": np.array([self.worker] * len(records), dtype=object),
         }
 
-    def _one(self, src: str, dst: str, masks: str, store: bool) -> Record:
+    def _one(self, src: str, dst: str, masks: str, store: bool) -> Record | dict[str, Any]:
+        """The job's record, or the row of a set-up error (:func:`_setup_record`)."""
         from pathlib import Path
 
         from sam_deblur_cli.batch.local import run_job, timed_read
@@ -326,7 +329,8 @@ def _masks(job: Job | StoreJob) -> str:
     return "" if isinstance(job, StoreJob) or job.masks_file is None else str(job.masks_file)
 
 
-def _setup_record(job: Job | StoreJob, exc: BaseException | None) -> Record:
+def _setup_record(job: Job | StoreJob, exc: BaseException | None) -> dict[str, Any]:
+    """Not a Record: the row that carries an actor's SetupError to the driver."""
     return {
         "input": str(job.src),
         "output": str(job.dst),
@@ -336,7 +340,7 @@ def _setup_record(job: Job | StoreJob, exc: BaseException | None) -> Record:
     }
 
 
-def _setup_error(record: Record) -> SetupError:
+def _setup_error(record: dict[str, Any]) -> SetupError:
     """The SetupError an actor reported, as its own class when the library has it."""
     kind = getattr(errors, str(record.get("error_type")), SetupError)
     if not (isinstance(kind, type) and issubclass(kind, SetupError)):
@@ -355,14 +359,14 @@ def _worker_facts() -> dict[str, Any]:
     }
 
 
-def _driver_template(settings: DeblurSettings) -> Record:
+def _driver_template(settings: DeblurSettings) -> dict[str, Any]:
     """Fields of a skipped record when no actor ran (every output existed): the run's model,
     tile and TLC, and the device as this machine resolves it (no GPU required)."""
     from sam_deblur_cli import weights
     from sam_deblur_cli.devices import resolve
     from sam_deblur_cli.pipeline import normalize_tile
 
-    entry = weights.load_manifest().get(settings.model)
+    entry = weights.load_manifest().get(settings.recipe.model)
     placement = resolve(settings.device, settings.precision, require_gpu=False)
     return {
         "model": entry.name,
@@ -373,8 +377,9 @@ def _driver_template(settings: DeblurSettings) -> Record:
     }
 
 
-def _skipped(template: Record, job: Job | StoreJob) -> Record:
-    """A skipped record with the local runner's fields (``Deblurrer.new_record``)."""
+def _skipped(template: Record | dict[str, Any], job: Job | StoreJob) -> Record:
+    """A skipped record with the local runner's fields (``Deblurrer.new_record``); the
+    model, device, precision, tile and TLC from ``template``."""
     return {
         "input": str(job.src),
         "output": str(job.dst),
@@ -383,5 +388,9 @@ def _skipped(template: Record, job: Job | StoreJob) -> Record:
         "seconds": {},
         "masks": None,
         "groups": None,
-        **{key: template[key] for key in ("model", "device", "precision", "tile", "tlc")},
+        "model": template["model"],
+        "device": template["device"],
+        "precision": template["precision"],
+        "tile": template["tile"],
+        "tlc": template["tlc"],
     }

@@ -35,7 +35,7 @@ from sam_deblur_cli.batch.plan import (
     mirrored_names,
     scan_folder,
 )
-from sam_deblur_cli.errors import ImageReadError, ImageWriteError, SetupError, UsageError
+from sam_deblur_cli.errors import ImageReadError, ImageWriteError, UsageError
 from sam_deblur_cli.naming import is_video_path, overlay_path
 
 if TYPE_CHECKING:
@@ -313,7 +313,7 @@ def run_store_job(deblurrer: Deblurrer, job: StoreJob, options: FileOptions) -> 
         record = run_job(deblurrer, Job(src, dst), options, read)
         if record["status"] == "ok" and is_uri(job.dst):
             _publish(record, dst, job.dst)
-    record.update(input=job.src, output=job.dst)
+    record.update({"input": job.src, "output": job.dst})
     if record.get("error"):
         record["error"] = _renamed(str(record["error"]), [(src, job.src), (dst, job.dst)])
     return record
@@ -321,20 +321,15 @@ def run_store_job(deblurrer: Deblurrer, job: StoreJob, options: FileOptions) -> 
 
 def _publish(record: Record, local: Path, uri: str) -> None:
     """Upload the output (the overlay first, so an existing output means a finished job)."""
+    from sam_deblur_cli.batch.local import recording_failure
+
     start = time.perf_counter()
-    try:
+    with recording_failure(record, f"uploading {uri}"):
         if "overlay" in record:
             overlay = f"{uri.rsplit('/', 1)[0]}/{overlay_path(local).name}"
             upload(Path(record["overlay"]), overlay)
             record["overlay"] = overlay
         upload(local, uri)
-    except SetupError:
-        raise
-    except ImageWriteError as exc:
-        record.update(status="failed", error=str(exc))
-    except Exception as exc:  # as in run_job: this input's unforeseen failure ends only it
-        logger.info("unexpected failure uploading %s", uri, exc_info=True)
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     seconds = record["seconds"]
     seconds["write"] = round(seconds.get("write", 0.0) + time.perf_counter() - start, 4)
 

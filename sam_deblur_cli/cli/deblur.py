@@ -2,17 +2,19 @@
 
 Both are thin: their options (shared vocabulary, ``cli/options.py``) are collected into
 one :class:`DeblurOptions`, which becomes ``DeblurSettings`` / ``FileOptions``; they plan the
-jobs (``sam_deblur_cli.batch``) and hand them to the local runner. Human messages go to
-stderr, ``--json`` records (one line per input) to stdout. Heavy modules load inside the
-command bodies, so ``--help`` never imports torch.
+jobs (``sam_deblur_cli.batch.plan``) and hand them to ``batch.dispatch.run_jobs``, which
+routes them to the engines; this module draws its progress and reports the records. Human
+messages go to stderr, ``--json`` records (one line per input) to stdout. Heavy modules
+load inside the command bodies, so ``--help`` never imports torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -61,8 +63,8 @@ from sam_deblur_cli.errors import (
 
 if TYPE_CHECKING:
     from sam_deblur_cli.batch.plan import Job, StoreJob
-    from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings, FileOptions, Record
-    from sam_deblur_cli.video.run import VideoSettings
+    from sam_deblur_cli.pipeline import DeblurSettings, FileOptions, Record
+    from sam_deblur_cli.video.engine import FrameCallback, VideoSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +90,8 @@ class DeblurOptions(OptionGroup):
         """How the run deblurs (the library's settings object)."""
         from sam_deblur_cli.pipeline import DeblurSettings
 
-        r = self.recipe
         return DeblurSettings(
-            model=r.model,
-            sam=r.sam,
-            amg=r.amg,
-            channel_order=r.channel_order,
-            fast_masks=r.fast_masks,
-            sam_precision=r.sam_precision,
+            recipe=self.recipe.overrides(),
             device=self.device,
             require_gpu=self.require_gpu,
             precision=self.precision,
@@ -118,7 +114,7 @@ class DeblurOptions(OptionGroup):
 
     def video_settings(self) -> VideoSettings:
         """How videos are deblurred and encoded."""
-        from sam_deblur_cli.video.run import VideoSettings, parse_batch_frames
+        from sam_deblur_cli.video.engine import VideoSettings, parse_batch_frames
         from sam_deblur_cli.video.write import EncodeOptions
 
         v = self.video
@@ -252,24 +248,19 @@ def _run(
     engine: EngineOptions | None = None,
 ) -> None:
     """Shared body: set-up errors exit 2 before any image; failures of inputs exit 1."""
+    from sam_deblur_cli.batch.dispatch import run_jobs
+
     out = options.out
     try:
         with library_logging(verbose=out.verbose, quiet=out.quiet):
             settings, file_options = options.settings(), options.file_options()
             jobs = plan()
             video = options.video_settings()
-            _check_videos(jobs, video)
-            if file_options.overlay:
-                _check_overlay(settings)
-            # Every check that needs no model runs before one is built or downloaded; when
-            # that settles every input (all done already, all unreadable), no model is needed.
-            settled = _preflight(jobs, settings, file_options)
-            if len(settled) == len(jobs):
-                records = [settled[i] for i in range(len(jobs))]
-                for record in records:
-                    _report(record, out)
-            else:  # the engine meets the settled inputs again, in their turn, as before
-                records = _engine(jobs, settings, file_options, out, engine, video)
+            ray = engine.ray_options() if engine is not None else None
+            display = _Display(out)
+            records = run_jobs(
+                jobs, settings, file_options, video=video, ray_options=ray, progress=display
+            )
     except NothingToDoError as exc:
         raise nothing_to_do(str(exc), json=out.json) from None
     except SamDeblurError as exc:
@@ -284,217 +275,60 @@ def _run(
     raise typer.Exit(EXIT_INPUT if failed else EXIT_OK)
 
 
-def _engine(
-    jobs: Sequence[Job | StoreJob],
-    settings: DeblurSettings,
-    options: FileOptions,
-    out: OutputMode,
-    engine: EngineOptions | None,
-    video: VideoSettings,
-) -> list[Record]:
-    """The records of ``jobs``, in order, from the engine the options chose."""
-    if engine is not None and engine.uses_ray:
-        return _process_ray(jobs, settings, options, out, engine, video)
-    return _process(_local(jobs), settings, options, out, video)
+class _Display:
+    """The command line's view of a run (``batch.dispatch.RunProgress``): live bars on a
+    terminal only (in logs and pipes they would be noise), a line or a JSON record per input."""
 
+    def __init__(self, out: OutputMode) -> None:
+        self.out = out
+        self.bar = not out.quiet and err_console.is_terminal
+        self.stages: StageProgress | None = None
 
-def _check_videos(jobs: Sequence[Job | StoreJob], video: VideoSettings) -> None:
-    """The video options, and no masks file given to a video (before any model)."""
-    from sam_deblur_cli.batch.plan import Job
-    from sam_deblur_cli.video import is_video_path
+    def loading(self) -> AbstractContextManager[Any]:
+        """First use downloads weights: a bar on a terminal (a 2.6 GB SAM must not look like
+        a hang); in logs and pipes the library's own log line says it."""
+        from sam_deblur_cli.cli.output import download_progress
 
-    video.check()
-    for job in jobs:
-        if isinstance(job, Job) and job.masks_file is not None and is_video_path(job.src):
-            raise UsageError("--masks belongs to a photo; a video gets its masks from SAM.")
+        return download_progress() if self.bar else nullcontext(None)
 
+    def notes(self, notes: list[str]) -> None:
+        if not self.out.quiet:  # overrides make masks unlike the training masks
+            note(" ".join(notes) + " Results may be worse.")
 
-def _check_overlay(settings: DeblurSettings) -> None:
-    """--overlay draws the masks a model uses: refused (before any model) for one without."""
-    from sam_deblur_cli.weights import load_manifest
+    @contextmanager
+    def photos(self, count: int, *, on_ray: bool) -> Iterator[None]:
+        from sam_deblur_cli.pipeline import STAGES
 
-    entry = load_manifest().get(settings.model)
-    if not entry.needs_masks:
-        raise UsageError(
-            f"--overlay draws the SAM masks a model uses, and {entry.name} takes none; "
-            "drop --overlay or pick a model that takes masks."
-        )
+        label = "deblurring on Ray" if on_ray else "deblurring"
+        with StageProgress(count, STAGES, label=label, enabled=self.bar) as self.stages:
+            try:
+                yield
+            finally:
+                self.stages = None
 
+    def started(self, job: Job) -> None:
+        if self.stages is not None:
+            self.stages.describe(job.src.name)
 
-def _preflight(
-    jobs: Sequence[Job | StoreJob], settings: DeblurSettings, options: FileOptions
-) -> dict[int, Record]:
-    """The records of the local jobs settled with no model (existing outputs skipped,
-    unreadable inputs failed), by job index; SetupErrors stop the run here."""
-    from sam_deblur_cli.batch.plan import Job, preflight
-    from sam_deblur_cli.pipeline import blank_record
+    @contextmanager
+    def video(self, job: Job) -> Iterator[FrameCallback]:
+        """Frames, fps and time left on a bar."""
+        from rich.progress import TextColumn
 
-    local = {i: job for i, job in enumerate(jobs) if isinstance(job, Job)}
-    indices = list(local)
-    verdicts = preflight(
-        list(local.values()), overwrite=options.overwrite, max_pixels=options.max_pixels
-    )
-    records: dict[int, Record] = {}
-    for position, (status, error) in sorted(verdicts.items()):
-        index = indices[position]
-        record = blank_record(local[index].src, local[index].dst, settings)
-        record.update(status=status, error=error)
-        records[index] = record
-    return records
+        from sam_deblur_cli.cli.output import progress_bar
 
+        with progress_bar(TextColumn("{task.fields[fps]}"), enabled=self.bar) as progress:
+            task = progress.add_task(job.src.name, total=None, fps="")
 
-def _local(jobs: Sequence[Job | StoreJob]) -> list[Job]:
-    """The jobs, every one on this machine (planning refuses store jobs without Ray)."""
-    from sam_deblur_cli.batch.plan import Job
+            def on_frame(done: int, total: int | None, fps: float) -> None:
+                progress.update(task, completed=done, total=total, fps=f"{fps:.2f} frames/s")
 
-    local = [job for job in jobs if isinstance(job, Job)]
-    assert len(local) == len(jobs), "store jobs run on Ray only"
-    return local
+            yield on_frame
 
-
-def _process(
-    jobs: Sequence[Job],
-    settings: DeblurSettings,
-    options: FileOptions,
-    out: OutputMode,
-    video: VideoSettings,
-) -> list[Record]:
-    from contextlib import nullcontext
-
-    from sam_deblur_cli.cli.output import download_progress
-    from sam_deblur_cli.pipeline import Deblurrer
-    from sam_deblur_cli.video import is_video_path
-
-    # SAM only when some image has no mask file (and the model takes masks at all).
-    uses_sam = any(job.masks_file is None for job in jobs)
-    # First use downloads weights: a bar on a terminal (a 2.6 GB SAM must not look like a
-    # hang); in logs and pipes the library's own log line says it.
-    bar = not out.quiet and err_console.is_terminal
-    with download_progress() if bar else nullcontext(None) as fetching:
-        deblurrer = Deblurrer(settings, load_sam=uses_sam, progress=fetching)
-    notes = deblurrer.departures() if uses_sam and deblurrer.needs_masks else []
-    if notes and not out.quiet:
-        # Overrides make masks unlike the training masks.
-        note(" ".join(notes) + " Results may be worse.")
-    videos = {i: job for i, job in enumerate(jobs) if is_video_path(job.src)}
-    images = [job for i, job in enumerate(jobs) if i not in videos]
-    records = iter(_images(deblurrer, images, options, out, bar) if images else [])
-    done = {
-        i: _video(deblurrer, job, video, options.overwrite, out, bar) for i, job in videos.items()
-    }
-    return [done[i] if i in done else next(records) for i in range(len(jobs))]
-
-
-def _images(
-    deblurrer: Deblurrer, jobs: Sequence[Job], options: FileOptions, out: OutputMode, bar: bool
-) -> list[Record]:
-    from sam_deblur_cli.batch.local import BatchCallbacks, run_batch
-    from sam_deblur_cli.pipeline import STAGES
-
-    # A live bar only on a terminal: in logs and pipes it would be noise.
-    with StageProgress(len(jobs), STAGES, label="deblurring", enabled=bar) as progress:
-
-        def start(job: Job) -> None:
-            progress.describe(job.src.name)
-
-        def done(job: Job | StoreJob, record: Record) -> None:
-            progress.advance(record)
-            _report(record, out)
-
-        return run_batch(deblurrer, jobs, options=options, callbacks=BatchCallbacks(start, done))
-
-
-def _video(
-    deblurrer: Deblurrer,
-    job: Job,
-    settings: VideoSettings,
-    overwrite: bool,
-    out: OutputMode,
-    bar: bool,
-) -> Record:
-    """One video: frames, fps and time left on a bar; a failure becomes its record."""
-    import logging
-
-    from rich.progress import TextColumn
-
-    from sam_deblur_cli.cli.output import progress_bar
-    from sam_deblur_cli.errors import InputError, SetupError
-    from sam_deblur_cli.video.run import run_video
-
-    with progress_bar(TextColumn("{task.fields[fps]}"), enabled=bar) as progress:
-        task = progress.add_task(job.src.name, total=None, fps="")
-
-        def on_frame(done: int, total: int | None, fps: float) -> None:
-            progress.update(task, completed=done, total=total, fps=f"{fps:.2f} frames/s")
-
-        try:
-            record = run_video(
-                deblurrer,
-                job.src,
-                job.dst,
-                settings=settings,
-                overwrite=overwrite,
-                on_frame=on_frame,
-            )
-        except SetupError:
-            raise
-        except InputError as exc:
-            record = {**deblurrer.new_record(job.src, job.dst), "status": "failed"}
-            record["error"] = str(exc)
-        except Exception as exc:  # one video's unforeseen failure must not end the run
-            logging.getLogger(__name__).info("failure on %s", job.src, exc_info=True)
-            record = {**deblurrer.new_record(job.src, job.dst), "status": "failed"}
-            record["error"] = f"{type(exc).__name__}: {exc}"
-    _report(record, out)
-    return record
-
-
-def _process_ray(
-    jobs: Sequence[Job | StoreJob],
-    settings: DeblurSettings,
-    options: FileOptions,
-    out: OutputMode,
-    engine: EngineOptions,
-    video: VideoSettings,
-) -> list[Record]:
-    """The photos on Ray (``batch/ray.py``), then the videos here with the local engine (the
-    Ray actors deblur photos only; store jobs hold none); records in job order."""
-    from sam_deblur_cli.video import is_video_path
-
-    videos = {i for i, job in enumerate(jobs) if is_video_path(job.src)}
-    photos = [job for i, job in enumerate(jobs) if i not in videos]
-    on_ray = iter(_photos_on_ray(photos, settings, options, out, engine) if photos else [])
-    here = _local([jobs[i] for i in sorted(videos)])
-    local = iter(_process(here, settings, options, out, video) if here else [])
-    return [next(local) if i in videos else next(on_ray) for i in range(len(jobs))]
-
-
-def _photos_on_ray(
-    jobs: Sequence[Job | StoreJob],
-    settings: DeblurSettings,
-    options: FileOptions,
-    out: OutputMode,
-    engine: EngineOptions,
-) -> list[Record]:
-    """Photo jobs on Ray: the bar and the lines follow the result rows."""
-    from sam_deblur_cli.batch.local import BatchCallbacks
-    from sam_deblur_cli.batch.ray import RayOptions, parse_workers, run_batch_ray
-    from sam_deblur_cli.pipeline import STAGES
-
-    ray_options = RayOptions(
-        address=engine.ray_address,
-        workers=None if engine.workers is None else parse_workers(engine.workers),
-        gpus_per_worker=engine.gpus_per_worker,
-    )
-    bar = not out.quiet and err_console.is_terminal
-    with StageProgress(len(jobs), STAGES, label="deblurring on Ray", enabled=bar) as progress:
-
-        def done(job: Job | StoreJob, record: Record) -> None:
-            progress.advance(record)
-            _report(record, out)
-
-        callbacks = BatchCallbacks(on_done=done)
-        return run_batch_ray(settings, jobs, options, ray_options=ray_options, callbacks=callbacks)
+    def done(self, job: Job | StoreJob, record: Record) -> None:
+        if self.stages is not None:
+            self.stages.advance(record)
+        _report(record, self.out)
 
 
 def _report(record: Record, out: OutputMode) -> None:

@@ -1,6 +1,6 @@
 """`sam-deblur masks IMAGE... -o DIR`: SAM masks made the way a model's training masks were.
 
-Thin: options -> ``MaskSettings``, then ``sam_deblur_cli.masks.run`` plans the file names,
+Thin: options -> ``MaskSettings``, then ``sam_deblur_cli.masks.save`` plans the file names,
 sets up the generator and writes each photo's files (formats listed there). Two inputs with
 the same STEM are refused before any work. Masks are cached by image content, SAM weights
 and recipe, so running a photo again skips SAM (png and coco need the individual masks, so
@@ -34,7 +34,7 @@ from sam_deblur_cli.cli.output import (
     say,
 )
 from sam_deblur_cli.errors import EXIT_INPUT, EXIT_OK, InputError, SamDeblurError
-from sam_deblur_cli.masks.run import DEFAULT_FORMATS, FORMATS
+from sam_deblur_cli.masks.save import DEFAULT_FORMATS, FORMATS
 
 if TYPE_CHECKING:
     from sam_deblur_cli.masks import MaskGenerator
@@ -73,25 +73,17 @@ def masks_command(
     out: OutputMode,
 ) -> None:
     """Make SAM masks the way the model's training masks were made, and save them."""
-    from sam_deblur_cli.masks import run
+    from sam_deblur_cli.masks import save
 
-    settings = run.MaskSettings(
-        model=recipe.model,
-        sam=recipe.sam,
-        amg=recipe.amg,
-        channel_order=recipe.channel_order,
-        fast_masks=recipe.fast_masks,
-        sam_precision=recipe.sam_precision,
-        device=device,
-        offline=offline,
-        cache=not no_cache,
+    settings = save.MaskSettings(
+        recipe=recipe.overrides(), device=device, offline=offline, cache=not no_cache
     )
     try:
         with library_logging(verbose=out.verbose, quiet=out.quiet):
-            formats = run.parse_formats(format)
-            stems = run.output_stems(images, output, formats)
-            generator, notes = run.open_generator(settings)
-            run.make_folder(output)
+            formats = save.parse_formats(format)
+            stems = save.output_stems(images, output, formats)
+            generator, notes = save.open_generator(settings)
+            save.make_folder(output)
             if notes and not out.quiet:
                 note(" ".join(notes))
             failed = sum(
@@ -112,12 +104,12 @@ def _one(
     keys: tuple[int, float],
 ) -> bool:
     """One photo or video, its failure reported in one line; returns whether it worked."""
-    from sam_deblur_cli.masks.run import save_masks
+    from sam_deblur_cli.masks.save import save_masks
     from sam_deblur_cli.video import is_video_path
 
     try:
         if is_video_path(image):
-            from sam_deblur_cli.video.run import video_masks
+            from sam_deblur_cli.video.engine import video_masks
 
             every, cut = keys
             record = video_masks(generator, image, base, mask_every=every, scene_cut=cut or None)

@@ -26,10 +26,15 @@ import os
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
 from typer.core import TyperCommand
+
+if TYPE_CHECKING:
+    from sam_deblur_cli.amg import RecipeOverrides
+    from sam_deblur_cli.batch.ray import RayOptions
+    from sam_deblur_cli.serve.jobs import ServeSettings
 
 MODEL_PANEL = "Model and masks"
 RUN_PANEL = "Device and speed"
@@ -376,7 +381,8 @@ def takes_groups(command: Callable[..., R]) -> Callable[..., R]:
 
 @dataclasses.dataclass(frozen=True)
 class MaskRecipeOptions(OptionGroup):
-    """The model whose mask recipe to follow, and the departures from it (masks, deblur)."""
+    """The model whose mask recipe to follow, and the departures from it (masks, deblur): the
+    command-line spelling of :class:`sam_deblur_cli.amg.RecipeOverrides`."""
 
     model: Model = DEFAULT_MODEL
     sam: Sam = None
@@ -388,20 +394,24 @@ class MaskRecipeOptions(OptionGroup):
     pred_iou_thresh: PredIou = None
     stability_score_thresh: Stability = None
 
-    @property
-    def fast_masks(self) -> bool:
-        """False: segment-anything's stock generator (``--stock-masks`` or the old ``--stock``)."""
-        return not (self.stock_masks or self.stock)
+    def overrides(self) -> RecipeOverrides:
+        """The library's one recipe type: the model, and the generator parameters given on
+        the command line; ``--stock-masks`` (or the old ``--stock``) picks the stock generator."""
+        from sam_deblur_cli.amg import RecipeOverrides
 
-    @property
-    def amg(self) -> dict[str, float | int]:
-        """The generator parameters given on the command line (departures from the recipe)."""
         given = {
             "points_per_side": self.points_per_side,
             "pred_iou_thresh": self.pred_iou_thresh,
             "stability_score_thresh": self.stability_score_thresh,
         }
-        return {name: value for name, value in given.items() if value is not None}
+        return RecipeOverrides(
+            model=self.model,
+            sam=self.sam,
+            amg={name: value for name, value in given.items() if value is not None},
+            channel_order=self.channel_order,
+            fast_masks=not (self.stock_masks or self.stock),
+            sam_precision=self.sam_precision,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -612,6 +622,83 @@ class EngineOptions(OptionGroup):
                 "--ray-address, --gpus-per-worker and --workers apply to --engine ray; add it."
             )
         return self.engine == "ray"
+
+    def ray_options(self) -> RayOptions | None:
+        """The Ray engine's placement; None for the local engine (UsageErrors as above)."""
+        if not self.uses_ray:
+            return None
+        from sam_deblur_cli.batch.ray import RayOptions, parse_workers
+
+        return RayOptions(
+            address=self.ray_address,
+            workers=None if self.workers is None else parse_workers(self.workers),
+            gpus_per_worker=self.gpus_per_worker,
+        )
+
+
+# --------------------------------------------------------------------------- serve
+
+SERVE_PANEL = "Server"
+
+Host = Annotated[
+    str,
+    typer.Option(
+        "--host", help="Address to bind (0.0.0.0: every network).", rich_help_panel=SERVE_PANEL
+    ),
+]
+Port = Annotated[
+    int, typer.Option("--port", min=0, max=65535, help="TCP port.", rich_help_panel=SERVE_PANEL)
+]
+MaxUploadMb = Annotated[
+    float,
+    typer.Option(
+        "--max-upload-mb", min=0.001, help="Largest upload accepted.", rich_help_panel=SERVE_PANEL
+    ),
+]
+QueueSize = Annotated[
+    int,
+    typer.Option(
+        "--queue",
+        min=1,
+        help="Photos that may wait for the device; more get 503.",
+        rich_help_panel=SERVE_PANEL,
+    ),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions(OptionGroup):
+    """Where ``serve`` listens, how much it accepts, and the model it serves."""
+
+    host: Host = "127.0.0.1"
+    port: Port = 7860
+    max_upload_mb: MaxUploadMb = 64
+    queue: QueueSize = 8
+    model: Model = DEFAULT_MODEL
+    device: Device = "auto"
+    precision: Precision = "auto"
+    tile: Tile = "auto"
+    offline: Offline = False
+    max_pixels: MaxPixels = None
+    quiet: Quiet = False
+    verbose: Verbose = False
+
+    def settings(self) -> ServeSettings:
+        """The server's settings; a host that is not loopback answers any Host name."""
+        from sam_deblur_cli.serve.jobs import ServeSettings, is_loopback
+
+        settings = ServeSettings(
+            model=self.model,
+            device=self.device,
+            precision=self.precision,
+            tile=self.tile,
+            offline=self.offline,
+            max_upload_bytes=int(self.max_upload_mb * 2**20),
+            max_pixels=self.max_pixels,
+            queue_size=self.queue,
+        )
+        # reached by names and addresses we cannot list
+        return settings if is_loopback(self.host) else dataclasses.replace(settings, hosts=None)
 
 
 # --------------------------------------------------------------------------- train

@@ -39,7 +39,7 @@ from sam_deblur_cli.errors import EXIT_INTERRUPTED, UsageError
 if TYPE_CHECKING:
     from sam_deblur_cli.train.config import TrainConfig
     from sam_deblur_cli.train.loop import Trainer
-    from sam_deblur_cli.train.run import RunOutcome
+    from sam_deblur_cli.train.session import RunOutcome
 
 
 @app.command("train")
@@ -68,7 +68,7 @@ def train_command(
     verbose: Verbose = False,
 ) -> None:
     """Train a SAM-Deblur network (upstream's recipe by default); resumable with --resume."""
-    from sam_deblur_cli.train.run import train_run
+    from sam_deblur_cli.train.session import train_run
 
     cfg = None
     if resume is None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import uvicorn
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -173,6 +174,13 @@ def create_app(settings: ServeSettings | None = None, service: Service | None = 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(Guard, limit=settings.max_upload_bytes, hosts=settings.hosts)
     return app
+
+
+def run_server(service: Service, *, host: str, port: int, verbose: bool = False) -> None:
+    """Serve :func:`create_app` for ``service`` on ``host``:``port`` until interrupted
+    (uvicorn; its own log at INFO with ``verbose``, else warnings only)."""
+    app = create_app(service.settings, service)
+    uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
 
 
 def _errors(app: FastAPI) -> None:

@@ -14,7 +14,7 @@ stops at the next stage boundary (masks, deblur, write: torch calls are not inte
 
 Pixels are made exactly as the CLI makes them: ``imageio.read_image``, the Deblurrer's
 ``compute_masks`` and ``deblur``, ``imageio.picture_with`` and ``write_image`` (quality 95 by
-default), and ``masks.run.write_format`` for mask files.
+default), and ``masks.save.write_format`` for mask files.
 """
 
 from __future__ import annotations
@@ -71,6 +71,19 @@ class ServeSettings:
     # Host header names answered (any port); None: any. The loopback default stops a web page
     # that rebinds its own name to 127.0.0.1 (DNS rebinding) from using the server.
     hosts: tuple[str, ...] | None = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server to this computer (``localhost`` or a
+    loopback address); any other host is reached by names and addresses we cannot list."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -345,11 +358,16 @@ class Service:
 
     def _deblurrer(self, model: str) -> Deblurrer:
         if model not in self._deblurrers:
+            from sam_deblur_cli.amg import RecipeOverrides
             from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
 
             s = self.settings
             settings = DeblurSettings(
-                model=model, device=s.device, precision=s.precision, tile=s.tile, offline=s.offline
+                recipe=RecipeOverrides(model=model),
+                device=s.device,
+                precision=s.precision,
+                tile=s.tile,
+                offline=s.offline,
             )
             # models with the same mask recipe share one SAM (it is the larger part)
             loaded = tuple(self._deblurrers.values())
@@ -435,7 +453,7 @@ class Service:
             job.outputs[key] = Output(_png_bytes(pixels), "image/png", f"{stem}_{key}.png")
 
     def _masks(self, job: ServeJob, deblurrer: Deblurrer) -> None:
-        from sam_deblur_cli.masks.run import write_format
+        from sam_deblur_cli.masks.save import write_format
         from sam_deblur_cli.pipeline import as_uint8_rgb
 
         kind = job.request.format or "segmask"

@@ -8,7 +8,7 @@
 - :mod:`~sam_deblur_cli.train.logs`: ``log.csv`` and TensorBoard scalars;
 - :mod:`~sam_deblur_cli.train.dist`: the torchrun job and the device a process trains on;
 - :mod:`~sam_deblur_cli.train.export`: ``model.pth``, ``best.pth`` and the local model entry;
-- :mod:`~sam_deblur_cli.train.run`: one whole run, as the CLI calls it.
+- :mod:`~sam_deblur_cli.train.session`: one whole run, as the CLI calls it.
 
 Importing this package is cheap; the sub-modules import torch.
 """

@@ -176,9 +176,15 @@ def generated_masks(
     generator = MaskGenerator(recipe.sam, recipe, manifest=manifest, device=device, offline=offline)
     restore: Callable[[np.ndarray], np.ndarray] | None = None
     if predeblur is not None:
+        from sam_deblur_cli.amg import RecipeOverrides
         from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
 
-        settings = DeblurSettings(model=predeblur, device=device, precision="fp32", offline=offline)
+        settings = DeblurSettings(
+            recipe=RecipeOverrides(model=predeblur),
+            device=device,
+            precision="fp32",
+            offline=offline,
+        )
         model = Deblurrer(settings, manifest=manifest, load_sam=False)
 
         def restore(rgb_u8: np.ndarray) -> np.ndarray:

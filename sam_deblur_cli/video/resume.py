@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sam_deblur_cli.pipeline import Deblurrer
+    from sam_deblur_cli.video.engine import VideoSettings
     from sam_deblur_cli.video.probe import VideoInfo
-    from sam_deblur_cli.video.run import VideoSettings
 
 logger = logging.getLogger(__name__)
 

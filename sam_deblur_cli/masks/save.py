@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -45,15 +46,10 @@ NEEDS_MASKSET = frozenset({"png", "coco"})
 class MaskSettings:
     """Which masks to make: a model's recipe with overrides, where SAM runs, the cache."""
 
-    model: str = "segnafnet-gopro"  # the deblur model whose mask recipe to follow
-    sam: str | None = None  # override the recipe's SAM entry (a departure from the recipe)
-    amg: dict[str, float | int] = field(default_factory=dict)  # generator parameter overrides
-    channel_order: str | None = None  # override the recipe's "bgr" / "rgb"
-    fast_masks: bool = True  # False: segment-anything's stock generator
+    recipe: RecipeOverrides = field(default_factory=RecipeOverrides)  # model + departures
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     offline: bool = False
     cache: bool = True  # read and write the mask cache
-    sam_precision: str = "fp32"  # SAM's image encoder: fp32 | bf16 | fp16 (CUDA only)
 
 
 def parse_formats(text: str) -> list[str]:
@@ -101,7 +97,7 @@ def open_generator(settings: MaskSettings) -> tuple[MaskGenerator, list[str]]:
     from sam_deblur_cli.masks.sam import override_recipe, recipe_departures
     from sam_deblur_cli.weights import load_manifest
 
-    s = settings
+    s = settings.recipe
     manifest = load_manifest()
     trained = manifest.get(s.model).recipe
     if trained is None:
@@ -110,15 +106,15 @@ def open_generator(settings: MaskSettings) -> tuple[MaskGenerator, list[str]]:
             "with --model (e.g. segnafnet-gopro)."
         )
     recipe = override_recipe(trained, sam=s.sam, channel_order=s.channel_order, amg=s.amg)
-    resolved, _ = resolve_device(s.device)
+    resolved, _ = resolve_device(settings.device)
     generator = MaskGenerator(
         recipe.sam,
         recipe,
         manifest=manifest,
         device=resolved,
         fast=s.fast_masks,
-        offline=s.offline,
-        cache=s.cache,
+        offline=settings.offline,
+        cache=settings.cache,
         sam_precision=s.sam_precision,
     )
     notes = recipe_departures(trained, recipe, model=s.model)

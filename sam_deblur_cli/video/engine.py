@@ -117,7 +117,8 @@ def run_video(
     src, dst = Path(src), Path(dst)
     record = deblurrer.new_record(src, dst)
     if dst.exists() and not overwrite:
-        return {**record, "status": "skipped"}
+        record["status"] = "skipped"
+        return record
     remove_stale_temporaries(dst.parent)  # a killed run's final file, never a live one's
     started = time.perf_counter()
     info = probe(src)
@@ -140,14 +141,16 @@ def run_video(
     record["seconds"] = {**engine.seconds, "write": round(time.perf_counter() - t0, 4)}
     total = time.perf_counter() - started
     record.update(
-        status="ok",
-        frames=start + engine.frames,
-        resumed_from=start,
-        key_frames=engine.key_frames,
-        kept_frames=engine.kept,
-        fps=round(engine.frames / max(total, 1e-9), 3),
-        encoding=encoding.describe(),
-        notes=notes,
+        {
+            "status": "ok",
+            "frames": start + engine.frames,
+            "resumed_from": start,
+            "key_frames": engine.key_frames,
+            "kept_frames": engine.kept,
+            "fps": round(engine.frames / max(total, 1e-9), 3),
+            "encoding": encoding.describe(),
+            "notes": notes,
+        }
     )
     if engine.kept:
         record["error"] = f"frames {engine.kept} failed and kept their input pixels"
