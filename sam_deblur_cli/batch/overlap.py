@@ -16,7 +16,8 @@ input's failure is recorded exactly as in a sequential run) in a worker thread, 
   With an explicit TF32 setting (process-wide) SAM stays on the calling thread on CUDA too;
 - decoding and writing (numpy, PIL, files: they release the GIL) run in the worker threads
   beside everything, so image i+1 decodes and image i-1 is encoded and written while the
-  network runs image i.
+  network runs image i. Writes take turns in job order too, so outputs appear in the order
+  a sequential run writes them.
 
 Bounded: at most ``in_flight`` inputs are decoded and not yet written. Records come back
 per job position; ``on_done`` sees them in job order. A job that raises out of ``run_one``
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
     from sam_deblur_cli.pipeline import Deblurrer, Record
 
 _T = TypeVar("_T")
-MAIN, SAM = "main", "sam"  # the lanes: the calling thread; SAM in a worker, in turn
+# The lanes: the calling thread; SAM in a worker; writing in a worker; each in job order.
+MAIN, SAM, WRITE = "main", "sam", "write"
+LANES = (MAIN, SAM, WRITE)
 ORDER = ("masks", "deblur", "write")  # deblur_into's stages, in the order each image runs them
 
 
@@ -52,13 +55,13 @@ class Overlap:
     in_flight: int = 3
     masks_beside_network: bool | None = None
 
-    def lanes(self, deblurrer: Deblurrer) -> dict[str, str | None]:
-        """Stage -> lane for this Deblurrer (None: the worker thread, no turn)."""
+    def lanes(self, deblurrer: Deblurrer) -> dict[str, str]:
+        """Stage -> lane for this Deblurrer."""
         beside = self.masks_beside_network
         if beside is None:
             on_cuda = deblurrer.placement.device.startswith("cuda")
             beside = on_cuda and deblurrer.settings.tf32 is None
-        return {"masks": SAM if beside else MAIN, "deblur": MAIN, "write": None}
+        return {"masks": SAM if beside else MAIN, "deblur": MAIN, "write": WRITE}
 
 
 class Cancelled(BaseException):
@@ -90,11 +93,11 @@ class Scheduler:
     when it ends). Lane ``MAIN``'s work runs on the thread that calls :meth:`serve`.
     """
 
-    def __init__(self, lanes: dict[str, str | None], device: str) -> None:
+    def __init__(self, lanes: dict[str, str], device: str) -> None:
         self.lanes = lanes
         self._cond = threading.Condition()
-        self._left: dict[str, set[int]] = {MAIN: set(), SAM: set()}
-        self._turn = {MAIN: 0, SAM: 0}
+        self._left: dict[str, set[int]] = {lane: set() for lane in LANES}
+        self._turn = dict.fromkeys(LANES, 0)
         self._inbox: queue.SimpleQueue[_Task | _Finished] = queue.SimpleQueue()
         self._cancelled = False
         self._local = threading.local()
@@ -106,7 +109,7 @@ class Scheduler:
         position: int | None = getattr(self._local, "position", None)
         if position is None:  # not one of this run's workers
             return work()
-        lane = self.lanes.get(stage)
+        lane = self.lanes[stage]
         self._enter(position, stage, lane)
         if lane == MAIN:
             task = _Task(work, Future())
@@ -123,14 +126,14 @@ class Scheduler:
                 return work()
         return work()
 
-    def _enter(self, position: int, stage: str, lane: str | None) -> None:
+    def _enter(self, position: int, stage: str, lane: str) -> None:
         """Leave the lanes no later stage uses, then wait for this position's turn in ``lane``."""
-        later = {self.lanes.get(s) for s in ORDER[ORDER.index(stage) :]}
+        later = {self.lanes[s] for s in ORDER[ORDER.index(stage) :]}
         with self._cond:
-            for other in (MAIN, SAM):
+            for other in LANES:
                 if other not in later:
                     self._leave(position, other)
-            while lane is not None and not self._cancelled and self._turn[lane] != position:
+            while not self._cancelled and self._turn[lane] != position:
                 self._cond.wait()
             if self._cancelled:
                 raise Cancelled
@@ -158,7 +161,9 @@ class Scheduler:
         finally:
             self._local.position = None
             with self._cond:
-                for lane in (MAIN, SAM):
+                # An error stops the run before a later job takes the turns this one leaves.
+                self._cancelled = self._cancelled or finished.error is not None
+                for lane in LANES:
                     self._leave(position, lane)
             self._inbox.put(finished)
 
