@@ -227,3 +227,34 @@ def test_at_most_in_flight_inputs_are_decoded_and_not_yet_written(
     records = run_batch(deblurrer, _jobs(folder, tmp_path / "out"), overlap=Overlap(bound))
     assert [r["status"] for r in records] == ["ok"] * len(PHOTOS)
     assert counts["peak"] == bound and counts["now"] == 0
+
+
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (device_check.sh)"
+)
+def test_on_cuda_sam_runs_beside_the_network_and_the_outputs_match(
+    tiny_env: TinyEnv, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deblurrer = Deblurrer(DeblurSettings(model="segnafnet-gopro", device="cuda"))
+    threads: set[str] = set()
+    real_masks = deblurrer.compute_masks
+
+    def masks(rgb: np.ndarray) -> Any:
+        threads.add(threading.current_thread().name)
+        return real_masks(rgb)
+
+    monkeypatch.setattr(deblurrer, "compute_masks", masks)
+    seq = run_batch(deblurrer, _jobs(folder, tmp_path / "seq"), overlap=SEQUENTIAL)
+    threads.clear()
+    ovl = run_batch(deblurrer, _jobs(folder, tmp_path / "ovl"))
+    assert threads and all(name.startswith("batch") for name in threads)  # SAM in a worker
+    assert [(r["status"], r["masks"], r["groups"]) for r in seq] == [
+        (r["status"], r["masks"], r["groups"]) for r in ovl
+    ]
+    from PIL import Image
+
+    for record in seq:  # CUDA's atomic sums may differ in the last bit: 1 level at most
+        name = Path(record["output"]).name
+        a = np.asarray(Image.open(tmp_path / "seq" / name), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "ovl" / name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1
