@@ -193,7 +193,8 @@ class Scheduler:
                     self._in_flight -= 1
                     if item.error is not None:
                         raise item.error
-                    assert item.record is not None
+                    if item.record is None:  # gave up: the error that stops the run follows
+                        continue
                     records[item.position] = item.record
                     while reported in records:
                         on_record(reported, records.pop(reported))
