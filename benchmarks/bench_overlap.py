@@ -19,7 +19,8 @@ each stage's seconds from the records, and whether every output is byte-identica
 sequential run's. A warm-up image runs first (not timed). Modes: --smoke (tiny SAM and
 network, 4 photos of 64 x 96), --quick (4 photos at 360p), full (8 at 720p).
 
-    python -m benchmarks.bench_overlap [--smoke | --quick] [--device cpu|cuda] [--json PATH]
+    python -m benchmarks.bench_overlap [--smoke | --quick] [--device cpu|cuda] [--photos N]
+                                       [--json PATH]
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def variants(device: str) -> dict[str, Any]:
     return {"sequential": Overlap(in_flight=1), "overlapped": Overlap(), other[0]: other[1]}
 
 
-def run(mode: str, device: str) -> dict[str, Any]:
+def run(mode: str, device: str, *, photos: int | None = None) -> dict[str, Any]:
     import torch
 
     from benchmarks.bench_e2e import (
@@ -114,6 +115,7 @@ def run(mode: str, device: str) -> dict[str, Any]:
     from benchmarks.stock_pipeline import TINY_ARCH
 
     count, shape = SIZES[mode]
+    count = photos or count
     smoke = mode == "smoke"
     model = MODEL if smoke else SHALLOW
     nets = {model: TINY_NET if smoke else SHALLOW_NET}
@@ -219,13 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--smoke", action="store_true", help="tiny models, 4 photos of 64 x 96")
     mode.add_argument("--quick", action="store_true", help="4 photos at 360p")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--photos", type=int, help="how many photos (default: the mode's)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.device == "cuda":
         from benchmarks.bench_e2e import require_cuda
 
         require_cuda()
-    result = run("smoke" if args.smoke else "quick" if args.quick else "full", args.device)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    result = run(mode, args.device, photos=args.photos)
     print(table(result))
     write_json(args.json, result)
     return 0
