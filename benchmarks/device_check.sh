@@ -7,7 +7,7 @@
 # Python packages the machine lacks can travel as wheels in .whl/ (installed with --no-deps
 # into /tmp/site, first on the path). Logs, the JSON and the Markdown report go to OUT_DIR
 # ($OUT, else /tmp/device-check). It goes on after a failing step, so one call gives all;
-# each step has its own time limit (150 + 120 + 180 s: 7.5 minutes with set-up).
+# each step has its own time limit (140 + 110 + 50 + 160 s: under 8 minutes with set-up).
 set -uo pipefail
 out=${1:-${OUT:-/tmp/device-check}}
 mkdir -p "$out"
@@ -20,12 +20,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
   2>&1 | tee -a "$out/gpu.txt"
 # -s: test_gpu.py prints the measured bf16/fp16-vs-fp32 mask agreement
-timeout 150 python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_fidelity.py \
+timeout 140 python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_fidelity.py \
   tests/test_nets.py tests/test_masks_fast_device.py tests/test_weights_models.py \
+  tests/test_pipeline_overlap.py::test_on_cuda_sam_runs_beside_the_network_and_the_outputs_match \
   2>&1 | tee "$out/tests.log"
 # The issue's row: mask generation with vit_h at 1024, steady state, ours vs stock on CUDA
-timeout 120 python3 -m benchmarks.bench_steady --device cuda --vit-h --repeat 3 \
+timeout 110 python3 -m benchmarks.bench_steady --device cuda --vit-h --repeat 3 \
   --json "$out/steady.json" 2>&1 | tee "$out/steady.log"
+# Issue #20's batch overlap on CUDA: 4 photos at 360p, sequential vs overlapped vs SAM in turn
+timeout 50 python3 -m benchmarks.bench_overlap --quick --device cuda --json "$out/overlap.json" \
+  2>&1 | tee "$out/overlap.log"
 # SIGINT at the limit: the runner stops its running component and prints no report
-timeout -s INT -k 15 180 python3 -m benchmarks --device cuda --quick --json "$out/bench.json" \
+timeout -s INT -k 15 160 python3 -m benchmarks --device cuda --quick --json "$out/bench.json" \
   --out-md "$out/bench.md" --logs "$out/logs" 2>&1 | tee "$out/bench.log"

@@ -6,14 +6,14 @@
 Components (each ``python -m benchmarks.bench_<name> --json FILE``, sequentially, so their
 peak memory never mixes): mask stage, MAP, network, end to end, CLI start-up, cold start
 (SAM loading; a cold `sam-deblur photo.jpg` in full mode), steady-state mask generation
-(CUDA, or full mode), video, training step, Ray batch
+(CUDA, or full mode), video, training step, batch overlap (sequential vs overlapped), Ray batch
 (skipped when Ray is not installed). A component that fails or times out is shown as such
 with its last error line; the rest go on. The report is Markdown
 (machine; one section per component; targets) with absolute numbers and ours/stock ratios
 (below 1 is better for ours); the JSON holds everything each component wrote. Modes: full,
-``--quick``, ``--smoke`` (tiny models, seconds: only the end-to-end component runs). The
-first five components take ~20 min (full) and ~3 min (``--quick``) on 2 cores; video,
-training and Ray add a few minutes more.
+``--quick``, ``--smoke`` (tiny models, seconds: only the end-to-end and batch overlap
+components run). The first five components take ~20 min (full) and ~3 min (``--quick``)
+on 2 cores; video, training, batch overlap and Ray add a few minutes more.
 """
 
 from __future__ import annotations
@@ -76,6 +76,11 @@ def _device_args(opts: Options) -> list[str] | None:
 def _e2e_args(opts: Options) -> list[str]:
     flags = {"smoke": ["--smoke"], "quick": ["--quick"], "full": []}[opts.mode]
     return [*flags, "--device", opts.device, *(["--vit-h"] if opts.vit_h else [])]
+
+
+def _overlap_args(opts: Options) -> list[str]:
+    flags = {"smoke": ["--smoke"], "quick": ["--quick"], "full": []}[opts.mode]
+    return [*flags, "--device", opts.device]
 
 
 def _steady_args(opts: Options) -> list[str] | None:
@@ -161,6 +166,15 @@ COMPONENTS = (
         "benchmarks.bench_train",
         _device_args,
         {"quick": 300, "full": 1200},
+        takes_device=True,
+        core=False,
+    ),
+    Component(
+        "overlap",
+        "Batch overlap",
+        "benchmarks.bench_overlap",
+        _overlap_args,
+        {"smoke": 300, "quick": 900, "full": 2400},
         takes_device=True,
         core=False,
     ),
@@ -764,6 +778,20 @@ def render_ray(result: dict[str, Any]) -> str:
     return head + table(result)
 
 
+def render_overlap(result: dict[str, Any]) -> str:
+    """bench_overlap: one folder through run_batch, sequential vs overlapped, one run."""
+    from benchmarks.bench_overlap import table
+
+    c = result["config"]
+    head = (
+        f"{c['photos']} photos of {c['shape'][0]} x {c['shape'][1]}, SAM {c['sam_arch']} "
+        f"(controlled decoder) and {c['model']}, {c['device']}, {c['torch_threads']} torch "
+        f"threads; load {c['loadavg_start']:.1f} at the start, {c['loadavg_end']:.1f} at the end"
+        "\n\n"
+    )
+    return head + table(result)
+
+
 def render_generic(result: Any) -> str:
     """Any JSON as a path / value table (for scripts without a dedicated renderer)."""
     rows = [[path, value] for path, value in _flatten(result)]
@@ -788,6 +816,7 @@ _RENDERERS: dict[str, Callable[[Any], str]] = {
     "steady": render_steady,
     "video": render_video,
     "train": render_train,
+    "overlap": render_overlap,
     "ray": render_ray,
 }
 

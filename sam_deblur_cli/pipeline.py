@@ -23,10 +23,11 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, TypeVar, cast
 
 from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.errors import InputError, UsageError
@@ -46,6 +47,7 @@ __all__ = [
     "Deblurrer",
     "FileOptions",
     "Record",
+    "StageRunner",
     "as_float_rgb",
     "as_uint8_rgb",
     "deblur_array",
@@ -93,6 +95,22 @@ class Record(_RecordFields, total=False):
     fps: float
     encoding: str
     notes: list[str]  # streams converted, colour tags not kept (one line each)
+
+
+_T = TypeVar("_T")
+
+
+class StageRunner(Protocol):
+    """Runs one stage of :meth:`Deblurrer.deblur_into` (``stage``: "masks", "deblur" or
+    "write"): returns what ``work()`` returns and raises what it raises. A batch scheduler
+    decides the thread and the moment; the default runs it at once."""
+
+    def __call__(self, stage: str, work: Callable[[], _T]) -> _T: ...
+
+
+def run_now(stage: str, work: Callable[[], _T]) -> _T:
+    """The default :class:`StageRunner`: the stage runs here and now."""
+    return work()
 
 
 @dataclass
@@ -178,6 +196,7 @@ class Deblurrer:
         self.recipe = self._effective_recipe()
         self.tlc = self.entry.tlc if settings.tlc is None else settings.tlc
         self._generator: MaskGenerator | None = None
+        self.stage_runner: StageRunner = run_now
         checkpoint = self._ensure_network(progress)
         # Whether masks are needed shows in the entry already: SAM's weights are found (or
         # their absence reported) before the network is built.
@@ -193,6 +212,16 @@ class Deblurrer:
         self.needs_masks = self.guide_kind != "none"
         if self.needs_masks and load_sam and self._generator is None:
             self._mask_generator()
+
+    @contextmanager
+    def stages_run_by(self, runner: StageRunner) -> Iterator[None]:
+        """Within the block, :meth:`deblur_into` hands its stages to ``runner`` (one batch
+        scheduler at a time: a Deblurrer runs one run's images)."""
+        previous, self.stage_runner = self.stage_runner, runner
+        try:
+            yield
+        finally:
+            self.stage_runner = previous
 
     def _ensure_network(self, progress: Any) -> Path:
         """The network's weights file; a page-hosted one that is missing names the Hub model
@@ -412,44 +441,76 @@ class Deblurrer:
     ) -> None:
         """deblur_file's work, filling ``record`` (from :meth:`new_record`) as it goes.
 
-        Stage times survive a failure, so a runner that catches the error still reports them;
-        ``picture`` is the decoded ``src`` when the runner read it already (None: read here).
+        The composition of the three stages :meth:`masks_for`, :meth:`restore_picture` and
+        :meth:`write_restored`, each handed to ``self.stage_runner`` (which runs it at once,
+        unless a batch scheduler decides where and when). Stage times survive a failure, so a
+        runner that catches the error still reports them; ``picture`` is the decoded ``src``
+        when the runner read it already (None: read here).
         """
-        from sam_deblur_cli.imageio import picture_with, read_image, write_image
+        from sam_deblur_cli.imageio import read_image
 
         _check_output(src, dst)
         if dst.exists() and not options.overwrite:
             record["status"] = "skipped"
             return
-        seconds = record["seconds"]
         if picture is None:
-            with _timer(seconds, "read"):
+            with _timer(record["seconds"], "read"):
                 picture = read_image(src, **options.read_kwargs())
-        masks = self._masks_for(picture, masks_file, seconds)
-        if masks is not None:
-            record.update({"masks": masks.count, "groups": masks.groups})
-        with _timer(seconds, "deblur"):
-            restored = self.deblur(picture.rgb, masks)
-        with _timer(seconds, "write"):
-            written = picture_with(restored, picture)
-            write_image(dst, written, format=options.format, quality=options.quality, protect=[src])
-            if options.overlay and masks is not None:
-                record["overlay"] = str(self._write_overlay(picture, masks, dst))
-        record.update({"status": "ok", "width": picture.width, "height": picture.height})
+        run, decoded = self.stage_runner, picture
+        masks = run("masks", lambda: self.masks_for(record, decoded, masks_file))
+        restored = run("deblur", lambda: self.restore_picture(record, decoded, masks))
+        run(
+            "write",
+            lambda: self.write_restored(record, src, dst, decoded, restored, masks, options),
+        )
 
-    def _masks_for(
-        self, picture: Picture, masks_file: Path | None, seconds: dict[str, float]
+    def masks_for(
+        self, record: Record, picture: Picture, masks_file: Path | None
     ) -> MaskResult | None:
+        """Stage "masks": the masks ``picture`` is deblurred with (None for a model without
+        masks): ``masks_file`` read, else SAM's; fills the record's seconds, masks, groups."""
         if not self.needs_masks:
             if masks_file is not None:
                 raise UsageError(
                     f"{self.entry.name} takes no masks; drop --masks or pick a model that does."
                 )
             return None
-        with _timer(seconds, "masks"):
+        with _timer(record["seconds"], "masks"):
             if masks_file is not None:
-                return self.load_masks(masks_file, (picture.height, picture.width))
-            return self.compute_masks(as_uint8_rgb(picture.rgb))
+                masks = self.load_masks(masks_file, (picture.height, picture.width))
+            else:
+                masks = self.compute_masks(as_uint8_rgb(picture.rgb))
+        record.update({"masks": masks.count, "groups": masks.groups})
+        return masks
+
+    def restore_picture(
+        self, record: Record, picture: Picture, masks: MaskResult | None
+    ) -> np.ndarray:
+        """Stage "deblur": the network on ``picture.rgb`` with ``masks`` (from
+        :meth:`masks_for`); H x W x 3 float32 [0, 1]; adds its seconds to the record."""
+        with _timer(record["seconds"], "deblur"):
+            return self.deblur(picture.rgb, masks)
+
+    def write_restored(
+        self,
+        record: Record,
+        src: Path,
+        dst: Path,
+        picture: Picture,
+        restored: np.ndarray,
+        masks: MaskResult | None,
+        options: FileOptions,
+    ) -> None:
+        """Stage "write": ``restored`` (float32 [0, 1]) with ``picture``'s metadata into ``dst``
+        atomically (and the overlay when asked); the record ends "ok" with the image size."""
+        from sam_deblur_cli.imageio import picture_with, write_image
+
+        with _timer(record["seconds"], "write"):
+            written = picture_with(restored, picture)
+            write_image(dst, written, format=options.format, quality=options.quality, protect=[src])
+            if options.overlay and masks is not None:
+                record["overlay"] = str(self._write_overlay(picture, masks, dst))
+        record.update({"status": "ok", "width": picture.width, "height": picture.height})
 
     def _write_overlay(self, picture: Picture, masks: MaskResult, dst: Path) -> Path:
         from sam_deblur_cli.masks.formats import write_overlay_png

@@ -22,6 +22,7 @@ SECTIONS = (
     "## Steady-state mask generation",
     "## Video",
     "## Training step",
+    "## Batch overlap",
     "## Ray batch",
 )
 
@@ -51,6 +52,7 @@ def test_smoke_run_writes_report_and_json(tmp_path: Path) -> None:
         "steady",
         "video",
         "train",
+        "overlap",
         "ray",
     }
     skipped = ("masks", "network", "startup", "cold", "steady", "video", "train", "ray")
@@ -65,6 +67,11 @@ def test_smoke_run_writes_report_and_json(tmp_path: Path) -> None:
     assert case["output_diff"]["max_abs_diff"] <= 1
     assert ours["peak_rss_bytes"] > 0 and stock["peak_rss_bytes"] > 0
     assert case["ratio_time"] > 0
+    # The batch overlap runs too: every variant writes the sequential run's bytes.
+    assert comps["overlap"]["status"] == "ok", comps["overlap"].get("error")
+    rows = comps["overlap"]["result"]["rows"]
+    assert [r["variant"] for r in rows][:2] == ["sequential", "overlapped"]
+    assert all(r["identical"] and r["statuses"] == ["ok"] for r in rows)
 
     report = out_md.read_text()
     assert all(section in report for section in SECTIONS)

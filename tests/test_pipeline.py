@@ -107,7 +107,7 @@ def test_batch_loads_the_model_once_and_decodes_the_next_image_meanwhile(
     assert [r["status"] for r in records] == ["ok", "ok", "ok"]
     assert builds == ["plain"]
     assert set(readers) == {"a.png", "b.png", "c.png"}
-    assert all(name.startswith("prefetch") for name in readers.values())
+    assert all(name.startswith("batch") for name in readers.values())
     assert overlapped == [True, True, True]
 
 

@@ -5,21 +5,22 @@ one per job; an existing output is skipped unless ``overwrite``; a failing input
 recorded and the run goes on; a SetupError or Ctrl-C stops it and no output is left
 half-written (the Deblurrer writes atomically); so does a full disk (``OutOfSpaceError``,
 which counts the inputs not attempted). Temporary files a killed run left in the output
-folders are removed first. The next image is decoded in a background thread while the
-current one runs.
+folders are removed first. Inputs overlap (:mod:`.overlap`): while the network runs on one
+image, the next is decoded (and on CUDA segmented) and the previous one written, with at most
+``Overlap.in_flight`` inputs in flight.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sam_deblur_cli.batch.overlap import Overlap, run_overlapped
 from sam_deblur_cli.batch.plan import Job, StoreJob
 from sam_deblur_cli.errors import InputError, OutOfSpaceError, SetupError, UsageError
 from sam_deblur_cli.files import remove_stale_temporaries
@@ -46,18 +47,23 @@ def run_batch(
     *,
     options: FileOptions | None = None,
     callbacks: BatchCallbacks | None = None,
+    overlap: Overlap | None = None,
 ) -> list[Record]:
     """Deblur every job; returns one record per job, in job order.
 
-    Existing outputs are skipped (resume) unless ``options.overwrite``. The next image is
-    decoded in a background thread while the current one runs (prefetch of one). A failing
-    input is recorded (status "failed", error message) and the batch goes on; a SetupError
-    or KeyboardInterrupt stops it (outputs are written atomically, so none is left half done).
+    Existing outputs are skipped (resume) unless ``options.overwrite``. ``overlap``: how
+    many inputs are in flight and where SAM runs (default :class:`.overlap.Overlap`: decoding
+    and writing beside the network, SAM too on CUDA; ``in_flight=1``: one after the other).
+    A failing input is recorded (status "failed", error message) and the batch goes on; a
+    SetupError or KeyboardInterrupt stops it (outputs are written atomically, so none is left
+    half done). ``callbacks.on_start`` runs when a job's decoding begins, ``on_done`` in job
+    order; both on the calling thread.
     """
     from sam_deblur_cli.pipeline import FileOptions
 
     options = options or FileOptions()
     callbacks = callbacks or BatchCallbacks()
+    overlap = overlap or Overlap()
     jobs = list(jobs)
     if not deblurrer.needs_masks and any(job.masks_file is not None for job in jobs):
         raise UsageError(
@@ -73,45 +79,29 @@ def run_batch(
             _notify(callbacks.on_done, job, records[index])
         else:
             todo.append(index)
-    sources = [jobs[index].src for index in todo]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-        try:
-            for index, decoded in zip(
-                todo, _decoded_one_ahead(pool, sources, options), strict=True
-            ):
+
+    def one(job: Job) -> Record:
+        return run_job(deblurrer, job, options, lambda: timed_read(job.src, options))
+
+    def finished(position: int, record: Record) -> None:
+        records[todo[position]] = record
+        _notify(callbacks.on_done, jobs[todo[position]], record)
+
+    try:
+        if overlap.in_flight <= 1:
+            for position, index in enumerate(todo):
                 _notify(callbacks.on_start, jobs[index])
-                records[index] = _one_job(deblurrer, jobs[index], decoded, options)
-                _notify(callbacks.on_done, jobs[index], records[index])
-        except BaseException as exc:
-            pool.shutdown(wait=True, cancel_futures=True)  # drop the prefetched decode
-            if isinstance(exc, OutOfSpaceError):
-                left = len(todo) - sum(index in records for index in todo)
-                raise OutOfSpaceError(
-                    f"{exc} Stopped there: {left} of {len(jobs)} input(s) not done "
-                    "(the next run does them)."
-                ) from exc
-            raise
+                finished(position, one(jobs[index]))
+        else:
+            pending = [jobs[index] for index in todo]
+            run_overlapped(deblurrer, pending, one, finished, overlap, on_start=callbacks.on_start)
+    except OutOfSpaceError as exc:
+        left = len(todo) - sum(index in records for index in todo)
+        raise OutOfSpaceError(
+            f"{exc} Stopped there: {left} of {len(jobs)} input(s) not done "
+            "(the next run does them)."
+        ) from exc
     return [records[i] for i in range(len(jobs))]
-
-
-def _decoded_one_ahead(
-    pool: ThreadPoolExecutor, sources: Sequence[Path], options: FileOptions
-) -> Iterator[Future[tuple[Picture, float]]]:
-    """One decode per source, in order; the next is submitted before the current is handed
-    out, so it decodes while the caller works on the current one (prefetch of one)."""
-    upcoming = pool.submit(timed_read, sources[0], options) if sources else None
-    for position in range(len(sources)):
-        current = upcoming
-        if position + 1 < len(sources):
-            upcoming = pool.submit(timed_read, sources[position + 1], options)
-        assert current is not None
-        yield current
-
-
-def _one_job(
-    deblurrer: Deblurrer, job: Job, decoded: Future[tuple[Picture, float]], options: FileOptions
-) -> Record:
-    return run_job(deblurrer, job, options, decoded.result)
 
 
 def run_job(
