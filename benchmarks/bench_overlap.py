@@ -145,12 +145,13 @@ def run(mode: str, device: str, *, photos: int | None = None) -> dict[str, Any]:
 def _run_variants(
     root: Path, model: str, device: str, controlled: _Controlled
 ) -> list[dict[str, Any]]:
+    from sam_deblur_cli.amg import RecipeOverrides
     from sam_deblur_cli.batch.local import run_batch
     from sam_deblur_cli.batch.plan import plan_batch
     from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
     from sam_deblur_cli.weights import cache_root
 
-    deblurrer = Deblurrer(DeblurSettings(model=model, device=device))
+    deblurrer = Deblurrer(DeblurSettings(recipe=RecipeOverrides(model=model), device=device))
     warm = root / "warm"
     deblurrer.deblur_file(next((root / "in").iterdir()), warm / "w.png")  # not timed
     rows, reference = [], None

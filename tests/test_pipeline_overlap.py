@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from tiny_models import TinyEnv, save_photo, tree_hashes
 
+from sam_deblur_cli.amg import RecipeOverrides
 from sam_deblur_cli.batch import local
 from sam_deblur_cli.batch.local import BatchCallbacks, run_batch
 from sam_deblur_cli.batch.overlap import Overlap
@@ -52,7 +53,7 @@ def _without_seconds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_overlapped_batch_writes_the_sequential_bytes_and_records(
     tiny_env: TinyEnv, folder: Path, tmp_path: Path, model: str, beside: bool | None
 ) -> None:
-    deblurrer = Deblurrer(DeblurSettings(model=model, device="cpu"))
+    deblurrer = Deblurrer(DeblurSettings(recipe=RecipeOverrides(model=model), device="cpu"))
     options = FileOptions(overlay=model != "nafnet-gopro")
     one_by_one = run_batch(
         deblurrer, _jobs(folder, tmp_path / "seq"), options=options, overlap=SEQUENTIAL
@@ -81,7 +82,9 @@ def test_overlapped_batch_writes_the_sequential_bytes_and_records(
 def test_stages_run_where_the_device_policy_says(
     tiny_env: TinyEnv, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    deblurrer = Deblurrer(DeblurSettings(model="segnafnet-gopro", device="cpu"))
+    deblurrer = Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="segnafnet-gopro"), device="cpu")
+    )
     where: dict[str, set[str]] = {"masks": set(), "deblur": set(), "read": set()}
     real_masks, real_deblur, real_read = deblurrer.compute_masks, deblurrer.deblur, local.timed_read
 
@@ -117,7 +120,9 @@ def test_a_failing_input_in_the_middle_is_its_own_failed_record(
 ) -> None:
     (folder / "c.png").write_bytes(b"not a png at all")
     (folder / "e.png").write_bytes((folder / "e.png").read_bytes()[:300])  # truncated
-    deblurrer = Deblurrer(DeblurSettings(model="segnafnet-gopro", device="cpu"))
+    deblurrer = Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="segnafnet-gopro"), device="cpu")
+    )
     records = run_batch(deblurrer, _jobs(folder, tmp_path / "out"))
     statuses = [r["status"] for r in records]
     assert statuses == ["ok", "ok", "failed", "ok", "failed", "ok"]
@@ -142,7 +147,9 @@ def test_ctrl_c_in_a_stage_stops_with_no_partial_file_and_no_thread(
     monkeypatch: pytest.MonkeyPatch,
     where: str,
 ) -> None:
-    deblurrer = Deblurrer(DeblurSettings(model="segnafnet-gopro", device="cpu"))
+    deblurrer = Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="segnafnet-gopro"), device="cpu")
+    )
     calls: list[int] = []
     name = "deblur" if where == "deblur" else "compute_masks"
     real = getattr(deblurrer, name)
@@ -162,7 +169,8 @@ def test_ctrl_c_in_a_stage_stops_with_no_partial_file_and_no_thread(
     assert written == ["a.png", "b.png", "c.png"][: len(written)]  # a prefix, whole files
     assert len(written) <= 3
     again = run_batch(  # a fresh Deblurrer (the patched one keeps interrupting)
-        Deblurrer(DeblurSettings(model="segnafnet-gopro", device="cpu")), _jobs(folder, out)
+        Deblurrer(DeblurSettings(recipe=RecipeOverrides(model="segnafnet-gopro"), device="cpu")),
+        _jobs(folder, out),
     )
     assert [r["status"] for r in again].count("ok") == len(PHOTOS) - len(written)
 
@@ -182,7 +190,9 @@ def test_a_full_disk_stops_the_run_after_the_writes_before_it(
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(imageio, "write_image", write)
-    deblurrer = Deblurrer(DeblurSettings(model="nafnet-gopro", device="cpu"))
+    deblurrer = Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="nafnet-gopro"), device="cpu")
+    )
     with pytest.raises(OutOfSpaceError, match="Stopped there: 4 of 6"):
         run_batch(deblurrer, _jobs(folder, tmp_path / "out"))
     assert [p.name for p in writes] == ["a.png", "b.png", "c.png"]  # writes take turns
@@ -193,7 +203,9 @@ def test_a_full_disk_stops_the_run_after_the_writes_before_it(
 def test_at_most_in_flight_inputs_are_decoded_and_not_yet_written(
     tiny_env: TinyEnv, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: int
 ) -> None:
-    deblurrer = Deblurrer(DeblurSettings(model="segnafnet-gopro", device="cpu"))
+    deblurrer = Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="segnafnet-gopro"), device="cpu")
+    )
     lock, counts = threading.Lock(), {"now": 0, "peak": 0, "reads": 0}
     enough_read = threading.Event()
     real_read, real_write, real_deblur = (
@@ -235,7 +247,9 @@ def test_at_most_in_flight_inputs_are_decoded_and_not_yet_written(
 def test_on_cuda_sam_runs_beside_the_network_and_the_outputs_match(
     tiny_env: TinyEnv, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    deblurrer = Deblurrer(DeblurSettings(model="segnafnet-gopro", device="cuda"))
+    deblurrer = Deblurrer(
+        DeblurSettings(recipe=RecipeOverrides(model="segnafnet-gopro"), device="cuda")
+    )
     threads: set[str] = set()
     real_masks = deblurrer.compute_masks
 
