@@ -293,7 +293,7 @@ def _run_ours(
         encode_segmask_windows,
         labels_from_segmask,
     )
-    from sam_deblur_cli.masks.fast import FastMaskGenerator
+    from sam_deblur_cli.masks.fast import FastMaskGenerator, FastMaskSet
     from sam_deblur_cli.masks.upscale import ExactUpscaler
 
     ExactUpscaler.stats = timer.wrap("upscale stats", ExactUpscaler.stats)  # type: ignore[method-assign]
@@ -304,6 +304,7 @@ def _run_ours(
     else:
         fast.decode_points = timer.wrap("decoder", fast.decode_points)  # type: ignore[method-assign]
     maskset = fast.generate(image)
+    assert isinstance(maskset, FastMaskSet)  # the fast generator's own set, windows included
     shape = maskset.shape
     segmask = timer.wrap("masks + segmask", encode_segmask_windows)(maskset.iter_windows(), shape)
     names = [n for n in formats.split(",") if n]

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ from sam_deblur_cli.nets import NetConfig, build_network
 DEBLUR_MODELS = {"segnafnet-gopro": "map", "masknafnet-gopro": "cat", "nafnet-gopro": "plain"}
 SAM_NAME = "sam-vit-h"
 ALL_MODELS = (*DEBLUR_MODELS, SAM_NAME)
-TINY_NET = {
+TINY_NET: dict[str, Any] = {
     "width": 8,
     "enc_blk_nums": (1, 1, 1, 1),
     "middle_blk_num": 1,
@@ -87,7 +88,7 @@ homepage = "https://example.invalid/tiny-sam"
 source = {{ page = "https://example.invalid/tiny-sam", file = "sam-vit-h.pth" }}
 """
     parts = [recipe.format(arch=TINY_ARCH)]
-    blocks = ", ".join(str(n) for n in TINY_NET["enc_blk_nums"])  # type: ignore[union-attr]
+    blocks = ", ".join(str(n) for n in TINY_NET["enc_blk_nums"])
     for name, variant in DEBLUR_MODELS.items():
         recipe_line = 'recipe = "sam-deblur-gopro"' if variant != "plain" else ""
         parts.append(f"""

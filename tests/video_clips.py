@@ -206,7 +206,7 @@ def cues(path: Path) -> list[tuple[float, float, str]]:
             for cue in stream.codec_context.decode2(packet) or ():
                 start = packet.pts * stream.time_base
                 end = start + packet.duration * stream.time_base
-                found.append((float(start), float(end), _plain(cue.dialogue)))
+                found.append((float(start), float(end), _plain(cue.dialogue)))  # type: ignore[attr-defined]
     return found
 
 
