@@ -57,7 +57,7 @@ class _Axis:
 
     @staticmethod
     def cells(values: torch.Tensor, dim: int, reduce: Any) -> torch.Tensor:
-        """``reduce`` (torch.minimum / maximum) of each source's input pair along ``dim``."""
+        """``reduce`` (e.g. torch.bitwise_and / or) of each source's input pair along ``dim``."""
         n = values.shape[dim]
         if n == 1:
             return values
@@ -215,12 +215,12 @@ class ExactUpscaler:
         import torch
 
         margin = margin.view(-1, 1, 1)
-        lowest = self.rows.cells(self.cols.cells(frame, 2, torch.minimum), 1, torch.minimum)
-        above = lowest > top + margin
-        del lowest
-        highest = self.rows.cells(self.cols.cells(frame, 2, torch.maximum), 1, torch.maximum)
-        maybe = highest > bottom - margin
-        del highest
+        # A cell is above when all four of its values are (its minimum is), and may exceed
+        # when any is (its maximum): compared first, then reduced as bytes, not floats.
+        above = frame > top + margin
+        above = self.rows.cells(self.cols.cells(above, 2, torch.bitwise_and), 1, torch.bitwise_and)
+        maybe = frame > bottom - margin
+        maybe = self.rows.cells(self.cols.cells(maybe, 2, torch.bitwise_or), 1, torch.bitwise_or)
         if not (self.rows.all_used and self.cols.all_used):  # a downscale skips inputs
             rows = self.rows.used[offset[0] : offset[0] + above.shape[1]]
             used = rows[:, None] & self.cols.used[offset[1] : offset[1] + above.shape[2]]
