@@ -11,7 +11,9 @@ photo, upscaled: its left half still, its right half sliding 4 px a frame under 
 blur, encoded with libx264 (crf 23). Flicker: the mean absolute frame-to-frame change over
 the still half, in 8-bit levels, of the decoded output (and, in the config, of the decoded
 input); the no-network rows show what re-encoding alone adds. ``batch``: frames per network
-batch (``1`` one at a time, ``auto`` up to 8 as memory allows).
+batch (``1`` one at a time, ``auto`` up to 8 as memory allows). The last two rows run SAM
+in turn with the network and beside it (a masks thread; on CUDA its own stream), both ways on
+every device; the rows above take the device's default (beside on CUDA, in turn on the CPU).
 
     python -m benchmarks.bench_video [--quick] [--frames N] [--device cpu|cuda] [--real]
                                      [--json PATH]
@@ -39,6 +41,9 @@ import numpy as np
 from benchmarks.common import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+IN_TURN, BESIDE = "every frame, SAM in turn", "every frame, SAM beside"
 
 
 def make_clip(path: Path, frames: int, width: int, height: int) -> list[np.ndarray]:
@@ -147,6 +152,10 @@ def main(argv: list[str] | None = None) -> None:
             ("segnafnet-gopro", "every frame", (1, None), "auto"),
             ("segnafnet-gopro", "every 4", (4, None), "auto"),
             ("segnafnet-gopro", cut_label, (4, SCENE_CUT), "auto"),
+            # SAM of the next frames beside the network, and in turn with it (the default is
+            # beside on CUDA, in turn on the CPU: the rows above)
+            ("segnafnet-gopro", IN_TURN, (1, None), "auto"),
+            ("segnafnet-gopro", BESIDE, (1, None), "auto"),
         ]
         deblurrers: dict[str, Deblurrer] = {}
         warm: set[tuple[str, int | str]] = set()
@@ -170,7 +179,12 @@ def main(argv: list[str] | None = None) -> None:
                 run_video(deblurrer, src, root / f"warm-{model}-{batch}.mp4", settings=settings)
             every, cut = keys or (1, None)
             dst = root / f"{model}-{label.replace(' ', '')}-{batch}.mp4"
-            settings = VideoSettings(mask_every=every, scene_cut=cut, batch_frames=batch)  # type: ignore[arg-type]
+            settings = VideoSettings(
+                mask_every=every,
+                scene_cut=cut,
+                batch_frames=batch,  # type: ignore[arg-type]
+                masks_beside_network={IN_TURN: False, BESIDE: True}.get(label),
+            )
             start = time.perf_counter()
             record = run_video(deblurrer, src, dst, settings=settings)
             seconds = time.perf_counter() - start

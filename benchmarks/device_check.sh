@@ -23,6 +23,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 timeout 140 python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu.py tests/test_fidelity.py \
   tests/test_nets.py tests/test_masks_fast_device.py tests/test_weights_models.py \
   tests/test_pipeline_overlap.py::test_on_cuda_sam_runs_beside_the_network_and_the_outputs_match \
+  tests/test_video_overlap.py::test_on_cuda_sam_runs_beside_by_default_and_the_frames_match \
   2>&1 | tee "$out/tests.log"
 # The issue's row: mask generation with vit_h at 1024, steady state, ours vs stock on CUDA
 timeout 110 python3 -m benchmarks.bench_steady --device cuda --vit-h --repeat 3 \

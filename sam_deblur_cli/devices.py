@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sam_deblur_cli.errors import DeviceError, UsageError
 
@@ -186,6 +187,19 @@ def tf32_mode(enabled: bool | None) -> Iterator[None]:
         yield
     finally:
         cudnn.allow_tf32, matmul.allow_tf32 = legacy
+
+
+def side_stream(device: str) -> Any:
+    """A CUDA stream for work beside the default stream's (None off CUDA). It starts after
+    the work queued so far on the device (the models' weights): make it once, before the
+    work it should overlap is queued. Results read on the host (``.cpu()``) are complete."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    return stream
 
 
 def _cuda_count() -> int:

@@ -248,6 +248,13 @@ class Deblurrer:
         )
 
     @property
+    def masks_beside_network(self) -> bool:
+        """Whether SAM of the next input should run beside this network by default: on CUDA
+        (its own stream), unless TF32 is set explicitly (process-wide, so one thread only).
+        On the CPU both already use every core and side by side only contend."""
+        return self.placement.device.startswith("cuda") and self.settings.tf32 is None
+
+    @property
     def guide_kind(self) -> GuideKind:
         """``"none"`` (plain), ``"segmask"`` (CAT) or ``"labels"`` (MAP)."""
         return cast("GuideKind", self.net.guide_kind)

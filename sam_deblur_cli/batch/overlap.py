@@ -35,6 +35,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sam_deblur_cli.devices import side_stream
+
 if TYPE_CHECKING:
     from sam_deblur_cli.batch.plan import Job
     from sam_deblur_cli.pipeline import Deblurrer, Record
@@ -59,8 +61,7 @@ class Overlap:
         """Stage -> lane for this Deblurrer."""
         beside = self.masks_beside_network
         if beside is None:
-            on_cuda = deblurrer.placement.device.startswith("cuda")
-            beside = on_cuda and deblurrer.settings.tf32 is None
+            beside = deblurrer.masks_beside_network
         return {"masks": SAM if beside else MAIN, "deblur": MAIN, "write": WRITE}
 
 
@@ -101,7 +102,7 @@ class Scheduler:
         self._inbox: queue.SimpleQueue[_Task | _Finished] = queue.SimpleQueue()
         self._cancelled = False
         self._local = threading.local()
-        self._stream = _side_stream(device) if SAM in lanes.values() else None
+        self._stream = side_stream(device) if SAM in lanes.values() else None
         self.peak_in_flight = 0  # the most jobs started and not finished at one time
         self._in_flight = 0
 
@@ -227,18 +228,6 @@ def _run_task(task: _Task) -> None:
     except BaseException:
         task.future.set_exception(Cancelled())
         raise
-
-
-def _side_stream(device: str) -> Any:
-    """A CUDA stream for SAM beside the network's (None off CUDA); it starts after the work
-    queued so far on the device (the models' weights)."""
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    stream = torch.cuda.Stream(device=device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    return stream
 
 
 def run_overlapped(

@@ -8,7 +8,11 @@ dropped first.
 
 Concurrency: one job at a time holds ``device_lock`` (one deblur at a time per device); at
 most ``queue_size`` jobs wait for it, and a job beyond that is refused with :class:`QueueFull`
-(the HTTP layer answers 503 with Retry-After). A waiting job is cancelled by :meth:`ServeJob.cancel`
+(the HTTP layer answers 503 with Retry-After). With ``masks_beside_network`` (by default on
+CUDA) a masks thread makes the SAM masks of the first waiting job, on a CUDA stream of its
+own, while the worker runs the network of the current one; the worker then takes those
+masks (or the error making them raised) as if it had made them. One SAM run at a time
+(``sam_lock``), one job ahead at most. A waiting job is cancelled by :meth:`ServeJob.cancel`
 or, for page jobs, when nobody has asked for it for ``abandon_after`` seconds; a running job
 stops at the next stage boundary (masks, deblur, write: torch calls are not interruptible).
 
@@ -27,6 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -71,6 +76,8 @@ class ServeSettings:
     # Host header names answered (any port); None: any. The loopback default stops a web page
     # that rebinds its own name to 127.0.0.1 (DNS rebinding) from using the server.
     hosts: tuple[str, ...] | None = ("localhost", "127.0.0.1", "::1")
+    # SAM of the next waiting job beside the network (same results); None: on CUDA only
+    masks_beside_network: bool | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -137,6 +144,7 @@ class ServeJob:
     done: threading.Event = field(default_factory=threading.Event)
     last_seen: float = field(default_factory=time.monotonic)
     cancelled: bool = False
+    ahead: Future[MaskResult] | None = None  # its masks, made by the masks thread
 
     def cancel(self) -> None:
         """Ask the job to stop (a waiting job never starts; a running one stops at a stage)."""
@@ -189,6 +197,7 @@ class Service:
         parent = None if settings.temp_parent is None else str(settings.temp_parent)
         self.temp_root = Path(tempfile.mkdtemp(prefix="sam-deblur-serve-", dir=parent))
         self.device_lock = threading.Lock()  # one job at a time on the device
+        self.sam_lock = threading.Lock()  # one SAM run at a time (worker or masks thread)
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.device: str | None = None
@@ -197,8 +206,13 @@ class Service:
         self._waiting: collections.deque[ServeJob] = collections.deque()
         self._jobs: dict[str, ServeJob] = {}
         self._closed = False
+        self._beside_by_default = False  # the loaded models' device decides (see _next_ahead)
         self._worker = threading.Thread(target=self._work, name="sam-deblur-worker", daemon=True)
+        self._masker = threading.Thread(
+            target=self._work_ahead, name="sam-deblur-masks", daemon=True
+        )
         self._worker.start()
+        self._masker.start()
 
     # ------------------------------------------------------------------ state for the API
 
@@ -296,6 +310,7 @@ class Service:
             if job in self._waiting:
                 self._waiting.remove(job)
                 self._finish(job, "cancelled", "Cancelled.")
+                self._cond.notify_all()  # the masks thread may take the next one
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the worker (waiting jobs are cancelled) and remove the temp folder."""
@@ -305,6 +320,7 @@ class Service:
                 self._finish(self._waiting.popleft(), "cancelled", "The server stopped.")
             self._cond.notify_all()
         self._worker.join(timeout)
+        self._masker.join(timeout)
         shutil.rmtree(self.temp_root, ignore_errors=True)
 
     def _forget_old(self) -> None:
@@ -327,6 +343,8 @@ class Service:
     def _work(self) -> None:
         with self.device_lock:
             self._load_default()
+        with self._cond:
+            self._cond.notify_all()  # the masks thread may start now
         while True:
             with self._cond:
                 while not self._waiting and not self._closed:
@@ -339,12 +357,61 @@ class Service:
                     if job not in self._waiting:  # cancelled while the device was busy
                         continue
                     self._waiting.remove(job)
+                    self._cond.notify_all()  # the masks thread may take the next one
                     abandoned = time.monotonic() - job.last_seen > self.settings.abandon_after
                     if job.cancelled or abandoned:
                         self._finish(job, "cancelled", "Cancelled: nobody was waiting for it.")
                         continue
                     job.state = "running"
                 self._run(job)
+
+    def _work_ahead(self) -> None:
+        """The masks thread: the first waiting job's masks while the worker runs another."""
+        from sam_deblur_cli.devices import side_stream
+
+        stream: Any = None
+        made_stream = False
+        while True:
+            with self._cond:
+                while not self._closed and (ahead := self._next_ahead()) is None:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                assert ahead is not None
+                job, deblurrer = ahead
+                job.ahead, picture = Future(), job.picture
+            if not made_stream:  # once, so it waits only for the weights' upload
+                stream, made_stream = side_stream(deblurrer.placement.device), True
+            try:
+                job.ahead.set_result(self._compute_masks(deblurrer, picture, stream))
+            except BaseException as exc:  # the worker raises it for this job
+                job.ahead.set_exception(exc)
+
+    def _next_ahead(self) -> tuple[ServeJob, Deblurrer] | None:
+        """(Lock held.) The first waiting job, when SAM goes beside the network, no masks
+        are made ahead yet, and its model is loaded and takes masks."""
+        if not self._waiting or not self._deblurrers:
+            return None
+        beside = self.settings.masks_beside_network
+        if beside is None:
+            beside = self._beside_by_default
+        job = self._waiting[0]
+        deblurrer = self._deblurrers.get(job.request.model)
+        if not beside or job.ahead is not None or job.cancelled or deblurrer is None:
+            return None
+        return (job, deblurrer) if deblurrer.needs_masks else None
+
+    def _compute_masks(self, deblurrer: Deblurrer, picture: Picture, stream: Any) -> MaskResult:
+        """SAM masks of ``picture``, one run at a time; on ``stream`` when given (CUDA)."""
+        from sam_deblur_cli.pipeline import as_uint8_rgb
+
+        with self.sam_lock:
+            if stream is None:
+                return deblurrer.compute_masks(as_uint8_rgb(picture.rgb))
+            import torch
+
+            with torch.cuda.stream(stream):
+                return deblurrer.compute_masks(as_uint8_rgb(picture.rgb))
 
     def _load_default(self) -> None:
         try:
@@ -373,6 +440,7 @@ class Service:
             loaded = tuple(self._deblurrers.values())
             self._deblurrers[model] = Deblurrer(settings, share_sam_with=loaded)
             self.device = self._deblurrers[model].placement.device
+            self._beside_by_default = self._deblurrers[model].masks_beside_network
         return self._deblurrers[model]
 
     def _run(self, job: ServeJob) -> None:
@@ -406,12 +474,13 @@ class Service:
         job.stage = stage
 
     def _masks_of(self, job: ServeJob, deblurrer: Deblurrer) -> MaskResult | None:
-        from sam_deblur_cli.pipeline import as_uint8_rgb
-
         if not deblurrer.needs_masks:
             return None
         self._stage(job, "masks")
-        masks = deblurrer.compute_masks(as_uint8_rgb(job.picture.rgb))
+        if job.ahead is not None:  # made beside the job before (same model: see _next_ahead)
+            masks = job.ahead.result()
+        else:
+            masks = self._compute_masks(deblurrer, job.picture, None)
         job.info.update(masks=masks.count, groups=masks.groups)
         return masks
 

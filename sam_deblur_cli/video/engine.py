@@ -14,7 +14,10 @@ into segment files in a hidden work folder beside the output; a run that stops (
 failing frame) keeps the finished segments and the next run with the same settings starts
 after them.
 The final file is written atomically from the segments and the input's audio and subtitle
-packets.
+packets. With ``masks_beside_network`` (by default on CUDA) a masks thread between the reader
+and the network makes every frame's masks in frame order, on a CUDA stream of its own, so
+SAM of the next frames runs while the network works on the current ones; the network takes
+each frame's masks (or the error making them raised) as if it had made them itself.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MASKS_AHEAD = 2  # frames with masks made, waiting for the network (the masks thread's lead)
 # on_frame(frames done, frames expected or None, frames per second of this run)
 FrameCallback = Callable[[int, int | None, float], None]
 
@@ -60,6 +65,9 @@ class VideoSettings:
     scene_cut: float | None = SCENE_CUT  # force a key frame above this scene_change
     keep_going_frames: bool = False  # a failing frame keeps its input pixels instead of stopping
     segment_frames: int = 48  # frames per resumable segment
+    # SAM of the next frames in a thread of its own beside the network (same frames out);
+    # None: the Deblurrer's default (on CUDA, see Deblurrer.masks_beside_network)
+    masks_beside_network: bool | None = None
     encode: EncodeOptions = field(default_factory=EncodeOptions)
 
     def check(self) -> None:
@@ -186,11 +194,20 @@ class _Engine:
         writer = threading.Thread(
             target=self._write, args=(first_segment, outputs, writer_error), daemon=True
         )
+        source, masker = frames, None
+        if self._beside():
+            self._ahead = {}
+            source = queue.Queue(maxsize=MASKS_AHEAD)
+            masker = threading.Thread(
+                target=self._mask_ahead, args=(frames, source, stop), daemon=True
+            )
         reader.start()
         writer.start()
+        if masker is not None:
+            masker.start()
         began = time.perf_counter()
         try:
-            for group in _groups(_drain(frames), self._batch_size()):
+            for group in _groups(_drain(source), self._batch_size()):
                 if writer_error:
                     break
                 for frame, rgb in zip(group, self._deblur_group(group), strict=True):
@@ -206,6 +223,9 @@ class _Engine:
             raise
         finally:
             stop.set()
+            if masker is not None:
+                masker.join()  # its frame in SAM ends: no thread uses the models after this
+            reader.join()
         outputs.put(("end", None))
         writer.join()
         if writer_error:
@@ -216,17 +236,43 @@ class _Engine:
 
         try:
             for frame in iter_frames(self.info, start=start):
-                while not stop.is_set():
-                    try:
-                        frames.put(frame, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not _put(frames, frame, stop):
                     return
             frames.put(None)
         except BaseException as exc:  # handed to the main thread, which re-raises it
             frames.put(exc)
+
+    def _beside(self) -> bool:
+        """Whether a masks thread runs beside the network (see the module docstring)."""
+        if not self.deblurrer.needs_masks:
+            return False
+        beside = self.settings.masks_beside_network
+        return self.deblurrer.masks_beside_network if beside is None else beside
+
+    def _mask_ahead(
+        self, frames: queue.Queue[Any], ready: queue.Queue[Any], stop: threading.Event
+    ) -> None:
+        """The masks thread: each frame, in order, passes on to ``ready`` once its masks (or
+        what making them raised) are in ``self._ahead``; the reader's end or error follows."""
+        import torch
+
+        from sam_deblur_cli.devices import side_stream
+
+        stream = side_stream(self.deblurrer.placement.device)
+        ahead = self._ahead
+        assert ahead is not None
+        try:
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                for frame in _drain(frames, stop):
+                    try:
+                        ahead[frame.index] = self._make_masks(frame)
+                    except BaseException as exc:  # the network's thread raises it there
+                        ahead[frame.index] = exc
+                    if not _put(ready, frame, stop):
+                        return
+            _put(ready, None, stop)
+        except BaseException as exc:  # the reader's error: handed on
+            _put(ready, exc, stop)
 
     def _batch_size(self) -> int:
         """Frames per network call: "auto" is up to MAX_AUTO_BATCH on a GPU (restore_batch
@@ -301,8 +347,19 @@ class _Engine:
 
     _keys: KeyFrames | None = None
     _masks_now: MaskResult | None = None
+    _ahead: dict[int, MaskResult | BaseException] | None = None  # the masks thread's results
 
     def _masks(self, frame: Frame) -> MaskResult:
+        """``frame``'s masks: the masks thread's, or made here. Called once per frame, in
+        frame order."""
+        if self._ahead is None:
+            return self._make_masks(frame)
+        made = self._ahead.pop(frame.index)
+        if isinstance(made, BaseException):
+            raise made
+        return made
+
+    def _make_masks(self, frame: Frame) -> MaskResult:
         from sam_deblur_cli.pipeline import as_uint8_rgb
 
         if self._keys is None:
@@ -350,14 +407,32 @@ class _Engine:
                 pass  # let the main thread finish putting
 
 
-def _drain(frames: queue.Queue[Any]) -> Iterator[Frame]:
+def _drain(frames: queue.Queue[Any], stop: threading.Event | None = None) -> Iterator[Frame]:
+    """The frames put in ``frames`` until its None; an exception put there is raised. With
+    ``stop``, waiting ends (and the frames with it) once it is set."""
     while True:
-        item = frames.get()
+        try:
+            item = frames.get(timeout=None if stop is None else 0.1)
+        except queue.Empty:
+            if stop is not None and stop.is_set():
+                return
+            continue
         if item is None:
             return
         if isinstance(item, BaseException):
             raise item
         yield item
+
+
+def _put(items: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Put ``item`` once there is room; False (not put) once ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            items.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def _groups(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:

@@ -37,11 +37,11 @@ def fingerprint(
         "mask_value": deblurrer.mask_value,
         "precision": deblurrer.placement.precision,
         "tile": str(deblurrer.tile),
-        # neither changes the frames (batches agree with single frames to float rounding)
+        # none changes the frames (batches agree with single frames to float rounding)
         "video": {
             k: v
             for k, v in asdict(settings).items()
-            if k not in ("keep_going_frames", "batch_frames")
+            if k not in ("keep_going_frames", "batch_frames", "masks_beside_network")
         },
         "encoding": asdict(encoding),
         "colour": asdict(info.colour),  # the segments carry the tags
