@@ -97,10 +97,7 @@ def test_masks_made_beside_a_busy_device_give_the_same_results(
                 assert jobs[0].state == "queued" and len(threads) == 1
         for job in jobs:
             assert job.done.wait(60) and job.state == "done", job.error
-        results[beside] = [
-            (dict(job.outputs), job.info)
-            for job in jobs
-        ]
+        results[beside] = [(dict(job.outputs), job.info) for job in jobs]
         ahead = [job.ahead is not None for job in jobs]
         assert ahead[0] == beside and not ahead[2]  # the plain model's job needs none
         if not beside:
