@@ -12,7 +12,7 @@ post-processing). Each row: best and median of ``--repeat`` runs after one warm-
 segmask agreement, peak GPU memory on CUDA.
 
     python -m benchmarks.bench_steady [--smoke] [--vit-h] [--device cpu|cuda]
-                                      [--repeat 3] [--json PATH]
+                                      [--repeat 3] [--sam-precision P] [--json PATH]
 """
 
 from __future__ import annotations
@@ -28,9 +28,14 @@ from typing import Any
 SIZE = (683, 1024)  # H, W: the astronaut is square; a 3:2 photo at 1024 on its long side
 
 
-def run(arch: str, device: str, repeat: int, *, smoke: bool = False) -> dict[str, Any]:
+def run(
+    arch: str, device: str, repeat: int, *, smoke: bool = False, sam_precision: str = "fp32"
+) -> dict[str, Any]:
     """Both rows for SAM ``arch`` on ``device``; the JSON-able result. ``smoke``: a
-    96 x 128 photo and 8 x 8 points (seconds on a CPU, to check that the script runs)."""
+    96 x 128 photo and 8 x 8 points (seconds on a CPU, to check that the script runs).
+    ``sam_precision``: our side's ``--sam-precision`` (stock runs the published encoder)."""
+    import copy
+
     import numpy as np
     import torch
     from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
@@ -41,16 +46,21 @@ def run(arch: str, device: str, repeat: int, *, smoke: bool = False) -> dict[str
     from benchmarks.stock_pipeline import CONTROLLED_CELLS, register_tiny_arch
     from sam_deblur_cli.amg import AmgParams
     from sam_deblur_cli.masks.fast import FastMaskGenerator
+    from sam_deblur_cli.masks.precision import apply_sam_precision
 
     register_tiny_arch()
     torch.manual_seed(0)
     sam = sam_model_registry[arch]().to(device).eval()
+    our_sam = sam
+    if sam_precision != "fp32":  # our own copy: stock keeps the published encoder
+        our_sam = copy.deepcopy(sam)
+        apply_sam_precision(our_sam, sam_precision)
     size, points, cells = ((96, 128), 8, 40) if smoke else (SIZE, 32, CONTROLLED_CELLS)
     image = photo(size)
     rows = []
     for controlled in (False, True):
         stock = SamAutomaticMaskGenerator(sam, points_per_side=points, output_mode="binary_mask")
-        ours = FastMaskGenerator(sam, AmgParams(points_per_side=points))
+        ours = FastMaskGenerator(our_sam, AmgParams(points_per_side=points))
         if controlled:
             patch_stock(stock, ControlledLogits(input_size_of(size), n_cells=cells))
             patch_fast(ours, ControlledLogits(input_size_of(size), n_cells=cells))
@@ -67,7 +77,13 @@ def run(arch: str, device: str, repeat: int, *, smoke: bool = False) -> dict[str
         row["segmask_agreement"] = float(np.mean(out["ours"][0] == out["stock"][0]))
         rows.append(row)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    config = {"sam_arch": arch, "device": name, "size": list(size), "points_per_side": points}
+    config = {
+        "sam_arch": arch,
+        "device": name,
+        "size": list(size),
+        "points_per_side": points,
+        "sam_precision": sam_precision,
+    }
     return {"config": config, "rows": rows}
 
 
@@ -113,7 +129,10 @@ def table(result: dict[str, Any]) -> str:
             ]
         )
     c = result["config"]
-    head = f"SAM {c['sam_arch']}, random weights, {c['size'][1]}x{c['size'][0]}, {c['device']}.\n\n"
+    head = (
+        f"SAM {c['sam_arch']}, random weights, {c['size'][1]}x{c['size'][0]}, {c['device']}; "
+        f"ours with --sam-precision {c.get('sam_precision', 'fp32')}.\n\n"
+    )
     columns = ["decoder", "stock s", "ours s", "ours/stock", "masks stock / ours"]
     return head + markdown_table([*columns, "segmask equal", "peak GPU stock / ours"], lines)
 
@@ -125,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--sam-precision", default="fp32", help="our side's (fp32, fp32-sdpa, bf16, fp16)"
+    )
     args = parser.parse_args(argv)
     from benchmarks.stock_pipeline import TINY_ARCH
 
     arch = TINY_ARCH if args.smoke else "vit_h" if args.vit_h else "vit_b"
-    result = run(arch, args.device, args.repeat, smoke=args.smoke)
+    result = run(arch, args.device, args.repeat, smoke=args.smoke, sam_precision=args.sam_precision)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

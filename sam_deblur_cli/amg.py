@@ -91,4 +91,4 @@ class RecipeOverrides:
     amg: dict[str, float | int] = field(default_factory=dict)  # generator parameter overrides
     channel_order: str | None = None  # "bgr" / "rgb" instead of the recipe's
     fast_masks: bool = True  # False: segment-anything's stock generator
-    sam_precision: str = "fp32"  # SAM's image encoder: fp32 | bf16 | fp16 (CUDA only)
+    sam_precision: str = "fp32"  # SAM's image encoder: fp32 | fp32-sdpa | bf16 | fp16

@@ -23,12 +23,13 @@ from sam_deblur_cli.masks.precision import (
 
 def test_reduced_precision_is_refused_off_cuda_and_unknown_names_everywhere() -> None:
     check_sam_precision("fp32", "cpu")
+    check_sam_precision("fp32-sdpa", "cpu")  # float32 still: on any device
     check_sam_precision("bf16", "cuda:0")
     check_sam_precision("fp16", "cuda")
     for precision, device in (("bf16", "cpu"), ("fp16", "mps")):
         with pytest.raises(UsageError, match=f"--sam-precision {precision} runs SAM on a CUDA"):
             check_sam_precision(precision, device)
-    with pytest.raises(UsageError, match="use one of fp32, bf16, fp16"):
+    with pytest.raises(UsageError, match="use one of fp32, fp32-sdpa, bf16, fp16"):
         check_sam_precision("int8", "cuda")
 
 
@@ -49,6 +50,49 @@ def test_the_encoder_runs_under_autocast_and_hands_on_float32(one_torch_thread: 
     assert set(sam.state_dict()) == set(build_tiny_sam(0).state_dict())
 
 
+@pytest.mark.parametrize(
+    ("size", "window"), [((14, 14), (14, 14)), ((32, 24), (32, 24)), ((16, 16), (8, 8))]
+)
+def test_fused_attention_matches_segment_anythings_attention(
+    size: tuple[int, int], window: tuple[int, int]
+) -> None:
+    """The oracle is segment_anything's own Attention (windowed 14 x 14, a global 32 x 24
+    grid, and rel-pos tables of another size, which get_rel_pos interpolates)."""
+    from segment_anything.modeling.image_encoder import Attention
+
+    from sam_deblur_cli.masks.precision import _fused_attention
+
+    torch.manual_seed(0)
+    attn = Attention(48, num_heads=3, use_rel_pos=True, input_size=window).eval()
+    for table in (attn.rel_pos_h, attn.rel_pos_w):
+        torch.nn.init.normal_(table, std=0.5)  # zeros at init would hide the terms
+    x = torch.randn(2, *size, 48)
+    with torch.inference_mode():
+        expected, fused = attn(x), _fused_attention(attn, x)
+    assert fused.shape == expected.shape
+    assert (fused - expected).abs().max().item() <= 1e-5
+
+
+def test_fp32_sdpa_runs_the_fused_attention_and_fp32_restores_the_published_encoder(
+    one_torch_thread: None,
+) -> None:
+    sam = build_tiny_sam(0)
+    for block in sam.image_encoder.blocks:
+        torch.nn.init.normal_(block.attn.rel_pos_h, std=0.5)
+        torch.nn.init.normal_(block.attn.rel_pos_w, std=0.5)
+    image = torch.rand(1, 3, 1024, 1024) * 255
+    with torch.inference_mode():
+        fp32 = sam.image_encoder(sam.preprocess(image))
+        apply_sam_precision(sam, "fp32-sdpa")
+        fused = sam.image_encoder(sam.preprocess(image))
+        apply_sam_precision(sam, "fp32")
+        again = sam.image_encoder(sam.preprocess(image))
+    assert all("forward" not in vars(b.attn) for b in sam.image_encoder.blocks)
+    assert fused.dtype == torch.float32 and not torch.equal(fused, fp32)  # it really ran
+    assert (fused - fp32).abs().max().item() <= 1e-5 * max(1.0, fp32.abs().max().item())
+    assert torch.equal(again, fp32)
+
+
 def test_precision_is_in_the_cache_key_only_when_reduced() -> None:
     image = np.zeros((4, 6, 3), np.uint8)
     common = {
@@ -60,8 +104,8 @@ def test_precision_is_in_the_cache_key_only_when_reduced() -> None:
     }
     old = cache_key(image, **common)
     assert cache_key(image, **common, sam_precision="fp32") == old
-    keys = {cache_key(image, **common, sam_precision=p) for p in ("bf16", "fp16")}
-    assert len(keys) == 2 and old not in keys
+    keys = {cache_key(image, **common, sam_precision=p) for p in ("fp32-sdpa", "bf16", "fp16")}
+    assert len(keys) == 3 and old not in keys
 
 
 def test_a_reduced_precision_is_a_departure_from_the_recipe() -> None:
@@ -100,3 +144,31 @@ def test_the_cli_refuses_bf16_on_the_cpu_with_one_line(
     assert code == 2, err
     assert "--sam-precision bf16 runs SAM on a CUDA GPU only" in " ".join(err.split())
     assert not (tmp_path / "out").exists()
+
+
+def test_masks_with_fp32_sdpa_on_the_cpu_carry_the_note_and_agree_with_fp32(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+    from skimage import data
+
+    register_tiny_sam()
+    monkeypatch.setenv("SAM_DEBLUR_WEIGHTS", str(write_tiny_sam_manifest(tmp_path / "models")))
+    monkeypatch.setenv("COLUMNS", "200")
+    weights.import_weights(
+        weights.load_manifest().get("sam-tiny"), tmp_path / "models" / "sam_tiny.pth"
+    )
+    photo = tmp_path / "photo.png"
+    Image.fromarray(data.astronaut()[::4, ::4]).save(photo)
+    segmasks = {}
+    for precision in ("fp32", "fp32-sdpa"):
+        out = tmp_path / precision
+        argv = ["masks", str(photo), "-o", str(out), "--model", "segnafnet-tiny", "--no-cache"]
+        code = main([*argv, "--device", "cpu", "--format", "segmask", "--sam-precision", precision])
+        err = " ".join(capsys.readouterr().err.split())
+        assert code == 0, err
+        assert ("SAM runs in fp32-sdpa" in err) == (precision == "fp32-sdpa")
+        [png] = out.glob("*.png")
+        segmasks[precision] = np.asarray(Image.open(png))
+    assert len(np.unique(segmasks["fp32"])) > 2  # the tiny SAM finds several masks here
+    assert np.mean(segmasks["fp32"] == segmasks["fp32-sdpa"]) >= 0.99

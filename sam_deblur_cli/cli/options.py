@@ -87,8 +87,9 @@ SamPrecision = Annotated[
     str,
     typer.Option(
         "--sam-precision",
-        help="SAM's image encoder in fp32, bf16 or fp16 (CUDA only; the models learned on "
-        "fp32 masks).",
+        help="SAM's image encoder: fp32 (published), fp32-sdpa (fused attention, faster, "
+        "masks may differ slightly), bf16 or fp16 (CUDA only); the models learned on fp32 "
+        "masks.",
         rich_help_panel=MODEL_PANEL,
     ),
 ]

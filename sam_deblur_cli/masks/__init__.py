@@ -59,8 +59,8 @@ class MaskGenerator:
     ``recipe`` is the recipe to follow (overrides already applied, see
     ``sam.override_recipe``): its ``channel_order`` and ``amg`` parameters; the SAM entry
     is ``sam_entry_name``. ``device`` is a torch device string (``devices.resolve_device``).
-    ``sam_precision``: SAM's image encoder in fp32 (published), bf16 or fp16 (CUDA only,
-    ``masks.precision``; a UsageError here otherwise).
+    ``sam_precision``: SAM's image encoder in fp32 (published), fp32-sdpa (fused attention),
+    bf16 or fp16 (CUDA only; ``masks.precision``: a UsageError here otherwise).
     """
 
     def __init__(
