@@ -12,7 +12,8 @@ post-processing). Each row: best and median of ``--repeat`` runs after one warm-
 segmask agreement, peak GPU memory on CUDA.
 
     python -m benchmarks.bench_steady [--smoke] [--vit-h] [--device cpu|cuda]
-                                      [--repeat 3] [--sam-precision P] [--json PATH]
+                                      [--repeat 3] [--sam-precision P] [--encoder-only]
+                                      [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,11 +30,18 @@ SIZE = (683, 1024)  # H, W: the astronaut is square; a 3:2 photo at 1024 on its 
 
 
 def run(
-    arch: str, device: str, repeat: int, *, smoke: bool = False, sam_precision: str = "fp32"
+    arch: str,
+    device: str,
+    repeat: int,
+    *,
+    smoke: bool = False,
+    sam_precision: str = "fp32",
+    encoder_only: bool = False,
 ) -> dict[str, Any]:
     """Both rows for SAM ``arch`` on ``device``; the JSON-able result. ``smoke``: a
     96 x 128 photo and 8 x 8 points (seconds on a CPU, to check that the script runs).
-    ``sam_precision``: our side's ``--sam-precision`` (stock runs the published encoder)."""
+    ``sam_precision``: our side's ``--sam-precision`` (stock runs the published encoder);
+    other than fp32 it adds a row of the encoders alone, the only row with ``encoder_only``."""
     import copy
 
     import numpy as np
@@ -58,7 +66,7 @@ def run(
     size, points, cells = ((96, 128), 8, 40) if smoke else (SIZE, 32, CONTROLLED_CELLS)
     image = photo(size)
     rows = []
-    for controlled in (False, True):
+    for controlled in () if encoder_only else (False, True):
         stock = SamAutomaticMaskGenerator(sam, points_per_side=points, output_mode="binary_mask")
         ours = FastMaskGenerator(our_sam, AmgParams(points_per_side=points))
         if controlled:
@@ -76,6 +84,8 @@ def run(
                 row[side]["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
         row["segmask_agreement"] = float(np.mean(out["ours"][0] == out["stock"][0]))
         rows.append(row)
+    if our_sam is not sam:  # the encoders alone, alternating in this process
+        rows.append(_encoders(sam, our_sam, image, repeat, device))
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     config = {
         "sam_arch": arch,
@@ -85,6 +95,40 @@ def run(
         "sam_precision": sam_precision,
     }
     return {"config": config, "rows": rows}
+
+
+def _encoders(sam: Any, our_sam: Any, image: Any, repeat: int, device: str) -> dict[str, Any]:
+    """The image encoder alone, published vs ours, alternating (best and median of
+    ``repeat`` each after one warm-up each): a row of the same shape as the others."""
+    import statistics
+    import time
+
+    import torch
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    resize = ResizeLongestSide(sam.image_encoder.img_size)  # SamPredictor.set_image's input
+    batch = sam.preprocess(
+        torch.as_tensor(resize.apply_image(image), device=device).permute(2, 0, 1)[None].float()
+    )
+    times: dict[str, list[float]] = {"stock": [], "ours": []}
+    outputs = {}
+    with torch.inference_mode():
+        for round_ in range(repeat + 1):
+            for side, model in (("stock", sam), ("ours", our_sam)):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                outputs[side] = model.image_encoder(batch)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                if round_:  # the first round warms up
+                    times[side].append(time.perf_counter() - start)
+    diff = (outputs["ours"] - outputs["stock"]).abs().max().item()
+    row: dict[str, Any] = {"decoder": "none: image encoder only", "max_abs_diff": diff}
+    for side, seconds in times.items():
+        row[side] = {"best_s": min(seconds), "median_s": statistics.median(seconds), "masks": "-"}
+    row["segmask_agreement"] = float("nan")
+    return row
 
 
 def _stock(generator: Any, image: Any) -> tuple[Any, int]:
@@ -124,7 +168,9 @@ def table(result: dict[str, Any]) -> str:
                 f"{o['best_s']:.3f} ({o['median_s']:.3f})",
                 f"{o['best_s'] / s['best_s']:.2f}",
                 f"{s['masks']} / {o['masks']}",
-                f"{100 * r['segmask_agreement']:.3f} %",
+                f"{100 * r['segmask_agreement']:.3f} %"
+                if "max_abs_diff" not in r
+                else f"max abs diff {r['max_abs_diff']:.2g}",
                 peak,
             ]
         )
@@ -147,11 +193,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sam-precision", default="fp32", help="our side's (fp32, fp32-sdpa, bf16, fp16)"
     )
+    parser.add_argument(
+        "--encoder-only", action="store_true", help="only the encoders' row (a --sam-precision)"
+    )
     args = parser.parse_args(argv)
     from benchmarks.stock_pipeline import TINY_ARCH
 
     arch = TINY_ARCH if args.smoke else "vit_h" if args.vit_h else "vit_b"
-    result = run(arch, args.device, args.repeat, smoke=args.smoke, sam_precision=args.sam_precision)
+    if args.encoder_only and args.sam_precision == "fp32":
+        parser.error("--encoder-only compares a --sam-precision other than fp32 with fp32")
+    result = run(
+        arch,
+        args.device,
+        args.repeat,
+        smoke=args.smoke,
+        sam_precision=args.sam_precision,
+        encoder_only=args.encoder_only,
+    )
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
