@@ -175,3 +175,23 @@ def test_on_cuda_sam_runs_beside_by_default_and_the_frames_match(
     frames_a, frames_b = decoded(tmp_path / "in_turn.mp4")[1], decoded(tmp_path / "beside.mp4")[1]
     for a, b in zip(frames_a, frames_b, strict=True):  # CUDA's atomic sums: 1 level at most
         assert np.abs(a.astype(np.int16) - b.astype(np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_a_failing_writer_stops_the_run_with_every_thread_joined(
+    tiny_env: TinyEnv, clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, beside: bool
+) -> None:
+    """The network stops at the writer's error while the reader and the masks thread still
+    have frames to hand on: both give up their waits, and none is left running."""
+    from sam_deblur_cli.video import write
+
+    def full(self: Any, rgb: np.ndarray, pts: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(write.SegmentWriter, "write", full)
+    before = threading.active_count()
+    settings = VideoSettings(segment_frames=4, encode=LOSSLESS, masks_beside_network=beside)
+    with pytest.raises(OSError, match="No space left"):
+        run_video(_deblurrer(), clip, tmp_path / "out.mp4", settings=settings)
+    assert threading.active_count() == before
+    assert not (tmp_path / "out.mp4").exists()

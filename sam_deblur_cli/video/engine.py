@@ -238,9 +238,9 @@ class _Engine:
             for frame in iter_frames(self.info, start=start):
                 if not _put(frames, frame, stop):
                     return
-            frames.put(None)
+            _put(frames, None, stop)
         except BaseException as exc:  # handed to the main thread, which re-raises it
-            frames.put(exc)
+            _put(frames, exc, stop)
 
     def _beside(self) -> bool:
         """Whether a masks thread runs beside the network (see the module docstring)."""
