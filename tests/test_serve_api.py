@@ -330,6 +330,65 @@ def test_the_serve_command_answers_other_host_names_only_when_bound_beyond_loopb
         proc.wait(30)
 
 
+def test_port_0_serves_on_the_port_the_system_picked_and_says_which(tiny_env: TinyEnv) -> None:
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    argv = ["serve", "--port", "0", "-m", "nafnet-gopro", "--device", "cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sam_deblur_cli", *argv],
+        env={**tiny_env.subprocess_env(tiny_sam=False), "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", first)
+        assert found and found.group(1) != "0", first
+        url = f"http://127.0.0.1:{found.group(1)}/api/health"
+        deadline, answer = time.monotonic() + 60, None
+        while answer is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as reply:
+                    answer = reply.status
+            except OSError:
+                time.sleep(0.2)
+        assert answer == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_a_port_in_use_is_one_line_and_exit_2_before_any_model_loads(
+    tiny_env: TinyEnv, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from sam_deblur_cli.cli import main
+    from sam_deblur_cli.pipeline import Deblurrer
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(Deblurrer, "__init__", never)
+    monkeypatch.setenv("COLUMNS", "200")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["serve", "--port", str(port), "-m", "nafnet-gopro", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: port {port} on 127.0.0.1 is already in use (another server, or sam-deblur "
+        f"serve already running?); pick another with --port, e.g. --port {port + 1}."
+    ]
+
+
 def test_a_missing_default_model_leaves_the_server_degraded_and_refuses_it_at_once(
     tiny_env_factory: TinyEnvFactory, tmp_path: Path
 ) -> None:

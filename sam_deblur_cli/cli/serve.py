@@ -33,7 +33,7 @@ SERVE_HELP = (
 def serve_command(*, options: ServeOptions) -> None:
     """Serve the web page and the HTTP API."""
     try:
-        from sam_deblur_cli.serve.app import run_server
+        from sam_deblur_cli.serve.app import listen, run_server
         from sam_deblur_cli.serve.jobs import Service
     except ImportError as exc:
         raise fail(
@@ -51,15 +51,16 @@ def serve_command(*, options: ServeOptions) -> None:
                 label="warning:",
                 style="bold red",
             )
+        sock = listen(host, options.port)  # before any model: a busy port fails at once
         service = Service(settings)
         shown = f"[{host}]" if ":" in host else host
         if not quiet:
             say(
-                f"sam-deblur serve: http://{shown}:{options.port}/ (API docs at /docs); "
-                f"loading {settings.model} in the background..."
+                f"sam-deblur serve: http://{shown}:{sock.getsockname()[1]}/ (API docs at "
+                f"/docs); loading {settings.model} in the background..."
             )
         threading.Thread(target=_say_when_ready, args=(service, quiet), daemon=True).start()
-        run_server(service, host=host, port=options.port, verbose=options.verbose)
+        run_server(service, sock, verbose=options.verbose)
 
 
 def _say_when_ready(service: Service, quiet: bool) -> None:

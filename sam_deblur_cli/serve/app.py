@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import shutil
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from sam_deblur_cli.errors import ImageReadError, PixelLimitError, SamDeblurError, UsageError
+from sam_deblur_cli.errors import (
+    ImageReadError,
+    PixelLimitError,
+    SamDeblurError,
+    SetupError,
+    UsageError,
+)
 from sam_deblur_cli.serve.jobs import (
     JobKind,
     JobRequest,
@@ -176,11 +184,45 @@ def create_app(settings: ServeSettings | None = None, service: Service | None = 
     return app
 
 
-def run_server(service: Service, *, host: str, port: int, verbose: bool = False) -> None:
-    """Serve :func:`create_app` for ``service`` on ``host``:``port`` until interrupted
-    (uvicorn; its own log at INFO with ``verbose``, else warnings only)."""
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (0: a free port the system picks; the socket's
+    ``getsockname()`` has it), for :func:`run_server`. A port in use, a privileged port or a
+    host that is not this computer's is a SetupError naming the way out."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise SetupError(
+            f"--host {host}: not a name or address this computer has ({exc})."
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        where = f"port {port} on {host}"
+        if exc.errno == errno.EADDRINUSE:
+            raise SetupError(
+                f"{where} is already in use (another server, or sam-deblur serve already "
+                f"running?); pick another with --port, e.g. --port {port + 1}."
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise SetupError(
+                f"{where} needs administrator rights; use a port above 1023."
+            ) from None
+        raise SetupError(f"Cannot listen on {where}: {exc.strerror or exc}.") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(service: Service, sock: socket.socket, *, verbose: bool = False) -> None:
+    """Serve :func:`create_app` for ``service`` on the bound ``sock`` (:func:`listen`) until
+    interrupted (uvicorn; its own log at INFO with ``verbose``, else warnings only)."""
     app = create_app(service.settings, service)
-    uvicorn.run(app, host=host, port=port, log_level="info" if verbose else "warning")
+    config = uvicorn.Config(app, log_level="info" if verbose else "warning")
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def _errors(app: FastAPI) -> None:
