@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,16 +34,21 @@ def test_reduced_precision_is_refused_off_cuda_and_unknown_names_everywhere() ->
         check_sam_precision("int8", "cuda")
 
 
+def _encoded(sam: Any, precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One random image's embedding in fp32, in ``precision``, then in fp32 again."""
+    image = torch.rand(1, 3, 1024, 1024) * 255
+    found = []
+    with torch.inference_mode():
+        for step in ("fp32", precision, "fp32"):
+            apply_sam_precision(sam, step)
+            found.append(sam.image_encoder(sam.preprocess(image)))
+    return found[0], found[1], found[2]
+
+
 def test_the_encoder_runs_under_autocast_and_hands_on_float32(one_torch_thread: None) -> None:
     """On the CPU for the test (autocast works there; the option allows CUDA only)."""
     sam = build_tiny_sam(0)
-    image = torch.rand(1, 3, 1024, 1024) * 255
-    with torch.inference_mode():
-        fp32 = sam.image_encoder(sam.preprocess(image))
-        apply_sam_precision(sam, "bf16")
-        bf16 = sam.image_encoder(sam.preprocess(image))
-        apply_sam_precision(sam, "fp32")
-        again = sam.image_encoder(sam.preprocess(image))
+    fp32, bf16, again = _encoded(sam, "bf16")
     assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
     assert not torch.equal(bf16, fp32)  # the encoder really ran in bf16
     torch.testing.assert_close(bf16, fp32, rtol=0.1, atol=0.1)
@@ -80,13 +86,7 @@ def test_fp32_sdpa_runs_the_fused_attention_and_fp32_restores_the_published_enco
     for block in sam.image_encoder.blocks:
         torch.nn.init.normal_(block.attn.rel_pos_h, std=0.5)
         torch.nn.init.normal_(block.attn.rel_pos_w, std=0.5)
-    image = torch.rand(1, 3, 1024, 1024) * 255
-    with torch.inference_mode():
-        fp32 = sam.image_encoder(sam.preprocess(image))
-        apply_sam_precision(sam, "fp32-sdpa")
-        fused = sam.image_encoder(sam.preprocess(image))
-        apply_sam_precision(sam, "fp32")
-        again = sam.image_encoder(sam.preprocess(image))
+    fp32, fused, again = _encoded(sam, "fp32-sdpa")
     assert all("forward" not in vars(b.attn) for b in sam.image_encoder.blocks)
     assert fused.dtype == torch.float32 and not torch.equal(fused, fp32)  # it really ran
     assert (fused - fp32).abs().max().item() <= 1e-5 * max(1.0, fp32.abs().max().item())
