@@ -72,7 +72,7 @@ class _Controlled:
         self.logits = controlled_logits(self.shape)
 
 
-def _photos(folder: Path, count: int, shape: tuple[int, int]) -> None:
+def write_photos(folder: Path, count: int, shape: tuple[int, int]) -> None:
     """``count`` PNG photos of ``shape``: the astronaut shifted, so each has its own masks."""
     import numpy as np
     from PIL import Image
@@ -136,7 +136,7 @@ def run(mode: str, device: str, *, photos: int | None = None) -> dict[str, Any]:
         models = prepare_models(root, sam_arch=str(config["sam_arch"]), nets=nets, amg=amg)
         os.environ.update(SAM_DEBLUR_WEIGHTS=str(models.manifest), SAM_DEBLUR_HOME=str(models.home))
         controlled = _Controlled(shape)
-        _photos(root / "in", count, shape)
+        write_photos(root / "in", count, shape)
         rows = _run_variants(root, model, device, controlled)
     config["loadavg_end"] = os.getloadavg()[0]
     return {"config": config, "rows": rows}

@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,21 +81,30 @@ def _identity(rgb: np.ndarray, masks: object = None) -> np.ndarray:
     return rgb.astype(np.float32) / np.float32(255)
 
 
-def naive(deblurrer: object, src: Path, dst: Path) -> None:
-    """Decode every frame, deblur each, encode: with the engine's default encoder settings
-    (libx264 yuv420p, crf 18, preset medium), so the two differ only in how they run."""
+def naive(
+    frame_fn: Callable[[np.ndarray], np.ndarray],
+    src: Path,
+    dst: Path,
+    *,
+    budget_s: float | None = None,
+) -> int:
+    """Decode every frame, run ``frame_fn`` (H x W x 3 uint8 RGB -> the same) on each, encode:
+    with the engine's default encoder settings (libx264 yuv420p, crf 18, preset medium), so
+    the two differ only in how they run. ``budget_s``: stop after the frame that spends it
+    (at least 2 frames). Returns the frames encoded."""
     import av
 
-    from sam_deblur_cli.imageio import to_uint8
     from sam_deblur_cli.video.probe import probe
     from sam_deblur_cli.video.write import EncodeOptions, resolve_encoding
 
+    start = time.perf_counter()
     encoding = resolve_encoding(probe(src), dst, EncodeOptions())
 
     with av.open(str(src)) as container:
         stream = container.streams.video[0]
         frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
         tb = stream.time_base
+    done = 0
     with av.open(str(dst), "w") as out:
         video = out.add_stream(encoding.codec)
         video.width, video.height, video.pix_fmt = (
@@ -104,11 +114,14 @@ def naive(deblurrer: object, src: Path, dst: Path) -> None:
         )
         video.time_base = video.codec_context.time_base = tb
         video.codec_context.options = dict(encoding.options)
-        for pts, rgb in frames:
-            frame = av.VideoFrame.from_ndarray(to_uint8(deblurrer.deblur(rgb)), format="rgb24")  # type: ignore[attr-defined]
+        for done, (pts, rgb) in enumerate(frames, 1):
+            frame = av.VideoFrame.from_ndarray(frame_fn(rgb), format="rgb24")
             frame.pts, frame.time_base = pts, tb
             out.mux(video.encode(frame))
+            if budget_s is not None and done >= 2 and time.perf_counter() - start > budget_s:
+                break
         out.mux(video.encode(None))
+    return done
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             env = make_tiny_env(root / "tiny", build_checkpoints(root / "ckpt"))
             os.environ["SAM_DEBLUR_WEIGHTS"] = str(env.manifest)
         from sam_deblur_cli.amg import RecipeOverrides
+        from sam_deblur_cli.imageio import to_uint8
         from sam_deblur_cli.pipeline import Deblurrer, DeblurSettings
         from sam_deblur_cli.video.engine import VideoSettings, run_video
 
@@ -201,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             if keys in (None, (1, None)) and batch == 1:
                 dst = root / f"naive-{model}.mp4"
                 start = time.perf_counter()
-                naive(deblurrer, src, dst)
+                naive(lambda rgb, d=deblurrer: to_uint8(d.deblur(rgb)), src, dst)
                 seconds = time.perf_counter() - start
                 sam_runs = frames if keys else 0
                 rows.append(_row(model, "naive loop", 1, frames / seconds, sam_runs, flicker(dst)))

@@ -157,16 +157,21 @@ class Stages:
         return timed
 
 
-def make_masks(spec: dict[str, Any], bgr: np.ndarray, stages: Stages) -> tuple[np.ndarray, int]:
-    """Stock SAM + stock generator on the BGR photo -> (upstream segmask uint8 H x W, masks)."""
+def load_generator(spec: dict[str, Any], shape: tuple[int, int]) -> Any:
+    """Stock SAM (its own builder, on ``spec["device"]``) in a stock generator for H x W
+    photos (``shape`` sizes the controlled decoder stand-in when ``spec["controlled"]``)."""
     from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
-    with stages("load_sam"):
-        sam = sam_model_registry[spec["sam_arch"]](checkpoint=spec["sam_checkpoint"])
-        sam.to(spec["device"]).eval()
+    sam = sam_model_registry[spec["sam_arch"]](checkpoint=spec["sam_checkpoint"])
+    sam.to(spec["device"]).eval()
     generator = SamAutomaticMaskGenerator(sam, **spec["amg"])
     if spec["controlled"]:
-        patch_stock(generator, controlled_logits(bgr.shape[:2]))
+        patch_stock(generator, controlled_logits(shape))
+    return generator
+
+
+def masks_with(generator: Any, bgr: np.ndarray, stages: Stages) -> tuple[np.ndarray, int]:
+    """``generator.generate`` on the BGR photo -> (upstream segmask uint8 H x W, masks)."""
     with stages("masks"):
         anns = generator.generate(bgr)
     with stages("encode"):
@@ -174,22 +179,40 @@ def make_masks(spec: dict[str, Any], bgr: np.ndarray, stages: Stages) -> tuple[n
     return segmask, len(anns)
 
 
+def make_masks(spec: dict[str, Any], bgr: np.ndarray, stages: Stages) -> tuple[np.ndarray, int]:
+    """Stock SAM + stock generator on the BGR photo -> (upstream segmask uint8 H x W, masks)."""
+    with stages("load_sam"):
+        generator = load_generator(spec, bgr.shape[:2])
+    return masks_with(generator, bgr, stages)
+
+
 def deblur(spec: dict[str, Any], bgr: np.ndarray, labels_np: np.ndarray, stages: Stages) -> None:
     """Upstream-style SegNAFNet on the BGR photo and its H x W group labels; writes uint8 BGR."""
     import cv2
 
-    device = spec["device"]
-    labels = torch.from_numpy(labels_np)[None].to(device)
     with stages("load_net"):
-        net = load_stock_network(Path(spec["net_checkpoint"]), spec["net"], spec["tlc"]).to(device)
+        net = load_stock_network(Path(spec["net_checkpoint"]), spec["net"], spec["tlc"])
+        net = net.to(spec["device"])
     net.mask_average = stages.wrap("map", net.mask_average)  # type: ignore[method-assign]
+    result = deblur_with(net, bgr, labels_np, stages)
+    with stages("write"):
+        cv2.imwrite(spec["output"], result)
+
+
+def deblur_with(
+    net: UpstreamSegNAFNet, bgr: np.ndarray, labels_np: np.ndarray, stages: Stages
+) -> np.ndarray:
+    """The loaded network (on its device) on the BGR photo and its H x W group labels -> the
+    uint8 BGR result on the host (its transfer timed as "write", as before)."""
+    device = next(net.parameters()).device
+    labels = torch.from_numpy(labels_np)[None].to(device)
     rgb = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).to(device)
     x = rgb.permute(2, 0, 1)[None].float() / 255.0
     with torch.no_grad(), stages("network"):  # the MAP's share is also timed as "map"
         out = net(x, labels)
     with stages("write"):
         result = (out[0].clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
-        cv2.imwrite(spec["output"], np.ascontiguousarray(result[:, :, ::-1]))
+    return np.ascontiguousarray(result[:, :, ::-1])
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:

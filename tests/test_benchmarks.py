@@ -23,6 +23,7 @@ SECTIONS = (
     "## Video",
     "## Training step",
     "## Batch overlap",
+    "## Time to result, models loaded once",
     "## Ray batch",
 )
 
@@ -53,6 +54,7 @@ def test_smoke_run_writes_report_and_json(tmp_path: Path) -> None:
         "video",
         "train",
         "overlap",
+        "throughput",
         "ray",
     }
     skipped = ("masks", "network", "startup", "cold", "steady", "video", "train", "ray")
@@ -72,6 +74,17 @@ def test_smoke_run_writes_report_and_json(tmp_path: Path) -> None:
     rows = comps["overlap"]["result"]["rows"]
     assert [r["variant"] for r in rows][:2] == ["sequential", "overlapped"]
     assert all(r["identical"] and r["statuses"] == ["ok"] for r in rows)
+    # Time to result: a photo, the folder and the video against the stock loop, models loaded.
+    assert comps["throughput"]["status"] == "ok", comps["throughput"].get("error")
+    rows = {r["row"]: r for r in comps["throughput"]["result"]["rows"]}
+    assert list(rows) == ["photo 128x96", "batch", "video, SAM every 1", "video, SAM every 8"]
+    assert rows["photo 128x96"]["outputs"]["max_abs_diff"] <= 1  # same weights, same masks
+    for side in ("ours", "ours_in_turn"):  # overlapped (the default) and one at a time
+        assert rows["batch"][side]["failed"] == [] and rows["batch"][side]["items"] == 3
+    assert rows["batch"]["stock"]["items"] == 3  # the budget is far away
+    every1, every8 = rows["video, SAM every 1"]["ours"], rows["video, SAM every 8"]["ours"]
+    assert every1["items"] == every8["items"] == 4
+    assert every1["sam_runs"] == 4 and 1 <= every8["sam_runs"] < 4
 
     report = out_md.read_text()
     assert all(section in report for section in SECTIONS)
@@ -142,6 +155,53 @@ def test_mask_targets_judge_whole_processes(monkeypatch: pytest.MonkeyPatch) -> 
     table = render_masks(rows)
     assert "101.0 / 51.0 (0.50)" in table and "436.0 / 54.0 (0.12)" in table
     assert "SEGMASKS DIFFER" in table  # the controlled row's segmasks were made to differ
+
+
+def _throughput_result(device: str) -> dict[str, Any]:
+    """bench_throughput's JSON: a 1080p photo in 0.5 s, batch 4x, video 3.5x and 10x."""
+
+    def rate(value: float) -> dict[str, Any]:
+        return {"items": 8, "of": 8, "seconds": 8 / value, "rate": value, "peak_rss_bytes": 1}
+
+    def row(name: str, stock: float, ours: float, **more: Any) -> dict[str, Any]:
+        return {"row": name, "unit": "frames/s", "stock": rate(stock), "ours": rate(ours), **more}
+
+    seconds = {"best_s": 0.5, "median_s": 0.55, "peak_rss_bytes": 1}
+    photo = {"row": "photo 1920x1080", "unit": "s", "ours": seconds}
+    photo["stock"] = {**seconds, "best_s": 2.0, "median_s": 2.1}
+    config = {"device": device, "sam_arch": "vit_h", "model": "m", "points_per_side": 32}
+    config.update(torch="2.14", loadavg_start=0.5, precision="auto")
+    return {
+        "config": config,
+        "rows": [
+            photo,
+            {**row("batch", 1.0, 4.0, ours_in_turn=rate(2.0)), "unit": "photos/s"},
+            row("video, SAM every 1", 1.0, 3.5),
+            row("video, SAM every 8", 1.0, 10.0),
+        ],
+    }
+
+
+def test_time_to_result_targets_are_judged_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.run import render_component, render_targets
+
+    def targets(device: str) -> dict[str, str]:
+        comps = {"throughput": {"status": "ok", "seconds": 1, "result": _throughput_result(device)}}
+        lines = render_targets(comps).split("\n")
+        return {line.split(" | ")[0].lstrip("| "): line for line in lines}
+
+    cuda = targets("cuda")
+    assert "0.500 s | yes" in cuda["CUDA: photo 1080p end to end <= 0.6 s (models loaded)"]
+    assert "4.00x | NO" in cuda["CUDA: batch photos/s >= 5x the stock loop"]
+    every = "CUDA: video frames/s >= 3x the stock loop, SAM every"
+    assert "3.50x | yes" in cuda[f"{every} frame"] and "10.00x | yes" in cuda[f"{every} 8th"]
+    cpu = targets("cpu")
+    assert "4.00x | - (not CUDA)" in cpu["CUDA: batch photos/s >= 5x the stock loop"]
+    entry = {"status": "ok", "seconds": 1.0, "result": _throughput_result("cuda")}
+    section = render_component("throughput", entry)
+    assert "| photo 1920x1080 | s | 2.000 s (2.100) | 0.500 s (0.550) | 4.00x |" in section
+    assert "ours one photo at a time: 2.000" in section
 
 
 def test_video_train_ray_sections_render_their_scripts_json(
