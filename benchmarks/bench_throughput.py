@@ -292,10 +292,7 @@ def run(
         TINY_NET,
         prepare_models,
         stock_amg,
-        write_photo,
     )
-    from benchmarks.bench_overlap import write_photos
-    from benchmarks.bench_video import make_clip
     from benchmarks.stock_pipeline import TINY_ARCH
 
     sizes = SIZES[mode]
@@ -340,32 +337,71 @@ def run(
         work = root / "work"
         work.mkdir()
         config["our_precision"] = ours.placement.precision
-        if "photo" not in skip:
-            photo = write_photo(root / "photo.png", sizes.photo)
-            name = f"photo {sizes.photo[1]}x{sizes.photo[0]}"
-            done(photo_row(name, photo, work, ours, stock, repeat, device))
-        if "batch" not in skip:
-            write_photos(root / "folder", count, sizes.photo)
-            done(batch_row(root / "folder", work, ours, stock, stock_budget_s, device))
-        if "video" not in skip:
-            clip = root / "clip.mp4"
-            first = make_clip(clip, length, sizes.video[1], sizes.video[0])[0]
-            stock.frame(first)  # warm-up at the clip's size
-            for row in video_rows(clip, work, ours, stock, stock_budget_s, device):
-                done(row)
-        if "photo-12mp" not in skip and sizes.large is not None:  # last: the longest per item
-            photo = write_photo(root / "large.png", sizes.large)
-            name = f"photo {sizes.large[1]}x{sizes.large[0]}"
-            done(photo_row(name, photo, work, ours, stock, 1, device))
+        for key, name, rows in _rows(root, work, sizes, count, length):
+            if key in skip or (key == "photo-12mp" and sizes.large is None):
+                continue
+            try:
+                for row in rows(ours, stock, repeat, stock_budget_s, device):
+                    done(row)
+            except Exception as exc:  # one failing row (e.g. out of GPU memory) ends only itself
+                done({"row": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
     config["loadavg_end"] = os.getloadavg()[0]
     write_json(json_path, result)
     return result
+
+
+_RowsFn = Callable[[Any, StockLoop, int, float, str], list[dict[str, Any]]]
+
+
+def _rows(
+    root: Path, work: Path, sizes: Sizes, count: int, length: int
+) -> list[tuple[str, str, _RowsFn]]:
+    """(--skip key, row name, make the row(s)) in running order: the large photo last (the
+    longest per item)."""
+    from benchmarks.bench_e2e import write_photo
+    from benchmarks.bench_overlap import write_photos
+    from benchmarks.bench_video import make_clip
+
+    def photo(shape: tuple[int, int], file: str, repeat_cap: int | None = None) -> _RowsFn:
+        def rows(ours: Any, stock: StockLoop, repeat: int, budget: float, device: str) -> Any:
+            src = write_photo(root / file, shape)
+            times = min(repeat, repeat_cap or repeat)
+            return [photo_row(_name(shape), src, work, ours, stock, times, device)]
+
+        return rows
+
+    def batch(ours: Any, stock: StockLoop, repeat: int, budget: float, device: str) -> Any:
+        write_photos(root / "folder", count, sizes.photo)
+        return [batch_row(root / "folder", work, ours, stock, budget, device)]
+
+    def video(ours: Any, stock: StockLoop, repeat: int, budget: float, device: str) -> Any:
+        clip = root / "clip.mp4"
+        first = make_clip(clip, length, sizes.video[1], sizes.video[0])[0]
+        stock.frame(first)  # warm-up at the clip's size
+        return video_rows(clip, work, ours, stock, budget, device)
+
+    large = sizes.large or sizes.photo
+    return [
+        ("photo", _name(sizes.photo), photo(sizes.photo, "photo.png")),
+        ("batch", "batch", batch),
+        ("video", "video", video),
+        ("photo-12mp", _name(large), photo(large, "large.png", repeat_cap=1)),
+    ]
+
+
+def _name(shape: tuple[int, int]) -> str:
+    return f"photo {shape[1]}x{shape[0]}"
 
 
 def table(result: dict[str, Any]) -> str:
     """Markdown: one line per row, both sides, ours against stock (above 1: ours faster)."""
     body = []
     for r in result["rows"]:
+        if "error" in r:
+            body.append([r["row"], "-", "-", "-", "-", "-", "-", f"failed: {r['error']}"])
+            continue
         s, o = r["stock"], r["ours"]
         if r["unit"] == "s":
             cells = [f"{s['best_s']:.3f} s ({s['median_s']:.3f})"]
