@@ -992,7 +992,7 @@ def _cold_targets(result: Any) -> list[list[str]]:
 
 def _throughput_targets(result: Any) -> list[list[str]]:
     """Issue #20's CUDA targets for the rows of bench_throughput (full sizes, on CUDA)."""
-    rows = {r["row"]: r for r in (result or {}).get("rows", [])}
+    rows = {r["row"]: r for r in (result or {}).get("rows", []) if "error" not in r}  # n/a
     on_cuda = (result or {}).get("config", {}).get("device", "").startswith("cuda")
     out = []
     photo = rows.get("photo 1920x1080")

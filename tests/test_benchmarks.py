@@ -202,6 +202,14 @@ def test_time_to_result_targets_are_judged_on_cuda_only(monkeypatch: pytest.Monk
     section = render_component("throughput", entry)
     assert "| photo 1920x1080 | s | 2.000 s (2.100) | 0.500 s (0.550) | 4.00x |" in section
     assert "ours one photo at a time: 2.000" in section
+    # A row that failed (out of GPU memory, say) is shown as such and judges nothing.
+    failed = _throughput_result("cuda")
+    failed["rows"][1] = {"row": "batch", "error": "OutOfMemoryError: CUDA out of memory"}
+    entry = {"status": "ok", "seconds": 1.0, "result": failed}
+    assert "| batch | - |" in render_component("throughput", entry)
+    assert "failed: OutOfMemoryError: CUDA out of memory |" in render_component("throughput", entry)
+    comps = {"throughput": entry}
+    assert "| CUDA: batch photos/s >= 5x the stock loop | n/a | - |" in render_targets(comps)
 
 
 def test_video_train_ray_sections_render_their_scripts_json(
