@@ -35,6 +35,11 @@ frames at 1080p).
 
     python -m benchmarks.bench_throughput [--smoke | --quick] [--vit-h] [--device cpu|cuda]
         [--repeat 3] [--photos N] [--frames N] [--stock-budget S] [--skip ROW] [--json PATH]
+        [--profile PATH]
+
+``--profile``: one more run of ours on the photo under torch's profiler, its operator table
+(device time, then host time on CUDA) written to PATH: where the time goes when a target is
+missed.
 """
 
 from __future__ import annotations
@@ -121,6 +126,25 @@ def repeated(fn: Callable[[], Any], repeat: int, device: str) -> dict[str, Any]:
     return out
 
 
+def profile_call(fn: Callable[[], Any], device: str, path: Path, rows: int = 40) -> None:
+    """Run ``fn()`` once under torch's profiler and write its operator table to ``path``:
+    the ``rows`` operators with the most device time on CUDA (CPU time elsewhere), then the
+    same table by CPU time on CUDA (where the host waits: syncs, Python, copies)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    table = prof.key_averages()
+    keys = ["self_cuda_time_total", "self_cpu_time_total"] if cuda else ["self_cpu_time_total"]
+    text = [f"# sorted by {key}\n{table.table(sort_by=key, row_limit=rows)}" for key in keys]
+    path.write_text("\n\n".join(text) + "\n")
+
+
 # --------------------------------------------------------------------------- the two sides
 
 
@@ -175,9 +199,17 @@ def our_deblurrer(model: str, device: str, precision: str = "auto") -> Any:
 
 
 def photo_row(
-    name: str, photo: Path, work: Path, ours: Any, stock: StockLoop, repeat: int, device: str
+    name: str,
+    photo: Path,
+    work: Path,
+    ours: Any,
+    stock: StockLoop,
+    repeat: int,
+    device: str,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
-    """One photo file to its written output, best of ``repeat`` per side."""
+    """One photo file to its written output, best of ``repeat`` per side; ``profile``: then
+    one more run of ours under torch's profiler, its table written there."""
     from benchmarks.bench_e2e import compare_outputs
     from sam_deblur_cli.pipeline import FileOptions
 
@@ -189,6 +221,9 @@ def photo_row(
         lambda: ours.deblur_file(photo, out_ours, options=overwrite), repeat, device
     )
     row["outputs"] = compare_outputs(str(out_ours), str(out_stock))
+    if profile is not None:
+        profile_call(lambda: ours.deblur_file(photo, out_ours, options=overwrite), device, profile)
+        row["profile"] = str(profile)
     return row
 
 
@@ -279,9 +314,10 @@ def run(
     precision: str = "auto",
     skip: tuple[str, ...] = (),
     json_path: Path | None = None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """Every row of ``mode`` not in ``skip``; the JSON-able result (also written to
-    ``json_path`` after each row)."""
+    ``json_path`` after each row). ``profile``: the first photo row's profile table."""
     import torch
 
     from benchmarks.bench_e2e import (
@@ -337,7 +373,7 @@ def run(
         work = root / "work"
         work.mkdir()
         config["our_precision"] = ours.placement.precision
-        for key, name, rows in _rows(root, work, sizes, count, length):
+        for key, name, rows in _rows(root, work, sizes, count, length, profile):
             if key in skip or (key == "photo-12mp" and sizes.large is None):
                 continue
             try:
@@ -356,7 +392,7 @@ _RowsFn = Callable[[Any, StockLoop, int, float, str], list[dict[str, Any]]]
 
 
 def _rows(
-    root: Path, work: Path, sizes: Sizes, count: int, length: int
+    root: Path, work: Path, sizes: Sizes, count: int, length: int, profile: Path | None
 ) -> list[tuple[str, str, _RowsFn]]:
     """(--skip key, row name, make the row(s)) in running order: the large photo last (the
     longest per item)."""
@@ -364,11 +400,13 @@ def _rows(
     from benchmarks.bench_overlap import write_photos
     from benchmarks.bench_video import make_clip
 
-    def photo(shape: tuple[int, int], file: str, repeat_cap: int | None = None) -> _RowsFn:
+    def photo(
+        shape: tuple[int, int], file: str, repeat_cap: int | None = None, prof: Path | None = None
+    ) -> _RowsFn:
         def rows(ours: Any, stock: StockLoop, repeat: int, budget: float, device: str) -> Any:
             src = write_photo(root / file, shape)
             times = min(repeat, repeat_cap or repeat)
-            return [photo_row(_name(shape), src, work, ours, stock, times, device)]
+            return [photo_row(_name(shape), src, work, ours, stock, times, device, prof)]
 
         return rows
 
@@ -384,7 +422,7 @@ def _rows(
 
     large = sizes.large or sizes.photo
     return [
-        ("photo", _name(sizes.photo), photo(sizes.photo, "photo.png")),
+        ("photo", _name(sizes.photo), photo(sizes.photo, "photo.png", prof=profile)),
         ("batch", "batch", batch),
         ("video", "video", video),
         ("photo-12mp", _name(large), photo(large, "large.png", repeat_cap=1)),
@@ -451,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", help="our network's (auto, fp32, ...)")
     parser.add_argument("--skip", action="append", choices=ROWS, default=[], help="a row")
     parser.add_argument("--json", type=Path, help="write the results here (after each row)")
+    parser.add_argument("--profile", type=Path, help="write ours' photo profile table here")
     args = parser.parse_args(argv)
     if args.device == "cuda":
         from benchmarks.bench_e2e import require_cuda
@@ -469,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         precision=args.precision,
         skip=tuple(args.skip),
         json_path=args.json,
+        profile=args.profile,
     )
     print(table(result))
     return 0

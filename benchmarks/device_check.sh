@@ -33,7 +33,8 @@ timeout 110 python3 -m benchmarks.bench_steady --device cuda --vit-h --repeat 3 
 # Time to result with the models loaded once, ours vs the stock loop: photo 1080p, 32 photos,
 # video 1080p (SAM every frame / every 8th), photo 12 MP; each row lands in the JSON as it ends
 timeout 165 python3 -m benchmarks.bench_throughput --device cuda --vit-h --repeat 2 \
-  --stock-budget 15 --json "$out/throughput.json" 2>&1 | tee "$out/throughput.log"
+  --stock-budget 15 --json "$out/throughput.json" --profile "$out/profile-photo.txt" \
+  2>&1 | tee "$out/throughput.log"
 # SAM's encoder with fused attention (--sam-precision fp32-sdpa) against the published one
 timeout 45 python3 -m benchmarks.bench_steady --device cuda --vit-h --sam-precision fp32-sdpa \
   --encoder-only --repeat 3 --json "$out/sdpa.json" 2>&1 | tee "$out/sdpa.log"

@@ -301,3 +301,19 @@ def test_cold_load_rows_interleave_fresh_processes_and_match_stock(tmp_path: Pat
     # the meta-device loader gives stock's model, tensor for tensor (buffers included)
     assert rows["ours"]["digest"] == rows["ours before"]["digest"] == rows["stock"]["digest"]
     assert "median of 2 fresh process(es)" in proc.stdout
+
+
+def test_profile_table_names_the_operators_that_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.bench_throughput import profile_call
+
+    a = torch.ones(64, 64)
+    out = tmp_path / "profile.txt"
+    profile_call(lambda: (a @ a).sum(), "cpu", out)
+    text = out.read_text()
+    assert text.startswith("# sorted by self_cpu_time_total")
+    assert "aten::mm" in text and "aten::sum" in text
+    assert "self_cuda_time_total" not in text  # the device table only where CUDA ran
