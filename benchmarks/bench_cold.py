@@ -20,7 +20,11 @@ loader patched in (same output expected, byte for byte), and the stock pipeline
 sides get the same realistic masks. Every file was just written, so it is in the page
 cache: "cold" is the process, not the disk.
 
-    python -m benchmarks.bench_cold [--quick | --smoke | --load-only] [--repeat N] [--json PATH]
+    python -m benchmarks.bench_cold [--quick | --smoke | --load-only | --cold-only]
+                                    [--device cpu|cuda] [--repeat N] [--json PATH]
+
+``--device cuda`` runs the cold CLI rows on the GPU (the load rows read to host memory on
+every device). On CUDA the controlled decoder's stand-in is host work on both sides.
 """
 
 from __future__ import annotations
@@ -156,10 +160,12 @@ def _env() -> dict[str, str]:
 # --------------------------------------------------------------------------- cold CLI rows
 
 
-def cold_rows(models: Models, work: Path, timeout: float, repeat: int = 1) -> list[dict[str, Any]]:
+def cold_rows(
+    models: Models, work: Path, timeout: float, repeat: int = 1, device: str = "cpu"
+) -> list[dict[str, Any]]:
     """`sam-deblur photo.jpg` cold with the new loader, with the old one (``repeat`` pairs,
     interleaved; wall and CPU seconds are medians, ``runs`` lists each pair's), and the stock
-    pipeline once; outputs compared with the new loader's."""
+    pipeline once, all on ``device``; outputs compared with the new loader's."""
     import shutil
 
     photo = write_photo(work / "photo.jpg", COLD_SHAPE)
@@ -169,7 +175,7 @@ def cold_rows(models: Models, work: Path, timeout: float, repeat: int = 1) -> li
         for side, row in rows.items():
             shutil.rmtree(models.home / "masks", ignore_errors=True)  # masks made, not cached
             out = work / f"cold-{side.replace(' ', '-')}.png"
-            cmd = ours_command(models, case, photo, out, "cpu")
+            cmd = ours_command(models, case, photo, out, device)
             if side == "ours before":
                 cmd[1:4] = ["-m", "benchmarks.bench_cold", "--child-cli-old-loader"]
             m = measure(cmd, env=models.env(), logs=out.with_suffix(""), timeout=timeout)
@@ -187,7 +193,7 @@ def cold_rows(models: Models, work: Path, timeout: float, repeat: int = 1) -> li
             row["wall_s"] = statistics.median(r["wall_s"] for r in row["runs"])
             row["cpu_s"] = statistics.median(r["cpu_s"] for r in row["runs"])
     ours, before = rows["ours"], rows["ours before"]
-    stock = run_stock(models, case, photo, work, "cpu", timeout)
+    stock = run_stock(models, case, photo, work, device, timeout)
     result = [ours, before, {"side": "stock", **stock}]
     for row in result[1:]:
         row["output_diff"] = compare_outputs(ours.get("output"), row.get("output"))
@@ -206,9 +212,17 @@ def child_cli_old_loader(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- the run
 
 
-def run(mode: str, *, timeout: float = 1800, repeat: int = 1, cold: bool = True) -> dict[str, Any]:
-    """Load rows for the mode's SAM, ``repeat`` rounds; cold CLI rows in full mode unless
-    ``cold`` is False. The JSON-able result."""
+def run(
+    mode: str,
+    *,
+    timeout: float = 1800,
+    repeat: int = 1,
+    cold: bool = True,
+    load: bool = True,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Load rows for the mode's SAM, ``repeat`` rounds, unless ``load`` is False; cold CLI rows
+    on ``device`` in full mode unless ``cold`` is False. The JSON-able result."""
     import torch
 
     from benchmarks.bench_e2e import save_sam
@@ -216,7 +230,7 @@ def run(mode: str, *, timeout: float = 1800, repeat: int = 1, cold: bool = True)
 
     sam_arch = {"smoke": TINY_ARCH, "quick": "vit_b", "full": "vit_h"}[mode]
     config = {"mode": mode, "sam_arch": sam_arch, "torch_threads": torch.get_num_threads()}
-    config["repeat"] = repeat
+    config.update(repeat=repeat, device=device)
     result: dict[str, Any] = {"config": config}
     with tempfile.TemporaryDirectory(prefix="sam-deblur-cold-") as tmp:
         work = Path(tmp)
@@ -230,11 +244,11 @@ def run(mode: str, *, timeout: float = 1800, repeat: int = 1, cold: bool = True)
                 register_tiny_arch()
             sam_file = save_sam(work / "sam.pth", sam_arch)
         config["sam_file_bytes"] = sam_file.stat().st_size
-        result["load"] = load_rows(work, sam_arch, sam_file, timeout, repeat)
+        result["load"] = load_rows(work, sam_arch, sam_file, timeout, repeat) if load else []
         if mode == "full" and cold:
             config["cold_shape"] = list(COLD_SHAPE)
             config["net"] = FULL_NET
-            result["cold"] = cold_rows(models, work, timeout, repeat)
+            result["cold"] = cold_rows(models, work, timeout, repeat, device)
     return result
 
 
@@ -269,9 +283,8 @@ def table(result: dict[str, Any]) -> str:
         f"median of {cfg.get('repeat', 1)} fresh process(es) per side, sides interleaved.\n\n"
     )
     head = ["load", "call (median)", "/ torch.load", "CPU / torch.load", "best / best"]
-    head += ["each run, s"]
-    head += ["peak RSS", "equal to stock"]
-    text += markdown_table(head, lines)
+    head += ["each run, s", "peak RSS", "equal to stock"]
+    text = text + markdown_table(head, lines) if lines else ""
     if "cold" in result:
         cold = []
         for r in result["cold"]:
@@ -285,8 +298,9 @@ def table(result: dict[str, Any]) -> str:
             cold.append([r["side"], took, f"{r.get('peak_rss_bytes', 0) / gb:.2f} GB", shown])
         h, w = cfg["cold_shape"]
         text += (
-            f"\n\nCold `sam-deblur photo.jpg`, {w}x{h}, default recipe, SAM {cfg['sam_arch']}, "
-            "full-depth network, process start to written output:\n\n"
+            f"{chr(10) * 2 if text else ''}Cold `sam-deblur photo.jpg`, {w}x{h}, default "
+            f"recipe, SAM {cfg['sam_arch']}, full-depth network, fp32 on "
+            f"{cfg.get('device', 'cpu')}, process start to written output:\n\n"
         )
         text += markdown_table(["side", "wall", "peak RSS", "output vs ours"], cold)
     return text
@@ -310,13 +324,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--load-only", action="store_true", help="full mode: vit_h load rows, no cold CLI rows"
     )
+    parser.add_argument(
+        "--cold-only", action="store_true", help="full mode: the cold CLI rows, no load rows"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where the cold CLI rows run"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    if args.cold_only and (args.load_only or args.smoke or args.quick):
+        parser.error("--cold-only runs the full mode's cold rows; drop the other mode option")
+    if args.device == "cuda":
+        from benchmarks.bench_e2e import require_cuda
+
+        require_cuda()
     # A time-out upstream sends SIGTERM: exit normally so that the temporary folder goes.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     repeat = max(1, args.repeat)
-    result = run(mode, timeout=args.timeout, repeat=repeat, cold=not args.load_only)
+    cold, load = not args.load_only, not args.cold_only
+    result = run(
+        mode, timeout=args.timeout, repeat=repeat, cold=cold, load=load, device=args.device
+    )
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

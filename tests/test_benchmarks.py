@@ -317,3 +317,21 @@ def test_profile_table_names_the_operators_that_ran(
     assert text.startswith("# sorted by self_cpu_time_total")
     assert "aten::mm" in text and "aten::sum" in text
     assert "self_cuda_time_total" not in text  # the device table only where CUDA ran
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--smoke", "--cold-only"], "--cold-only runs the full mode's cold rows"),
+        (["--cold-only", "--device", "cuda"], "--device cuda needs a CUDA GPU"),
+    ],
+)
+def test_cold_only_and_cuda_are_refused_where_they_cannot_run(args: list[str], says: str) -> None:
+    torch = pytest.importorskip("torch")
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cmd = [sys.executable, "-m", "benchmarks.bench_cold", *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and says in proc.stderr
+    assert proc.stdout == ""  # refused before any model is built or table printed
