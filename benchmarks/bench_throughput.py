@@ -140,7 +140,11 @@ def profile_call(fn: Callable[[], Any], device: str, path: Path, rows: int = 40)
         if cuda:
             torch.cuda.synchronize()
     table = prof.key_averages()
-    keys = ["self_cuda_time_total", "self_cpu_time_total"] if cuda else ["self_cpu_time_total"]
+    # torch 2.4 renamed the device column (the old name still sorts, with a FutureWarning)
+    device_key = "self_device_time_total"
+    if table and not hasattr(table[0], device_key):
+        device_key = "self_cuda_time_total"
+    keys = [device_key, "self_cpu_time_total"] if cuda else ["self_cpu_time_total"]
     text = [f"# sorted by {key}\n{table.table(sort_by=key, row_limit=rows)}" for key in keys]
     path.write_text("\n\n".join(text) + "\n")
 

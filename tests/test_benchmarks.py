@@ -316,7 +316,7 @@ def test_profile_table_names_the_operators_that_ran(
     text = out.read_text()
     assert text.startswith("# sorted by self_cpu_time_total")
     assert "aten::mm" in text and "aten::sum" in text
-    assert "self_cuda_time_total" not in text  # the device table only where CUDA ran
+    assert "self_device_time_total" not in text  # the device table only where CUDA ran
 
 
 @pytest.mark.subprocess
